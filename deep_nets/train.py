@@ -8,10 +8,11 @@ Minimization" (REFERENCE.md §4.1). Every SAM rule comes from the core (``sharpn
 ``sharpness.modules.msam_backward``, ASAM and LookSAM through ``SAM`` / ``LookSAM``, random
 perturbations through ``SAM.perturb`` on Gaussian directions.
 
-The loss minimized is the original's L(w) = CE(w) + 0.5 * l2_reg * ||w||^2 (conv/linear weights,
-the L2 term inside the loss, hence also inside the ascent); ``--weight_decay`` is applied by the base
-optimizer at the update only (SGD adds weight_decay * w to the SAM gradient; it never enters the
-ascent). One training step with SAM active, for each chunk c of m consecutive examples:
+The loss minimized is the original's L(w) = CE(w) + 0.5 * l2_reg * ||w||^2 (conv/linear
+weights; the L2 term is inside the loss, hence also inside the ascent); ``--weight_decay`` is
+applied by the base optimizer at the update only (SGD adds weight_decay * w to the SAM gradient; it
+never enters the ascent). One training step with SAM active, for each chunk c of m consecutive
+examples:
 e_c = rho g_c / ||g_c||, g_c = grad L_c(w); update with the average of grad L_c(w + e_c).
 
 A run directory holds ``config.json``, ``metrics.jsonl`` (one JSON object per evaluation),
@@ -30,6 +31,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 import argparse  # noqa: E402
 import contextlib  # noqa: E402
+import functools  # noqa: E402
 import math  # noqa: E402
 import os  # noqa: E402
 import signal  # noqa: E402
@@ -264,10 +266,12 @@ def m_sharpness(
         with torch.enable_grad(), autocast():
             loss = F.cross_entropy(net(xc).float(), yc)
             grads = torch.autograd.grad(loss, params, allow_unused=True)
-        grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
+        grads = [
+            torch.zeros_like(p) if g is None else g for p, g in zip(params, grads, strict=True)
+        ]
         with torch.no_grad():
             es = SF.perturbation(grads, rho)
-            moved = {n: p + e for n, p, e in zip(names, params, es)}
+            moved = {n: p + e for n, p, e in zip(names, params, es, strict=True)}
             with autocast():
                 ploss = F.cross_entropy(torch.func.functional_call(net, moved, (xc,)).float(), yc)
         out[0] += (ploss - loss.detach()).double()
@@ -471,7 +475,7 @@ def _train(cfg, dd, device, out_dir, load_dataset, augment, build_model, count_p
     ev_train = (splits.train_x[sub][shard], splits.train_y[sub][shard], splits.noisy[sub][shard])
     ev_val = (cap(splits.val_x)[shard], cap(splits.val_y)[shard])
     ev_test = (cap(splits.test_x)[shard], cap(splits.test_y)[shard])
-    m_sharp = min(cfg.m, max(1, cfg.n_sharpness))
+    m_sharp = min(m_local, max(1, cfg.n_sharpness))
     n_sh = (min(cfg.n_sharpness, sub.numel()) // m_sharp) * m_sharp
     sh_idx = sub[:n_sh]
     sh_x = splits.train_x[sh_idx].reshape(-1, m_sharp, *splits.input_shape)[shard]
@@ -487,7 +491,7 @@ def _train(cfg, dd, device, out_dir, load_dataset, augment, build_model, count_p
         va = _all_sum(evaluate(model, *ev_val, cfg.batch_size_eval, autocast=autocast), dd)
         te = _all_sum(evaluate(model, *ev_test, cfg.batch_size_eval, autocast=autocast), dd)
         sh = torch.zeros(2, dtype=torch.float64, device=device)
-        for xc, yc in zip(sh_x, sh_y):
+        for xc, yc in zip(sh_x, sh_y, strict=True):
             sh += m_sharpness(model, xc, yc, m_sharp, cfg.sharpness_rho, autocast=autocast)
         sh = _all_sum(sh, dd)
         acc = _all_sum(st.accum.clone(), dd).cpu()
@@ -630,7 +634,7 @@ def _train(cfg, dd, device, out_dir, load_dataset, augment, build_model, count_p
                 x = prepare(x, gen)
                 loss, ploss = _train_step(
                     cfg, opt, net, compute_loss, x, y, m_local, active, noise_gen, params,
-                    other=lambda: _other_batch(splits, per_worker, gen, prepare),
+                    other=functools.partial(_other_batch, splits, per_worker, gen, prepare),
                     autocast=autocast,
                 )  # fmt: skip
                 opt.zero_grad(set_to_none=True)
@@ -867,8 +871,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=str,
         choices=LR_SCHEDULES,
         default=d.lr_schedule,
-        help="piecewise (/10 at 50%%, /100 at 75%% of the epochs), cosine, cyclic (up to 40%%, then "
-        "down), constant; updated every step (default: %(default)s)",
+        help="piecewise (/10 at 50%%, /100 at 75%% of the epochs), cosine, cyclic (up to 40%%, "
+        "then down), constant; updated every step (default: %(default)s)",
     )
     a(
         "--momentum",
@@ -904,7 +908,8 @@ def build_parser() -> argparse.ArgumentParser:
         choices=SAM_VARIANTS,
         default=d.sam_variant,
         help="sam; asam (adaptive, T = |w| + asam_eta); looksam (SAM gradient every looksam_k "
-        "steps); random (a random direction of norm rho: the Fig. 1 baseline) (default: %(default)s)",
+        "steps); random (a random direction of norm rho: the Fig. 1 baseline) "
+        "(default: %(default)s)",
     )
     a(
         "--sam_iters",
@@ -1063,7 +1068,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_argv(argv: list[str] | None = None) -> TrainConfig:
-    """Parse the command line into a checked ``TrainConfig`` (exit 2 with a message on bad flags)."""
+    """Parse the command line into a checked ``TrainConfig`` (exit 2 naming the bad flags)."""
     parser = build_parser()
     pre, _ = parser.parse_known_args(argv)
     if pre.config:
