@@ -146,6 +146,8 @@ def check_config(cfg: TrainConfig, world_size: int = 1) -> None:
         bad(f"--lr_schedule {cfg.lr_schedule!r}: choose from {', '.join(LR_SCHEDULES)}")
     if cfg.noise_type not in NOISE_TYPES:
         bad(f"--noise_type {cfg.noise_type!r}: choose from {', '.join(NOISE_TYPES)}")
+    if cfg.noise_type == "asym" and cfg.p_label_noise > 0 and cfg.dataset != "cifar10":
+        bad(f"--noise_type asym is defined for --dataset cifar10 only (not {cfg.dataset})")
     if cfg.sam_variant not in SAM_VARIANTS:
         bad(f"--sam_variant {cfg.sam_variant!r}: choose from {', '.join(SAM_VARIANTS)}")
     if cfg.sam_perturb_batch not in PERTURB_BATCHES:
