@@ -224,19 +224,21 @@ def test_msam_steps_match_a_hand_written_reference(tmp_path):
 
             def loss_at(ws, xc=xc, yc=yc):
                 out = torch.func.functional_call(
-                    model, {n: w for (n, _), w in zip(model.named_parameters(), ws)}, (xc,)
+                    model,
+                    {n: w for (n, _), w in zip(model.named_parameters(), ws, strict=True)},
+                    (xc,),
                 )
                 reg = sum((w**2).sum() for w in ws if w.dim() >= 2)
                 return F.cross_entropy(out, yc) + 0.5 * l2 * reg
 
             g = torch.autograd.grad(loss_at(params), params)
             norm = torch.sqrt(sum((t**2).sum() for t in g))
-            moved = [p.detach() + rho * t / norm for p, t in zip(params, g)]
+            moved = [p.detach() + rho * t / norm for p, t in zip(params, g, strict=True)]
             moved = [w.requires_grad_() for w in moved]
             gs = torch.autograd.grad(loss_at(moved), moved)
-            total = [a + b / (bs // m) for a, b in zip(total, gs)]
+            total = [a + b / (bs // m) for a, b in zip(total, gs, strict=True)]
         with torch.no_grad():
-            for i, (p, g) in enumerate(zip(params, total)):
+            for i, (p, g) in enumerate(zip(params, total, strict=True)):
                 bufs[i] = g.clone() if bufs[i] is None else mu * bufs[i] + g
                 p -= lr * bufs[i]
     trained = final_weights(tmp_path / "run")
