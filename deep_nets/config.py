@@ -81,6 +81,7 @@ class TrainConfig:
     n_eval_train: int = 10000
     n_eval: int = 0
     sharpness_rho: float = 0.05
+    sharpness_m: int = 0
     n_sharpness: int = 1024
     # runtime
     half_prec: bool = False
@@ -126,7 +127,10 @@ def check_config(cfg: TrainConfig, world_size: int = 1) -> None:
     for name in ("batch_size", "epochs", "acc_steps", "sam_iters", "batch_size_eval", "looksam_k"):
         if getattr(cfg, name) < 1:
             bad(f"--{name} must be >= 1 (got {getattr(cfg, name)})")
-    for name in ("eval_iter_freq", "n_eval", "stop_after_epoch", "workers", "n_sharpness", "seed"):
+    for name in (
+        "eval_iter_freq", "n_eval", "stop_after_epoch", "workers", "n_sharpness", "seed",
+        "sharpness_m",
+    ):  # fmt: skip
         if getattr(cfg, name) < 0:
             bad(f"--{name} must be >= 0 (got {getattr(cfg, name)})")
     if cfg.n_eval_train < 1:

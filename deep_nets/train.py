@@ -475,7 +475,7 @@ def _train(cfg, dd, device, out_dir, load_dataset, augment, build_model, count_p
     ev_train = (splits.train_x[sub][shard], splits.train_y[sub][shard], splits.noisy[sub][shard])
     ev_val = (cap(splits.val_x)[shard], cap(splits.val_y)[shard])
     ev_test = (cap(splits.test_x)[shard], cap(splits.test_y)[shard])
-    m_sharp = min(m_local, max(1, cfg.n_sharpness))
+    m_sharp = min(cfg.sharpness_m or m_local, max(1, cfg.n_sharpness))
     n_sh = (min(cfg.n_sharpness, sub.numel()) // m_sharp) * m_sharp
     sh_idx = sub[:n_sh]
     sh_x = splits.train_x[sh_idx].reshape(-1, m_sharp, *splits.input_shape)[shard]
@@ -1006,6 +1006,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=d.sharpness_rho,
         help="rho of the logged one-step m-sharpness estimate (default: %(default)s)",
+    )
+    a(
+        "--sharpness_m",
+        type=int,
+        default=d.sharpness_m,
+        help="examples per chunk of the sharpness estimate; 0 = the training m "
+        "(default: %(default)s)",
     )
     a(
         "--n_sharpness",
