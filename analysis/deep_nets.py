@@ -13,6 +13,7 @@ Runs land in ``results/deep_nets/<profile>/<method>_seed<k>/`` (the run format o
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -29,19 +30,20 @@ FAMILY = "deep_nets"
 # method name -> trainer flags on top of the profile's base flags
 METHODS: dict[str, dict[str, Any]] = {
     "ERM": {},
-    "SAM (m=batch)": {"sam_rho": 0.05},
-    "m-SAM (m=8)": {"sam_rho": 0.05, "acc_steps": 8},
+    "SAM (m=batch)": {"sam_rho": 0.1},
+    "m-SAM (m=batch/8)": {"sam_rho": 0.1, "acc_steps": 8},
 }
 
 PROFILES: dict[str, dict[str, Any]] = {
-    # ~2 minutes on 2 CPU cores
+    # ~2 minutes on 2 CPU cores (one thread: the machine is shared). Without augmentation the
+    # MLP interpolates mnist1d (train error 0), the regime where SAM's implicit bias matters.
     "quick": dict(
         base=dict(
-            dataset="mnist1d", model="mlp", model_width=128, batch_size=64, epochs=12,
-            lr_max=0.05, lr_schedule="cosine", l2_reg=5e-4, n_sharpness=512, sharpness_m=64,
-            workers=2,
+            dataset="mnist1d", model="mlp", model_width=128, batch_size=128, epochs=60,
+            lr_max=0.1, lr_schedule="cosine", l2_reg=5e-4, no_data_augm=True,
+            n_sharpness=512, sharpness_m=128, workers=1,
         ),
-        seeds=[0],
+        seeds=[0, 1],
     ),
     # a few seconds: used by the tests and the notebook test
     "test": dict(
@@ -53,7 +55,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         seeds=[0],
     ),
     # hours on a CPU: Fashion-MNIST, a small ResNet, three seeds
-    "full": dict(
+    "full": dict(  # the Fashion-MNIST config of deep_nets/configs/fmnist_resnet_tiny_msam.py
         base=dict(
             dataset="fashion_mnist", model="resnet_tiny_gn", batch_size=128, epochs=30,
             lr_max=0.05, lr_schedule="cosine", l2_reg=5e-4, n_sharpness=1024, sharpness_m=128,
@@ -188,8 +190,11 @@ def claims(table: pd.DataFrame, profile: str) -> list[dict[str, str]]:
     t = table.set_index("method")
     erm, sam, msam = (t.loc[k] for k in METHODS)
     n = int(erm["test_err_last_count"])
-    setup = f"{PROFILES[profile]['base']['dataset']} {PROFILES[profile]['base']['model']}"
-    setup += f", {n} seed{'s' if n > 1 else ''}"
+    base = PROFILES[profile]["base"]
+    bs = base["batch_size"]
+    m_small = bs // METHODS["m-SAM (m=batch/8)"]["acc_steps"]
+    setup = f"{base['dataset']} {base['model']}, {base['epochs']} epochs, {n} seed"
+    setup += "s" if n > 1 else ""
 
     def fmt(row: pd.Series, col: str = "test_err_last") -> str:
         s = f"{row[col + '_mean']:.2f}%"
@@ -197,19 +202,26 @@ def claims(table: pd.DataFrame, profile: str) -> list[dict[str, str]]:
             s += f" +- {row[col + '_std']:.2f}"
         return s
 
-    noise = max(0.5, float(erm["test_err_last_std"]) if n > 1 else 0.5)
-    gain = erm["test_err_last_mean"] - msam["test_err_last_mean"]
-    v1 = "reproduced" if gain > noise else ("partly" if gain > 0 else "not reproduced")
-    gain_m = sam["test_err_last_mean"] - msam["test_err_last_mean"]
-    v2 = "reproduced" if gain_m > noise else ("partly" if gain_m > 0 else "not reproduced")
-    sh_ok = msam["sharpness_last_mean"] < erm["sharpness_last_mean"]
+    def verdict(worse: pd.Series, better: pd.Series, col: str, floor: float) -> str:
+        """reproduced: ``better`` lower by more than the noise (the two seed stds combined, at
+        least ``floor``); partly: lower, but within the noise; else not reproduced."""
+        gap = worse[col + "_mean"] - better[col + "_mean"]
+        noise = floor
+        if n > 1:
+            noise = max(floor, float(math.hypot(worse[col + "_std"], better[col + "_std"])))
+        return "reproduced" if gap > noise else ("partly" if gap > 0 else "not reproduced")
+
+    v1 = verdict(erm, msam, "test_err_last", 0.5)
+    v2 = verdict(sam, msam, "test_err_last", 0.5)
+    v_sam, v_msam = (verdict(erm, x, "sharpness_last", 0.0) for x in (sam, msam))
+    v3 = v_sam if v_sam == v_msam else "partly"
     fig_c, fig_f = "figures/deep_nets_curves.png", "figures/deep_nets_final.png"
     return [
         dict(
             family=FAMILY,
             claim="m-SAM with small m generalizes better than ERM",
             paper=f"ResNet-18 CIFAR-10: ERM ~{PAPER['erm']}% vs 128-SAM ~{PAPER['msam_best']}%",
-            ours=f"{setup}: ERM {fmt(erm)} vs m-SAM(m=8) {fmt(msam)}",
+            ours=f"{setup}: ERM {fmt(erm)} vs m-SAM(m={m_small}) {fmt(msam)}",
             verdict=v1,
             figure=fig_f,
         ),
@@ -217,19 +229,19 @@ def claims(table: pd.DataFrame, profile: str) -> list[dict[str, str]]:
             family=FAMILY,
             claim="smaller m is better: m-SAM beats SAM with m = batch",
             paper="Fig. 1: n-SAM ~ERM (5.1%), only small m helps",
-            ours=f"{setup}: SAM(m=batch) {fmt(sam)} vs m-SAM(m=8) {fmt(msam)}",
+            ours=f"{setup}: SAM(m={bs}) {fmt(sam)} vs m-SAM(m={m_small}) {fmt(msam)}",
             verdict=v2,
             figure=fig_f,
         ),
         dict(
             family=FAMILY,
-            claim="SAM finds flatter solutions (lower one-step sharpness at rho 0.05, same m)",
+            claim="SAM finds flatter solutions (lower one-step sharpness, same rho and m)",
             paper="SAM paper: lambda_max 24.2 (SGD) vs 1.0 (SAM), WRN CIFAR-10",
             ours=(
                 f"{setup}: sharpness ERM {erm['sharpness_last_mean']:.4f}, "
                 f"SAM {sam['sharpness_last_mean']:.4f}, m-SAM {msam['sharpness_last_mean']:.4f}"
             ),
-            verdict="reproduced" if sh_ok else "not reproduced",
+            verdict=v3,
             figure=fig_c,
         ),
         dict(
