@@ -355,6 +355,12 @@ def _safe_dtype(*args: Any) -> np.dtype:
     return dt
 
 
+def _safe_frombuffer(buf: Any, dtype: Any, shape: Any, order: str) -> np.ndarray:
+    if not isinstance(buf, (bytes, bytearray)) or order not in ("C", "F"):
+        raise pickle.UnpicklingError("_frombuffer needs a bytes buffer and order C or F")
+    return np.frombuffer(buf, dtype=_safe_dtype(dtype)).reshape(shape, order=order).copy()
+
+
 def _numpy_reconstruct():
     core = getattr(np, "_core", None) or np.core  # numpy 2 renamed numpy.core to numpy._core
     return core.multiarray._reconstruct
@@ -373,6 +379,9 @@ class RestrictedUnpickler(pickle.Unpickler):
         ("numpy._core.multiarray", "_reconstruct"),
     }
 
+    # Pickle protocol 5 stores arrays as raw buffers rebuilt by numpy's _frombuffer.
+    _FROMBUFFER = {("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer")}
+
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) in self._RECONSTRUCT:
             return _numpy_reconstruct()
@@ -382,6 +391,8 @@ class RestrictedUnpickler(pickle.Unpickler):
             return _safe_dtype
         if (module, name) == ("_codecs", "encode"):
             return _latin1_encode
+        if (module, name) in self._FROMBUFFER:
+            return _safe_frombuffer
         raise pickle.UnpicklingError(f"global '{module}.{name}' is forbidden in a data file")
 
     def persistent_load(self, pid: Any) -> Any:
@@ -641,6 +652,26 @@ def _validate_args(
         )
 
 
+def channel_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and (population) standard deviation of x (N, C, ...), in float64.
+
+    uint8 images go through a 256-bin histogram per channel, which is exact and avoids a
+    float64 copy of the whole training set; other dtypes are reduced directly.
+    """
+    c = x.shape[1]
+    if x.dtype == np.uint8:
+        mean, std = np.empty(c), np.empty(c)
+        values = np.arange(256, dtype=np.float64)
+        for i in range(c):
+            hist = np.bincount(x[:, i].reshape(-1), minlength=256).astype(np.float64)
+            total = hist.sum()
+            mean[i] = (hist * values).sum() / total
+            std[i] = np.sqrt((hist * (values - mean[i]) ** 2).sum() / total)
+        return mean, std
+    axes = (0,) + tuple(range(2, x.ndim))
+    return x.mean(axis=axes, dtype=np.float64), x.std(axis=axes, dtype=np.float64)
+
+
 def load_dataset(
     name: str,
     data_dir: str | os.PathLike | None,
@@ -700,12 +731,9 @@ def load_dataset(
     )
 
     scale = 255.0 if train_x.dtype == np.uint8 else 1.0
-    # Statistics in float64 over all but the channel axis; one pass over the training split.
-    reduce_axes = (0,) + tuple(range(2, train_x.ndim))
     tr = train_x[tr_idx]
-    mean = tr.mean(axis=reduce_axes, dtype=np.float64) / scale
-    std = tr.std(axis=reduce_axes, dtype=np.float64) / scale
-    std = np.maximum(std, 1e-8)
+    mean, std = channel_stats(tr)
+    mean, std = mean / scale, np.maximum(std / scale, 1e-8)
     stat_shape = (1, -1) + (1,) * (train_x.ndim - 2)
 
     def to_x(a: np.ndarray) -> Tensor:
