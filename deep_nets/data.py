@@ -157,8 +157,11 @@ def download_file(url: str, dest: str | os.PathLike, sha256: str, *, timeout: fl
     Raises DataError when the download fails or the checksum does not match.
     """
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+    except OSError as e:
+        raise DataError(f"cannot write the download of {url} into {dest.parent}: {e}") from e
     tmp = Path(tmp_name)
     try:
         h = hashlib.sha256()
@@ -541,12 +544,14 @@ def read_svhn_mat(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     if "X" not in m or "y" not in m:
         raise DataError(f"{path}: SVHN .mat file lacks X or y")
     x, y = m["X"], np.asarray(m["y"]).reshape(-1)
+    if x.dtype != np.uint8 or not np.all(y == np.round(y)):
+        raise DataError(f"{path}: X must be uint8 pixels and y integer labels")
     if x.ndim != 4 or x.shape[:3] != (32, 32, 3) or x.shape[3] != len(y):
         raise DataError(f"{path}: X has shape {x.shape}, expected (32, 32, 3, N) with N = len(y)")
     if len(y) and (y.min() < 1 or y.max() > 10):
         raise DataError(f"{path}: labels must lie in 1..10 (10 = digit 0)")
     y = y.astype(np.int64) % 10
-    return np.ascontiguousarray(x.transpose(3, 2, 0, 1)).astype(np.uint8), y
+    return np.ascontiguousarray(x.transpose(3, 2, 0, 1)), y
 
 
 def _svhn_raw(data_dir: str | os.PathLike | None, download: bool) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import json
 import os
 import pickle
 import random
@@ -166,6 +167,8 @@ def test_real_fashion_mnist_info_records_files_and_checksums(fashion: Splits) ->
     first = np.frombuffer(raw, dtype=np.uint8, offset=16, count=784).reshape(28, 28)
     np.testing.assert_allclose(unnormalize(fashion.test_x[:1], fashion)[0, 0], first, atol=2e-3)
     assert fashion.augment_flip is True
+    # The trainer stores info in config.json: it must be plain JSON.
+    assert json.loads(json.dumps(fashion.info)) == fashion.info
 
 
 # --------------------------------------------------------------------------- idx format
