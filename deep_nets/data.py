@@ -810,7 +810,7 @@ def augment(x: Tensor, generator: torch.Generator, *, pad: int = 4, flip: bool =
     1/2. Signals (N, C, L): shift by a random offset in U{0..2 pad} with zero padding (`flip`
     reverses the length axis). Random draws come from `generator` (on its own device, e.g. CPU),
     in a fixed order (offsets, then flips), so the augmentation is reproducible and resumable;
-    the crop itself is two vectorized gathers on x's device. Note: zeros are "padding" in the
+    the crop itself is one vectorized gather on x's device. Note: zeros are "padding" in the
     normalized space, i.e. the per-channel mean of the raw pixels.
     """
     if x.ndim not in (3, 4):
@@ -838,6 +838,7 @@ def augment(x: Tensor, generator: torch.Generator, *, pad: int = 4, flip: bool =
         return torch.gather(padded, 2, cols[:, None, :].expand(n, c, w))
     h = spatial[0]
     rows = torch.arange(h, device=x.device)[None, :] + offsets[:, :1]
-    wp = padded.shape[-1]
-    out = torch.gather(padded, 2, rows[:, None, :, None].expand(n, c, h, wp))
-    return torch.gather(out, 3, cols[:, None, None, :].expand(n, c, h, w))
+    hp, wp = padded.shape[-2:]
+    # One gather over the flattened padded image: source index rows * Wp + cols per pixel.
+    index = (rows[:, :, None] * wp + cols[:, None, :]).view(n, 1, h * w).expand(n, c, h * w)
+    return torch.gather(padded.reshape(n, c, hp * wp), 2, index).view(n, c, h, w)
