@@ -157,8 +157,11 @@ def download_file(url: str, dest: str | os.PathLike, sha256: str, *, timeout: fl
     Raises DataError when the download fails or the checksum does not match.
     """
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+    except OSError as e:
+        raise DataError(f"cannot write the download of {url} into {dest.parent}: {e}") from e
     tmp = Path(tmp_name)
     try:
         h = hashlib.sha256()
@@ -355,6 +358,12 @@ def _safe_dtype(*args: Any) -> np.dtype:
     return dt
 
 
+def _safe_frombuffer(buf: Any, dtype: Any, shape: Any, order: str) -> np.ndarray:
+    if not isinstance(buf, (bytes, bytearray)) or order not in ("C", "F"):
+        raise pickle.UnpicklingError("_frombuffer needs a bytes buffer and order C or F")
+    return np.frombuffer(buf, dtype=_safe_dtype(dtype)).reshape(shape, order=order).copy()
+
+
 def _numpy_reconstruct():
     core = getattr(np, "_core", None) or np.core  # numpy 2 renamed numpy.core to numpy._core
     return core.multiarray._reconstruct
@@ -373,6 +382,9 @@ class RestrictedUnpickler(pickle.Unpickler):
         ("numpy._core.multiarray", "_reconstruct"),
     }
 
+    # Pickle protocol 5 stores arrays as raw buffers rebuilt by numpy's _frombuffer.
+    _FROMBUFFER = {("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer")}
+
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) in self._RECONSTRUCT:
             return _numpy_reconstruct()
@@ -382,6 +394,8 @@ class RestrictedUnpickler(pickle.Unpickler):
             return _safe_dtype
         if (module, name) == ("_codecs", "encode"):
             return _latin1_encode
+        if (module, name) in self._FROMBUFFER:
+            return _safe_frombuffer
         raise pickle.UnpicklingError(f"global '{module}.{name}' is forbidden in a data file")
 
     def persistent_load(self, pid: Any) -> Any:
@@ -530,12 +544,14 @@ def read_svhn_mat(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     if "X" not in m or "y" not in m:
         raise DataError(f"{path}: SVHN .mat file lacks X or y")
     x, y = m["X"], np.asarray(m["y"]).reshape(-1)
+    if x.dtype != np.uint8 or not np.all(y == np.round(y)):
+        raise DataError(f"{path}: X must be uint8 pixels and y integer labels")
     if x.ndim != 4 or x.shape[:3] != (32, 32, 3) or x.shape[3] != len(y):
         raise DataError(f"{path}: X has shape {x.shape}, expected (32, 32, 3, N) with N = len(y)")
     if len(y) and (y.min() < 1 or y.max() > 10):
         raise DataError(f"{path}: labels must lie in 1..10 (10 = digit 0)")
     y = y.astype(np.int64) % 10
-    return np.ascontiguousarray(x.transpose(3, 2, 0, 1)).astype(np.uint8), y
+    return np.ascontiguousarray(x.transpose(3, 2, 0, 1)), y
 
 
 def _svhn_raw(data_dir: str | os.PathLike | None, download: bool) -> dict[str, Any]:
@@ -641,6 +657,26 @@ def _validate_args(
         )
 
 
+def channel_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and (population) standard deviation of x (N, C, ...), in float64.
+
+    uint8 images go through a 256-bin histogram per channel, which is exact and avoids a
+    float64 copy of the whole training set; other dtypes are reduced directly.
+    """
+    c = x.shape[1]
+    if x.dtype == np.uint8:
+        mean, std = np.empty(c), np.empty(c)
+        values = np.arange(256, dtype=np.float64)
+        for i in range(c):
+            hist = np.bincount(x[:, i].reshape(-1), minlength=256).astype(np.float64)
+            total = hist.sum()
+            mean[i] = (hist * values).sum() / total
+            std[i] = np.sqrt((hist * (values - mean[i]) ** 2).sum() / total)
+        return mean, std
+    axes = (0,) + tuple(range(2, x.ndim))
+    return x.mean(axis=axes, dtype=np.float64), x.std(axis=axes, dtype=np.float64)
+
+
 def load_dataset(
     name: str,
     data_dir: str | os.PathLike | None,
@@ -700,12 +736,9 @@ def load_dataset(
     )
 
     scale = 255.0 if train_x.dtype == np.uint8 else 1.0
-    # Statistics in float64 over all but the channel axis; one pass over the training split.
-    reduce_axes = (0,) + tuple(range(2, train_x.ndim))
     tr = train_x[tr_idx]
-    mean = tr.mean(axis=reduce_axes, dtype=np.float64) / scale
-    std = tr.std(axis=reduce_axes, dtype=np.float64) / scale
-    std = np.maximum(std, 1e-8)
+    mean, std = channel_stats(tr)
+    mean, std = mean / scale, np.maximum(std / scale, 1e-8)
     stat_shape = (1, -1) + (1,) * (train_x.ndim - 2)
 
     def to_x(a: np.ndarray) -> Tensor:
@@ -777,7 +810,7 @@ def augment(x: Tensor, generator: torch.Generator, *, pad: int = 4, flip: bool =
     1/2. Signals (N, C, L): shift by a random offset in U{0..2 pad} with zero padding (`flip`
     reverses the length axis). Random draws come from `generator` (on its own device, e.g. CPU),
     in a fixed order (offsets, then flips), so the augmentation is reproducible and resumable;
-    the crop itself is two vectorized gathers on x's device. Note: zeros are "padding" in the
+    the crop itself is one vectorized gather on x's device. Note: zeros are "padding" in the
     normalized space, i.e. the per-channel mean of the raw pixels.
     """
     if x.ndim not in (3, 4):
@@ -805,6 +838,7 @@ def augment(x: Tensor, generator: torch.Generator, *, pad: int = 4, flip: bool =
         return torch.gather(padded, 2, cols[:, None, :].expand(n, c, w))
     h = spatial[0]
     rows = torch.arange(h, device=x.device)[None, :] + offsets[:, :1]
-    wp = padded.shape[-1]
-    out = torch.gather(padded, 2, rows[:, None, :, None].expand(n, c, h, wp))
-    return torch.gather(out, 3, cols[:, None, None, :].expand(n, c, h, w))
+    hp, wp = padded.shape[-2:]
+    # One gather over the flattened padded image: source index rows * Wp + cols per pixel.
+    index = (rows[:, :, None] * wp + cols[:, None, :]).view(n, 1, h * w).expand(n, c, h * w)
+    return torch.gather(padded.reshape(n, c, hp * wp), 2, index).view(n, c, h, w)

@@ -19,7 +19,7 @@ Architectures (all convolutions without bias, as in the reference implementation
   linear to 4w, ReLU, linear; 1-D inputs use the same layers in 1-D (kernel 3).
 - mlp: flatten - linear(w) - ReLU - linear(w) - ReLU - linear.
 
-Parameter counts (checked in tests/test_deep_models.py; see the README there for the arithmetic):
+Parameter counts (checked in tests/test_deep_models.py, whose docstring has the arithmetic):
 PreAct ResNet-18 on CIFAR-10 without the final norm = 11,171,146 (the commonly published number of
 the pytorch-cifar implementation); ours has the final BN, + 2 * 512 = 11,172,170.
 WRN-28-10 = 36,479,194 and WRN-16-8 = 10,961,370 on CIFAR-10 (the published numbers).
