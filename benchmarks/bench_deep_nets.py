@@ -99,7 +99,18 @@ def _fake_cifar(root: Path, n_train: int, n_test: int) -> None:
             pickle.dump(d, f)
 
 
-def main(steps: int = 30, repeats: int = 2) -> str:
+def main(steps: int = 15, repeats: int = 3, threads: int = 1) -> str:
+    """``threads`` CPU threads for both loops: on a shared machine one thread gives stable
+    numbers (multi-threaded OpenMP kernels slow down several-fold when cores are contended)."""
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return _main(steps, repeats, threads)
+    finally:
+        torch.set_num_threads(old_threads)
+
+
+def _main(steps: int, repeats: int, threads: int) -> str:
     lines = [
         "## deep_nets: trainer pipeline vs bare loop (training examples/s)",
         "",
@@ -113,7 +124,7 @@ def main(steps: int = 30, repeats: int = 2) -> str:
         base = dict(
             dataset="fashion_mnist", model="resnet_tiny_gn", batch_size=bs, epochs=2,
             frac_train=n_train / 54000, lr_max=0.01, lr_schedule="constant", l2_reg=0.0,
-            n_eval=bs, n_eval_train=bs, n_sharpness=bs, device="cpu",
+            n_eval=bs, n_eval_train=bs, n_sharpness=bs, device="cpu", workers=threads,
         )  # fmt: skip
         for method, sam in (("SGD", False), ("SAM", True)):
             bare = pipe = 0.0
@@ -121,7 +132,7 @@ def main(steps: int = 30, repeats: int = 2) -> str:
                 bare = max(bare, _bare("resnet_tiny_gn", (1, 28, 28), None, bs, sam, steps, cpu))
                 cfg = TrainConfig(**base, sam_rho=0.05 if sam else 0.0)
                 pipe = max(pipe, _pipeline(cfg))
-            line = _row("cpu", "resnet_tiny_gn 1x28x28", method, bare, pipe)
+            line = _row(f"cpu ({threads} thread)", "resnet_tiny_gn 1x28x28", method, bare, pipe)
             print(line, flush=True)
             lines.append(line)
     else:
