@@ -794,6 +794,9 @@ def _train_step(
 
 # ------------------------------------------------------------------------------------- CLI
 def build_parser() -> argparse.ArgumentParser:
+    from deep_nets.data import DATASETS
+    from deep_nets.models import MODELS
+
     d = TrainConfig()
     p = argparse.ArgumentParser(
         prog="deep_nets/train.py",
@@ -806,6 +809,7 @@ def build_parser() -> argparse.ArgumentParser:
     a(
         "--dataset",
         type=str,
+        choices=DATASETS,
         default=d.dataset,
         help="data set: fashion_mnist, mnist1d, cifar10, cifar100, svhn (default: %(default)s)",
     )
@@ -842,7 +846,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g = p.add_argument_group("model")
     a = g.add_argument
-    a("--model", type=str, default=d.model, help="architecture name (default: %(default)s)")
+    a(
+        "--model",
+        type=str,
+        choices=MODELS,
+        default=d.model,
+        help="architecture (default: %(default)s)",
+    )
     a(
         "--model_width",
         type=int,
@@ -1067,6 +1077,7 @@ def build_parser() -> argparse.ArgumentParser:
     a(
         "--config",
         type=str,
+        choices=list_configs(),
         default=None,
         help="named config from deep_nets/configs/ supplying defaults; explicit flags override "
         "(default: none)",
@@ -1100,6 +1111,10 @@ def config_from_argv(argv: list[str] | None = None) -> TrainConfig:
             _check_resume_config(RunDir(out), cfg)
         except ValueError as e:
             parser.error(str(e))
+    try:
+        select_device(cfg.device)
+    except ValueError as e:
+        parser.error(str(e))
     if cfg.model_path and not Path(cfg.model_path).is_file():
         parser.error(f"--model_path {cfg.model_path}: no such file")
     return cfg

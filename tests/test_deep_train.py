@@ -92,7 +92,7 @@ BAD_FLAGS = [
     (["--acc_steps", "3"], "--acc_steps 3 does not divide --batch_size"),
     (["--sam_iters", "2"], "--sam_iters has no effect without --sam_rho"),
     (["--model", "resnet18"], "--model resnet18"),
-    (["--dataset", "imagenet"], "--dataset 'imagenet'"),
+    (["--dataset", "imagenet"], "--dataset: invalid choice: 'imagenet'"),
     (["--sam_rho", "0.1", "--sam_epoch_frac_start", "0.8", "--sam_epoch_frac_end", "0.5"],
      "--sam_epoch_frac_start"),
     (["--sam_rho", "0.1", "--sam_variant", "looksam", "--acc_steps", "2"], "--acc_steps > 1"),
@@ -101,7 +101,7 @@ BAD_FLAGS = [
     (["--p_label_noise", "0.2", "--noise_type", "asym"], "--noise_type asym"),
     (["--model_path", "/nonexistent/model.pt"], "--model_path /nonexistent/model.pt"),
     (["--lr_schedule", "step"], "--lr_schedule"),
-    (["--config", "no_such_config"], "--config 'no_such_config'"),
+    (["--config", "no_such_config"], "--config: invalid choice: 'no_such_config'"),
 ]  # fmt: skip
 
 
