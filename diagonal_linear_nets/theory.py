@@ -4,7 +4,8 @@ Gradient flow on beta = u (.) v from u0 = alpha, v0 = 0 keeps u^2 - v^2 = alpha^
 beta(t) = (alpha^2 / 2) sinh(-2 X^T int r dt / n); its limit is the interpolator
 
     beta_alpha = argmin_beta phi_alpha(beta)  s.t.  X beta = y,
-    phi_a(beta) = sum_i [ beta_i arcsinh(2 beta_i / a_i^2) - sqrt(4 beta_i^2 + a_i^4) / 2 + a_i^2 / 2 ]
+    phi_a(beta) = sum_i [ beta_i arcsinh(2 beta_i / a_i^2)
+                          - sqrt(4 beta_i^2 + a_i^4) / 2 + a_i^2 / 2 ]
 
 (grad phi_a(beta) = arcsinh(2 beta / a^2) lies in span(X^T) at the optimum: the KKT condition).
 SAM flows reach the same kind of point with the effective initialization alpha_inf accumulated
