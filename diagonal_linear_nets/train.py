@@ -152,15 +152,19 @@ def train(config: TrainConfig) -> Path:
                 )
             P = problems[r.seed]
             a_flow = res.alpha_inf_flow[i]
-            pred = predict_interpolator(P.X.numpy(), P.y.numpy(), a_flow)
-            pred_exact = predict_interpolator(P.X.numpy(), P.y.numpy(), res.alpha_inf_exact[i])
-            entry |= {
-                "alpha_inf_flow": a_flow.tolist(),
-                "beta_pred": pred.tolist(),
-                "rel_dist_pred": relative_distance(res.beta[i], pred),
-                "rel_dist_pred_exact": relative_distance(res.beta[i], pred_exact),
-                "l1_pred": float(np.abs(pred).sum()),
-            }
+            entry["alpha_inf_flow"] = a_flow.tolist()
+            # The prediction assumes the run interpolates; a run that did not converge (or whose
+            # exact a^2 = u^2 - v^2 went non-positive) gets no prediction rather than a crash.
+            for key, a in (("", a_flow), ("_exact", res.alpha_inf_exact[i])):
+                try:
+                    pred = predict_interpolator(P.X.numpy(), P.y.numpy(), a)
+                except (ValueError, RuntimeError) as err:
+                    entry[f"theory_error{key}"] = str(err)
+                    continue
+                entry[f"rel_dist_pred{key}"] = relative_distance(res.beta[i], pred)
+                if not key:
+                    entry["beta_pred"] = pred.tolist()
+                    entry["l1_pred"] = float(np.abs(pred).sum())
         per_run.append(entry)
     rd.write_summary({"param": cfg.param, "normalize": cfg.normalize, "runs": per_run})
     return rd.path
