@@ -18,6 +18,7 @@ from pathlib import Path
 # (family, module): add a family here when it lands.
 STAGES = [
     ("core", "analysis.core_demo"),
+    ("diagonal_linear_nets", "analysis.diagonal_linear_nets"),
 ]
 PROFILES = ("quick", "full")
 
