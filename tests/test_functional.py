@@ -157,3 +157,13 @@ def test_layerwise_trust_ratio():
 def test_invalid_arguments_name_themselves(call, name):
     with pytest.raises(ValueError, match=name):
         call()
+
+
+def test_hessian_top_eigenvalue_of_a_quadratic():
+    from sharpness.measures import hessian_top_eigenvalue
+
+    Q = torch.linalg.qr(torch.randn(6, 6, generator=torch.Generator().manual_seed(0), dtype=D))[0]
+    H = Q @ torch.diag(torch.tensor([7.0, 3.0, 1.0, 0.5, 0.1, 0.0], dtype=D)) @ Q.T
+    w = torch.randn(6, dtype=D, requires_grad=True)
+    lam = hessian_top_eigenvalue(lambda: 0.5 * w @ H @ w, [w], iters=200, tol=1e-12)
+    assert lam == pytest.approx(7.0, rel=1e-8)
