@@ -1,5 +1,7 @@
 """The core's reproduce stage on a tiny configuration: valid run directories and counts."""
 
+import math
+
 from analysis.core_demo import DemoConfig, run_one
 from sharpness.runs import load_run
 
@@ -17,4 +19,5 @@ def test_demo_runs_write_valid_runs_and_count_passes(tmp_path):
     assert out["looksam"]["metrics"][-1]["passes"] == steps + (steps + 4) // 5
     for r in out.values():
         assert r["config"]["config"]["epochs"] == 1
-        assert 0.0 <= r["summary"]["test_acc"] <= 1.0 and r["summary"]["lambda_max"] > 0
+        assert 0.0 <= r["summary"]["test_acc"] <= 1.0
+        assert math.isfinite(r["summary"]["lambda_max"])  # largest |eigenvalue|; any sign early
