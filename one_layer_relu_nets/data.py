@@ -3,9 +3,9 @@
 reference1d (REFERENCE.md 4.3, "same data as Maennel et al."):
     x = [-5.5, -4.5, ..., 5.5] / 4 + 0.07,   y = 0.345 + [-2, 1.5, 0, 0, 2, 1, 0, -1, 0, 1, 2, -1].
 teacher: x ~ N(0, I_d) (n_train and n_test points), y = sum_k a*_k relu(w*_k . x) with k teacher
-    neurons, w*_k uniform on the unit sphere, a*_k = +-1 alternating, no bias and no label noise; the
-    draw is a deterministic function of ``data_seed`` only (every run of a comparison sees the same
-    data).
+    neurons, w*_k uniform on the unit sphere, a*_k = +-1 alternating, no bias and no label noise;
+    the draw is a deterministic function of ``data_seed`` only (every run of a comparison sees the
+    same data).
 """
 
 from __future__ import annotations

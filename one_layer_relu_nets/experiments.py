@@ -6,7 +6,8 @@ Experiment 1 -- implicit bias on the reference 12-point 1-D data (REFERENCE.md 4
     than GD's. Reference: width 100, reference init, loss 0.5 sum of squares, lr 5e-5, up to 1e6
     iterations or loss <= 1e-5, seeds 0-4, normalized n-SAM rho 0.3, lr decayed linearly for SAM
     only. Here every algorithm (GD, n-SAM, 1-SAM) uses the same linearly decaying lr; a second
-    comparison decays rho linearly too, so SAM also reaches the loss threshold (equal training loss).
+    comparison decays rho linearly too, so that SAM can reach the loss threshold as well (equal
+    training loss).
     Command (full): python one_layer_relu_nets/train.py --algorithms gd nsam 1sam --rhos 0.3
         --lr 5e-5 --lr_schedule linear --iterations 1000000 --num_seeds 5 --out_dir ...
 
@@ -34,7 +35,7 @@ def _sizes(profile: str) -> dict:
     if profile not in PROFILES:
         raise ValueError(f"profile must be one of {PROFILES} (got {profile!r})")
     if profile == "tiny":
-        return {"it1": 300, "seeds1": [0, 1], "it2": 100, "seeds2": [0], "it3": 100, "seeds3": [0]}
+        return {"it1": 150, "seeds1": [0, 1], "it2": 60, "seeds2": [0], "it3": 60, "seeds3": [0]}
     if profile == "quick":
         return {
             "it1": 30_000,

@@ -49,7 +49,7 @@ def merged_breakpoints(
     order = torch.argsort(t)
     out: list[tuple[float, float]] = []
     prev = None
-    for tj, jj in zip(t[order].tolist(), jump[order].tolist()):
+    for tj, jj in zip(t[order].tolist(), jump[order].tolist(), strict=True):
         if prev is not None and tj - prev <= merge_tol:
             loc, tot = out[-1]
             out[-1] = (loc, tot + jj)

@@ -149,8 +149,8 @@ def init_params(
 
 def stack_params(ps: list[Params]) -> Params:
     """Stack single-run params along a new leading runs axis."""
-    return Params(*(torch.stack(ts) for ts in zip(*ps)))
+    return Params(*(torch.stack(ts) for ts in zip(*ps, strict=True)))
 
 
 def unstack_params(p: Params) -> list[Params]:
-    return [Params(W, b, a) for W, b, a in zip(*p)]
+    return [Params(W, b, a) for W, b, a in zip(*p, strict=True)]

@@ -21,6 +21,8 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from one_layer_relu_nets.data import TASKS  # noqa: E402
+from one_layer_relu_nets.model import INITS  # noqa: E402
 from one_layer_relu_nets.training import (  # noqa: E402
     ALGORITHMS,
     DTYPES,
@@ -30,8 +32,6 @@ from one_layer_relu_nets.training import (  # noqa: E402
     Config,
     train,
 )
-from one_layer_relu_nets.data import TASKS  # noqa: E402
-from one_layer_relu_nets.model import INITS  # noqa: E402
 from sharpness.runs import common_parser, select_device  # noqa: E402
 
 # Config field -> the flag that sets it (error messages name the flag).

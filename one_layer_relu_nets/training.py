@@ -207,7 +207,7 @@ def sam_gradient(
     g = grads_from_forward(p1, Xc, fc, omega_chunk * (fc.out - yc))  # (R, K, ...)
     rho_b = rho.reshape(R, 1) if isinstance(rho, Tensor) else rho
     e = perturbation(list(g), rho_b, 2.0, normalize=normalize, batch_dims=2)
-    pp = Params(*(p + ei for p, ei in zip(p1, e)))
+    pp = Params(*(p + ei for p, ei in zip(p1, e, strict=True)))
     fp = forward(pp, Xc)
     gk = grads_from_forward(pp, Xc, fp, omega * (fp.out - yc))
     return Params(*(t.sum(1) for t in gk)), gk
@@ -326,7 +326,7 @@ def _run_group(
         P = Params(
             *(
                 torch.where(active.reshape(-1, *[1] * (p.dim() - 1)), p - lr_t * g, p)
-                for p, g in zip(P, grad)
+                for p, g in zip(P, grad, strict=True)
             )
         )
     test = full_loss(P, Xt, yt, "mean").tolist() if Xt is not None else [None] * R

@@ -42,14 +42,17 @@ def test_reference_data_matches_reference_md():
                   0.345, -0.655, 0.345, 1.345, 2.345, -0.655]  # fmt: skip
     data = reference_1d()
     assert data.X.shape == (12, 1) and data.y.shape == (12,)
-    torch.testing.assert_close(data.X[:, 0], torch.tensor(x_expected, dtype=F64), rtol=0, atol=1e-15)
+    torch.testing.assert_close(
+        data.X[:, 0], torch.tensor(x_expected, dtype=F64), rtol=0, atol=1e-15
+    )
     torch.testing.assert_close(data.y, torch.tensor(y_expected, dtype=F64), rtol=0, atol=1e-15)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 4])
 def test_reference_init_is_the_original_draw(seed):
     """The original notebook: torch.manual_seed(seed); hidden = nn.Linear(1, 100) then weight =
-    2.5 (2 round(rand) - 1), bias = 2.5 randn; out = nn.Linear(100, 1, bias=False), weight = 4 randn."""
+    2.5 (2 round(rand) - 1), bias = 2.5 randn; out = nn.Linear(100, 1, bias=False),
+    weight = 4 randn."""
     torch.manual_seed(seed)
     hidden = torch.nn.Linear(1, 100, bias=True)
     W = 2.5 * (-1 + 2 * torch.round(torch.rand_like(hidden.weight)))
