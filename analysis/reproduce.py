@@ -29,10 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--results_dir", type=Path, default=Path("results"))
     ap.add_argument("--figures_dir", type=Path, default=Path("figures"))
     ap.add_argument(
-        "--only",
-        nargs="*",
-        default=None,
-        help="families to run (default: all): " + ", ".join(f for f, _ in STAGES),
+        "--only", nargs="*", default=None, help="families to run (default: all): "
+        + ", ".join(f for f, _ in STAGES)
     )
     args = ap.parse_args(argv)
     names = [f for f, _ in STAGES]
