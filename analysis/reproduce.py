@@ -19,6 +19,7 @@ from pathlib import Path
 STAGES = [
     ("core", "analysis.core_demo"),
     ("diagonal_linear_nets", "analysis.diagonal_linear_nets"),
+    ("one_layer_relu_nets", "analysis.one_layer_relu_nets"),
 ]
 PROFILES = ("quick", "full")
 
