@@ -11,7 +11,9 @@ from sharpness.runs import CLAIM_COLUMNS, atomic_write_text
 
 def collect_claims(results_dir: str | Path) -> pd.DataFrame:
     """All claims tables under ``results_dir`` (one row per claim), in family order."""
-    frames = [pd.read_csv(p, dtype=str).fillna("") for p in sorted(Path(results_dir).glob("*/claims.csv"))]
+    frames = [
+        pd.read_csv(p, dtype=str).fillna("") for p in sorted(Path(results_dir).glob("*/claims.csv"))
+    ]
     if not frames:
         return pd.DataFrame(columns=list(CLAIM_COLUMNS))
     df = pd.concat(frames, ignore_index=True)
@@ -36,7 +38,9 @@ def write_report(results_dir: str | Path) -> Path:
     df = collect_claims(results_dir)
     counts = df["verdict"].value_counts().to_dict() if len(df) else {}
     head = "# Claims: paper vs this suite\n\n" + (
-        ", ".join(f"{v}: {n}" for v, n in counts.items()) + "\n\n" if counts else "No claims yet.\n\n"
+        ", ".join(f"{v}: {n}" for v, n in counts.items()) + "\n\n"
+        if counts
+        else "No claims yet.\n\n"
     )
     out = results_dir / "claims.md"
     atomic_write_text(out, head + to_markdown(df))

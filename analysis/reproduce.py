@@ -19,6 +19,8 @@ from pathlib import Path
 STAGES = [
     ("core", "analysis.core_demo"),
     ("deep_nets", "analysis.deep_nets"),
+    ("diagonal_linear_nets", "analysis.diagonal_linear_nets"),
+    ("one_layer_relu_nets", "analysis.one_layer_relu_nets"),
 ]
 PROFILES = ("quick", "full")
 
@@ -29,8 +31,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--results_dir", type=Path, default=Path("results"))
     ap.add_argument("--figures_dir", type=Path, default=Path("figures"))
     ap.add_argument(
-        "--only", nargs="*", default=None, help="families to run (default: all): "
-        + ", ".join(f for f, _ in STAGES)
+        "--only",
+        nargs="*",
+        default=None,
+        help="families to run (default: all): " + ", ".join(f for f, _ in STAGES),
     )
     args = ap.parse_args(argv)
     names = [f for f, _ in STAGES]

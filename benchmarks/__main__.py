@@ -18,7 +18,9 @@ from sharpness.runs import atomic_write_text
 
 
 def main(argv: list[str] | None = None) -> int:
-    names = sorted(m.name for m in pkgutil.iter_modules(benchmarks.__path__) if m.name.startswith("bench_"))
+    names = sorted(
+        m.name for m in pkgutil.iter_modules(benchmarks.__path__) if m.name.startswith("bench_")
+    )
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--only", nargs="*", choices=names, default=None, help="modules to run")
     ap.add_argument("--out_dir", type=Path, default=Path("results/bench"))

@@ -1,0 +1,13 @@
+"""sharpness: Sharpness-Aware Minimization for PyTorch.
+
+``from sharpness import SAM, LookSAM`` for the optimizers; ``sharpness.functional`` for the pure
+ascent rules; ``sharpness.modules`` for m-SAM, batch-norm and DDP helpers; ``sharpness.runs``
+for the suite's run format.
+"""
+
+from sharpness import functional
+from sharpness.modules import frozen_bn_stats, local_grads, msam_backward
+from sharpness.optim import SAM, LookSAM
+
+__all__ = ["SAM", "LookSAM", "functional", "frozen_bn_stats", "local_grads", "msam_backward"]
+__version__ = "0.1.0"

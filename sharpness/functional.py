@@ -67,7 +67,9 @@ def _bcast(s: Tensor | float, t: Tensor, batch_dims: int) -> Tensor | float:
     if not isinstance(s, Tensor) or s.dim() == 0:
         return s
     if s.dim() > batch_dims:
-        raise ValueError(f"a tensor rho/scale of shape {tuple(s.shape)} has more dims than batch_dims")
+        raise ValueError(
+            f"a tensor rho/scale of shape {tuple(s.shape)} has more dims than batch_dims"
+        )
     pad = t.dim() - batch_dims
     return s.reshape(*s.shape, *([1] * pad))
 
@@ -236,7 +238,9 @@ def project(
             bound = torch.as_tensor(r if s is None else r * s, dtype=e.dtype, device=e.device)
             res.append(torch.maximum(torch.minimum(e, bound), -bound))
         return _unwrap(res, single)
-    unscaled = [e if s is None else e / s.clamp_min(torch.finfo(e.dtype).tiny) for e, s in zip(es, scales)]
+    unscaled = [
+        e if s is None else e / s.clamp_min(torch.finfo(e.dtype).tiny) for e, s in zip(es, scales)
+    ]
     norm = lp_norm(unscaled, p, batch_dims)
     factor = torch.clamp(rho / norm.clamp_min(torch.finfo(norm.dtype).tiny), max=1.0)
     return _unwrap([e * _bcast(factor, e, batch_dims) for e in es], single)

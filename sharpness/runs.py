@@ -169,7 +169,7 @@ def device_description(device: torch.device) -> str:
 # ----------------------------------------------------------------------------------- run dirs
 @dataclass
 class RunDir:
-    """A run directory: ``config.json`` written at creation, metrics appended, summary at the end."""
+    """A run directory: ``config.json`` written at creation, metrics appended, summary last."""
 
     path: Path
 
@@ -178,7 +178,7 @@ class RunDir:
         return self.path / "metrics.jsonl"
 
     def log(self, row: Mapping[str, Any]) -> None:
-        """Append one JSON object as a line, flushed and fsynced (a crash loses at most this line)."""
+        """Append one JSON object as a line, flushed and fsynced (a crash loses at most it)."""
         line = to_json(dict(row), indent=None)
         with open(self.metrics_path, "a", encoding="utf-8") as f:
             f.write(line + "\n")
@@ -291,7 +291,9 @@ def select_device(name: str | None = None) -> torch.device:
     except RuntimeError as e:
         raise ValueError(f"--device {name!r} is not a device name (try cpu or cuda)") from e
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
+        raise ValueError(
+            f"--device {name}: CUDA is not available on this machine; use --device cpu"
+        )
     return dev
 
 

@@ -1,0 +1,270 @@
+"""Train one-hidden-layer ReLU networks with GD / SGD / n-SAM / 1-SAM / m-SAM: one comparison
+(algorithms x rho values x seeds, batched over runs) per command.
+
+Examples:
+  # the reference 1-D experiment, the same lr schedule for every algorithm (quick version)
+  python one_layer_relu_nets/train.py --algorithms gd nsam 1sam --rhos 0.3 --lr 5e-5 \\
+      --lr_schedule linear --iterations 30000 --num_seeds 5 --out_dir runs/relu_1d
+  # teacher-student, test loss vs rho
+  python one_layer_relu_nets/train.py --task teacher --d 5 --width 50 --init standard \\
+      --reduction mean --lr 0.1 --iterations 4000 --loss_threshold 0 \\
+      --rhos 0.01 0.03 0.1 0.3 --out_dir runs/relu_teacher
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from datetime import datetime
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from one_layer_relu_nets.data import TASKS  # noqa: E402
+from one_layer_relu_nets.model import INITS  # noqa: E402
+from one_layer_relu_nets.training import (  # noqa: E402
+    ALGORITHMS,
+    DTYPES,
+    LR_SCHEDULES,
+    REDUCTIONS,
+    RHO_SCHEDULES,
+    Config,
+    train,
+)
+from sharpness.runs import common_parser, select_device  # noqa: E402
+
+# Config field -> the flag that sets it (error messages name the flag).
+FLAG_OF = {"rhos": "--rhos", "seeds": "--seed/--num_seeds", "normalize": "--unnormalized"}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = Config()
+    p = argparse.ArgumentParser(
+        description=__doc__,
+        parents=[common_parser()],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    g = p.add_argument_group("task and network")
+    g.add_argument(
+        "--task",
+        type=str,
+        choices=TASKS,
+        default=d.task,
+        help=f"reference1d: the 12-point 1-D data; teacher: teacher-student in --d dims "
+        f"(default: {d.task})",
+    )
+    g.add_argument(
+        "--d", type=int, default=d.d, help=f"teacher task: input dimension (default: {d.d})"
+    )
+    g.add_argument(
+        "--teacher_width",
+        type=int,
+        default=d.teacher_width,
+        help=f"teacher task: number of teacher ReLU neurons (default: {d.teacher_width})",
+    )
+    g.add_argument(
+        "--n_train",
+        type=int,
+        default=d.n_train,
+        help=f"teacher task: training points (default: {d.n_train})",
+    )
+    g.add_argument(
+        "--n_test",
+        type=int,
+        default=d.n_test,
+        help=f"teacher task: test points (default: {d.n_test})",
+    )
+    g.add_argument(
+        "--data_seed",
+        type=int,
+        default=d.data_seed,
+        help=f"teacher task: seed of the data draw, shared by all runs (default: {d.data_seed})",
+    )
+    g.add_argument(
+        "--width", type=int, default=d.width, help=f"hidden neurons (default: {d.width})"
+    )
+    g.add_argument(
+        "--init",
+        type=str,
+        choices=INITS,
+        default=d.init,
+        help="reference: W = +-2.5, b ~ N(0, 2.5^2), a ~ N(0, 4^2) (the original's draws); "
+        f"standard: PyTorch nn.Linear default (default: {d.init})",
+    )
+    g.add_argument(
+        "--init_scale",
+        type=float,
+        default=d.init_scale,
+        help=f"multiplies every initial weight (default: {d.init_scale})",
+    )
+    g = p.add_argument_group("algorithms")
+    g.add_argument(
+        "--algorithms",
+        type=str,
+        nargs="+",
+        choices=ALGORITHMS,
+        default=d.algorithms,
+        help="one or more of gd (full batch), sgd (--batch_size), nsam (ascent on the "
+        "batch), 1sam (one ascent per example), msam (per chunk of --m examples) "
+        f"(default: {' '.join(d.algorithms)})",
+    )
+    g.add_argument(
+        "--rhos",
+        type=float,
+        nargs="+",
+        default=d.rhos,
+        help=f"SAM radii, one run per value and seed (default: {d.rhos})",
+    )
+    g.add_argument(
+        "--unnormalized",
+        action="store_true",
+        help="unnormalized ascent e = rho g instead of rho g / ||g||_2 (default: off)",
+    )
+    g.add_argument(
+        "--rho_schedule",
+        type=str,
+        choices=RHO_SCHEDULES,
+        default=d.rho_schedule,
+        help="rho_t = rho x (1 | 1 - t/T | 1/sqrt(1 + t)) (default: constant)",
+    )
+    g.add_argument("--m", type=int, default=d.m, help=f"msam: examples per chunk (default: {d.m})")
+    g.add_argument(
+        "--batch_size",
+        type=int,
+        default=d.batch_size,
+        help="examples per step, sampled without replacement; 0 = all (required "
+        "0 < batch_size < n for sgd; gd always uses all) (default: 0)",
+    )
+    g = p.add_argument_group("optimization")
+    g.add_argument("--lr", type=float, default=d.lr, help=f"learning rate (default: {d.lr})")
+    g.add_argument(
+        "--lr_schedule",
+        type=str,
+        choices=LR_SCHEDULES,
+        default=d.lr_schedule,
+        help="lr_t = lr x (1 | 1 - t/T | (1 + cos(pi t/T))/2), the same for every "
+        f"algorithm (default: {d.lr_schedule})",
+    )
+    g.add_argument(
+        "--iterations",
+        type=int,
+        default=d.iterations,
+        help=f"maximum iterations T (default: {d.iterations})",
+    )
+    g.add_argument(
+        "--loss_threshold",
+        type=float,
+        default=d.loss_threshold,
+        help="a run stops once its full training loss is <= this; 0 = never "
+        f"(default: {d.loss_threshold})",
+    )
+    g.add_argument(
+        "--reduction",
+        type=str,
+        choices=REDUCTIONS,
+        default=d.reduction,
+        help="training loss: sum = 0.5 sum_i r_i^2 (reference), mean = 0.5 mean_i r_i^2 "
+        f"(default: {d.reduction})",
+    )
+    g = p.add_argument_group("runs and output")
+    g.add_argument(
+        "--num_seeds",
+        type=int,
+        default=len(d.seeds),
+        help="seeds --seed, ..., --seed + num_seeds - 1 (initialization, SGD order) "
+        f"(default: {len(d.seeds)})",
+    )
+    g.add_argument(
+        "--n_logs",
+        type=int,
+        default=d.n_logs,
+        help=f"about this many log-spaced logged iterations (default: {d.n_logs})",
+    )
+    g.add_argument(
+        "--threads",
+        type=int,
+        default=d.threads,
+        help=f"torch CPU threads while training (default: {d.threads})",
+    )
+    g.add_argument(
+        "--dtype",
+        type=str,
+        choices=tuple(DTYPES),
+        default=d.dtype,
+        help=f"floating point type (default: {d.dtype})",
+    )
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    return Config(
+        task=args.task,
+        d=args.d,
+        teacher_width=args.teacher_width,
+        n_train=args.n_train,
+        n_test=args.n_test,
+        data_seed=args.data_seed,
+        width=args.width,
+        init=args.init,
+        init_scale=args.init_scale,
+        algorithms=list(args.algorithms),
+        rhos=list(args.rhos),
+        normalize=not args.unnormalized,
+        rho_schedule=args.rho_schedule,
+        m=args.m,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        lr_schedule=args.lr_schedule,
+        iterations=args.iterations,
+        loss_threshold=args.loss_threshold,
+        reduction=args.reduction,
+        seeds=list(range(args.seed, args.seed + args.num_seeds)),
+        n_logs=args.n_logs,
+        threads=args.threads,
+        dtype=args.dtype,
+        device=str(args.device),
+        out_dir=args.out_dir,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.num_seeds < 1:
+        parser.error(f"--num_seeds must be >= 1 (got {args.num_seeds})")
+    if args.seed < 0:
+        parser.error(f"--seed must be >= 0 (got {args.seed})")
+    if args.out_dir is None:
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        args.out_dir = str(Path("runs") / "one_layer_relu_nets" / f"{args.task}_{stamp}")
+    if (Path(args.out_dir) / "config.json").exists():
+        parser.error(f"--out_dir {args.out_dir} already holds a run; choose another directory")
+    try:
+        args.device = select_device(args.device or "cpu")
+    except ValueError as e:
+        parser.error(str(e))
+    cfg = config_from_args(args)
+    try:
+        from one_layer_relu_nets.training import make_dataset
+
+        cfg.validate(make_dataset(cfg).n)
+    except ValueError as e:
+        field_name = str(e).split(":", 1)[0]
+        flag = FLAG_OF.get(field_name, "--" + field_name)
+        parser.error(f"{flag}: {str(e).split(':', 1)[1].strip()}")
+    summary = train(cfg)
+    for r in summary["runs"]:
+        extra = f" kinks {r['kinks']}" if "kinks" in r else ""
+        test = f" test {r['test_loss']:.3g}" if r.get("test_loss") is not None else ""
+        loss = r["train_loss"]
+        print(
+            f"{r['algorithm']:5s} rho {r['rho']:<6g} seed {r['seed']}: {r['iterations']} it, "
+            f"train {loss if loss is None else f'{loss:.3g}'}{test}{extra}"
+        )
+    print(f"wrote {cfg.out_dir} ({summary['wall_s']:.1f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,169 @@
+"""The pure ascent rules against closed forms written out independently here."""
+
+import math
+
+import pytest
+import torch
+
+from sharpness import functional as F
+
+D = torch.float64
+
+
+def _g(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(3, 4, generator=g, dtype=D), torch.randn(5, generator=g, dtype=D)]
+
+
+def _flat(xs):
+    return torch.cat([x.reshape(-1) for x in xs])
+
+
+@pytest.mark.parametrize("p", [2.0, float("inf"), 3.0, 1.5])
+def test_perturbation_has_norm_rho_and_maximizes_linearization(p):
+    g = _g()
+    e = F.perturbation(g, 0.3, p, eps=0.0)
+    fe = _flat(e)
+    assert torch.linalg.vector_norm(fe, p).item() == pytest.approx(0.3, rel=1e-12)
+    # Hoelder: <g, e> <= rho ||g||_q with equality at the maximizer.
+    q = 1.0 if math.isinf(p) else p / (p - 1)
+    best = 0.3 * torch.linalg.vector_norm(_flat(g), q).item()
+    assert (fe @ _flat(g)).item() == pytest.approx(best, rel=1e-12)
+
+
+def test_p2_and_pinf_closed_forms():
+    g = _g(1)
+    fg = _flat(g)
+    e2 = _flat(F.perturbation(g, 0.05, 2.0, eps=0.0))
+    torch.testing.assert_close(e2, 0.05 * fg / fg.norm(), rtol=1e-14, atol=0)
+    einf = _flat(F.perturbation(g, 0.05, float("inf")))
+    assert torch.equal(einf, 0.05 * torch.sign(fg))
+
+
+def test_unnormalized_is_rho_g():
+    g = _g(2)
+    e = F.perturbation(g, 0.1, normalize=False)
+    for a, b in zip(e, g):
+        assert torch.equal(a, 0.1 * b)
+
+
+def test_zero_gradient_gives_zero_perturbation():
+    e = F.perturbation([torch.zeros(3, dtype=D)], 0.1)
+    assert torch.equal(e[0], torch.zeros(3, dtype=D))
+
+
+def test_foreach_equals_loop():
+    g = _g(3)
+    for p in (2.0, float("inf")):
+        a = F.perturbation(g, 0.2, p, foreach=True)
+        b = F.perturbation(g, 0.2, p, foreach=False)
+        for x, y in zip(a, b):
+            torch.testing.assert_close(x, y, rtol=1e-15, atol=0)
+
+
+def test_batched_equals_one_at_a_time_with_per_run_rho():
+    gen = torch.Generator().manual_seed(4)
+    u = torch.randn(4, 6, 10, generator=gen, dtype=D)  # (runs, examples, d)
+    v = torch.randn(4, 6, 10, generator=gen, dtype=D)
+    rho = torch.tensor([0.0, 0.1, 0.5, 2.0], dtype=D)
+    eu, ev = F.perturbation([u, v], rho[:, None], batch_dims=2)
+    for r in range(4):
+        for i in range(6):
+            one = F.perturbation([u[r, i], v[r, i]], float(rho[r]))
+            torch.testing.assert_close(eu[r, i], one[0], rtol=1e-14, atol=1e-18)
+            torch.testing.assert_close(ev[r, i], one[1], rtol=1e-14, atol=1e-18)
+
+
+def test_adaptive_eta0_all_tensors_is_rho_T2g_over_norm_Tg():
+    g = _g(5)
+    w = _g(6)
+    T = F.asam_scale(w, eta=0.0, weights_only=False)
+    e = F.perturbation(g, 0.5, scale=T, eps=0.0)
+    tg = _flat([t * x for t, x in zip(T, g)])
+    want = 0.5 * _flat([t * t * x for t, x in zip(T, g)]) / tg.norm()
+    torch.testing.assert_close(_flat(e), want, rtol=1e-14, atol=0)
+
+
+def test_asam_weights_only_leaves_biases_plain():
+    w = _g(7)
+    T = F.asam_scale(w, eta=0.01, weights_only=True)
+    assert T[1] is None
+    torch.testing.assert_close(T[0], w[0].abs() + 0.01)
+
+
+def test_project_onto_ball():
+    e = [x * 10 for x in _g(8)]
+    pr = F.project(e, 0.5, 2.0)
+    assert _flat(pr).norm().item() == pytest.approx(0.5, rel=1e-12)
+    inside = [x * 1e-3 for x in _g(8)]
+    for a, b in zip(F.project(inside, 0.5, 2.0), inside):
+        assert torch.equal(a, b)
+    pinf = F.project(e, 0.5, float("inf"))
+    assert _flat(pinf).abs().max().item() <= 0.5
+
+
+def test_multi_step_on_quadratic_matches_hand_computation():
+    A = torch.diag(torch.tensor([1.0, 4.0, 9.0], dtype=D))
+    w = torch.tensor([1.0, -1.0, 0.5], dtype=D)
+
+    def grad(x):
+        return A @ x
+
+    rho, mult = 0.1, 0.7
+    e = F.multi_step_perturbation(lambda e: grad(w + e), grad(w), rho, 3, mult, eps=0.0)
+    # by hand: e_{k+1} = P(e_k + rho*mult*g_k/||g_k||), projection onto the 2-ball of radius rho
+    ref = torch.zeros(3, dtype=D)
+    for _ in range(3):
+        gk = grad(w + ref)
+        ref = ref + rho * mult * gk / gk.norm()
+        if ref.norm() > rho:
+            ref = ref * rho / ref.norm()
+    torch.testing.assert_close(e, ref, rtol=1e-13, atol=0)
+    one = F.multi_step_perturbation(lambda e: grad(w + e), grad(w), rho, 1, 1.0)
+    assert torch.equal(one, F.perturbation(grad(w), rho))
+
+
+def test_looksam_decomposition_and_reuse():
+    g, gs = _g(9), _g(10)
+    gv = F.looksam_orthogonal(g, gs, eps=0.0)
+    fg, fs, fv = _flat(g), _flat(gs), _flat(gv)
+    torch.testing.assert_close(fv, fs - (fg @ fs) / (fg @ fg) * fg, rtol=1e-13, atol=1e-15)
+    assert abs((fv @ fg).item()) < 1e-12
+    r = F.looksam_reuse(g, gv, 0.7, eps=0.0)
+    torch.testing.assert_close(_flat(r), fg + 0.7 * fg.norm() / fv.norm() * fv, rtol=1e-13, atol=0)
+    # per tensor: each tensor on its own
+    rl = F.looksam_reuse(g, gv, 0.7, per_tensor=True, eps=0.0)
+    for a, x, v in zip(rl, g, gv):
+        torch.testing.assert_close(a, x + 0.7 * x.norm() / v.norm() * v, rtol=1e-13, atol=0)
+
+
+def test_layerwise_trust_ratio():
+    g, w = _g(11), _g(12)
+    e = F.perturbation(g, 0.1, layerwise_weights=w, eps=0.0)
+    for a, x, ww in zip(e, g, w):
+        torch.testing.assert_close(a, 0.1 * ww.norm() * x / x.norm(), rtol=1e-13, atol=0)
+
+
+@pytest.mark.parametrize(
+    "call, name",
+    [
+        (lambda: F.perturbation(_g(), -0.1), "rho"),
+        (lambda: F.perturbation(_g(), 0.1, p=1.0), "p"),
+        (lambda: F.asam_scale(_g(), eta=-1.0), "eta"),
+        (lambda: F.multi_step_perturbation(lambda e: e, _g(), 0.1, iters=0), "sam_iters"),
+        (lambda: F.multi_step_perturbation(lambda e: e, _g(), 0.1, 2, step_size_mult=0), "step"),
+    ],
+)
+def test_invalid_arguments_name_themselves(call, name):
+    with pytest.raises(ValueError, match=name):
+        call()
+
+
+def test_hessian_top_eigenvalue_of_a_quadratic():
+    from sharpness.measures import hessian_top_eigenvalue
+
+    Q = torch.linalg.qr(torch.randn(6, 6, generator=torch.Generator().manual_seed(0), dtype=D))[0]
+    H = Q @ torch.diag(torch.tensor([7.0, 3.0, 1.0, 0.5, 0.1, 0.0], dtype=D)) @ Q.T
+    w = torch.randn(6, dtype=D, requires_grad=True)
+    lam = hessian_top_eigenvalue(lambda: 0.5 * w @ H @ w, [w], iters=200, tol=1e-12)
+    assert lam == pytest.approx(7.0, rel=1e-8)

@@ -1,0 +1,44 @@
+"""The quick-stage pipeline on a tiny profile, then the notebook executed for real with nbclient."""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+import nbformat
+from nbclient import NotebookClient
+
+from analysis.one_layer_relu_nets import FAMILY, reproduce
+from sharpness.runs import VERDICTS
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_tiny_reproduce_then_notebook(tmp_path, monkeypatch):
+    results, figures = tmp_path / "results", tmp_path / "figures"
+    reproduce("tiny", results, figures)
+    rows = list(csv.DictReader((results / FAMILY / "claims.csv").open()))
+    assert len(rows) == 6
+    assert all(r["verdict"] in VERDICTS and r["family"] == FAMILY and r["ours"] for r in rows)
+    for name in ("fits", "simplicity", "teacher", "convergence"):
+        assert (figures / f"{FAMILY}_{name}.png").stat().st_size > 5000
+    # a second call reuses the complete runs (same config) instead of failing or retraining
+    before = (results / FAMILY / "tiny_exp2_teacher" / "summary.json").stat().st_mtime_ns
+    reproduce("tiny", results, figures)
+    assert (results / FAMILY / "tiny_exp2_teacher" / "summary.json").stat().st_mtime_ns == before
+
+    nb_figures = tmp_path / "nb_figures"
+    monkeypatch.setenv("SHARPNESS_RESULTS", str(results))
+    monkeypatch.setenv("SHARPNESS_FIGURES", str(nb_figures))
+    monkeypatch.setenv("PYTHONPATH", str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    nb = nbformat.read(ROOT / "notebooks" / f"{FAMILY}.ipynb", as_version=4)
+    NotebookClient(
+        nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}
+    ).execute()
+    assert (nb_figures / f"{FAMILY}_teacher.png").exists()
+    text = "".join(
+        o.get("text", "") + str(o.get("data", {}).get("text/plain", ""))
+        for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
+    )  # fmt: skip
+    assert "profile: tiny" in text and "reproduced" in text  # also matches "not reproduced"

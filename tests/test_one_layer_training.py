@@ -1,0 +1,131 @@
+"""Training loop of one_layer_relu_nets: batched == single, stopping, schedules, run format."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from one_layer_relu_nets.data import reference_1d
+from one_layer_relu_nets.model import Params, forward, init_params
+from one_layer_relu_nets.training import Config, make_dataset, run_group, train
+
+SMALL_TEACHER = dict(task="teacher", d=2, teacher_width=2, n_train=8, n_test=50, width=10,
+                     init="standard", reduction="mean", lr=0.2)  # fmt: skip
+
+
+def _close(a: Params, b: Params, i: int | None = None) -> None:
+    for x, y in zip(a, b, strict=True):
+        torch.testing.assert_close(x if i is None else x[i], y, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("alg", ["nsam", "1sam", "sgd"])
+def test_batched_runs_equal_single_runs(alg):
+    cfg = Config(**SMALL_TEACHER, algorithms=[alg], iterations=60, loss_threshold=0.0,
+                 batch_size=4 if alg == "sgd" else 0)  # fmt: skip
+    data = make_dataset(cfg)
+    rhos, seeds = [0.05, 0.2, 0.05, 0.2], [0, 0, 1, 1]
+    batched = run_group(cfg, data, alg, rhos, seeds)
+    for i, (r, s) in enumerate(zip(rhos, seeds, strict=True)):
+        single = run_group(cfg, data, alg, [r], [s])
+        _close(batched.params, Params(*(t[0] for t in single.params)), i)
+        assert batched.train_loss[i] == pytest.approx(single.train_loss[0], rel=1e-12)
+
+
+def test_threshold_stops_runs_and_freezes_them_inside_the_batch():
+    cfg = Config(**SMALL_TEACHER, algorithms=["gd"], iterations=400, loss_threshold=2e-3)
+    data = make_dataset(cfg)
+    res = run_group(cfg, data, "gd", [0.0] * 3, [0, 1, 2])
+    assert any(res.stopped) and any(it < 400 for it in res.iterations)
+    for i, s in enumerate([0, 1, 2]):
+        single = run_group(cfg, data, "gd", [0.0], [s])
+        assert single.iterations[0] == res.iterations[i]
+        _close(res.params, Params(*(t[0] for t in single.params)), i)
+        if res.stopped[i]:
+            assert res.train_loss[i] <= 2e-3
+            # stopped at the first iterate below the threshold: one step earlier it was above
+            prev = run_group(
+                Config(**SMALL_TEACHER, iterations=res.iterations[i] - 1, loss_threshold=0.0),
+                data, "gd", [0.0], [s],
+            )  # fmt: skip
+            assert prev.train_loss[0] > 2e-3
+
+
+def test_gd_and_nsam_rho_zero_are_the_same_and_reduce_the_loss():
+    data = reference_1d()
+    cfg = Config(algorithms=["gd"], iterations=200, lr=5e-5, lr_schedule="linear", seeds=[0])
+    gd = run_group(cfg, data, "gd", [0.0], [0])
+    ns = run_group(cfg, data, "nsam", [0.0], [0])
+    _close(gd.params, ns.params)
+    start = gd.history[0]["train_loss"][0]
+    assert gd.train_loss[0] < 0.5 * start
+    # the first logged loss is the loss at the reference init, 0.5 sum of squared errors
+    p0 = init_params(100, 1, 0, "reference")
+    r = forward(p0, data.X).out - data.y
+    assert start == pytest.approx(0.5 * float((r * r).sum()), rel=1e-12)
+
+
+def test_one_gd_step_by_hand():
+    data = reference_1d()
+    cfg = Config(algorithms=["gd"], iterations=1, lr=1e-4, seeds=[3], loss_threshold=0.0)
+    res = run_group(cfg, data, "gd", [0.0], [3])
+    W, b, a = (t.clone().requires_grad_(True) for t in init_params(100, 1, 3, "reference"))
+    L = 0.5 * ((torch.relu(data.X @ W.T + b) @ a - data.y) ** 2).sum()
+    gW, gb, ga = torch.autograd.grad(L, (W, b, a))
+    expected = Params(W - 1e-4 * gW, b - 1e-4 * gb, a - 1e-4 * ga)
+    _close(res.params, Params(*(t.detach() for t in expected)), 0)
+
+
+def test_unnormalized_converges_normalized_stalls():
+    base = Config(**SMALL_TEACHER, iterations=1500, loss_threshold=0.0, seeds=[0])
+    data = make_dataset(base)
+    gd = run_group(base, data, "gd", [0.0], [0]).train_loss[0]
+    un = run_group(Config(**SMALL_TEACHER, iterations=1500, loss_threshold=0.0, normalize=False),
+                   data, "nsam", [0.05], [0]).train_loss[0]  # fmt: skip
+    nz = run_group(base, data, "nsam", [0.05, 0.2], [0, 0]).train_loss
+    assert un < 10 * gd + 1e-8
+    assert nz[0] > 10 * gd and nz[1] > nz[0]
+
+
+def test_divergence_is_flagged_not_crashing():
+    cfg = Config(**{**SMALL_TEACHER, "lr": 50.0}, iterations=200, loss_threshold=0.0)
+    res = run_group(cfg, make_dataset(cfg), "gd", [0.0], [0])
+    assert res.diverged == [True] and res.train_loss == [None] and res.iterations[0] < 200
+
+
+def test_config_validation_names_the_field():
+    with pytest.raises(ValueError, match="^lr"):
+        Config(lr=-1.0).validate()
+    with pytest.raises(ValueError, match="^batch_size"):
+        Config(algorithms=["sgd"]).validate(12)
+    with pytest.raises(ValueError, match="^m"):
+        Config(algorithms=["msam"], m=5).validate(12)
+    with pytest.raises(ValueError, match="^algorithms"):
+        Config(algorithms=["adam"]).validate()
+
+
+def test_train_writes_the_run_format(tmp_path):
+    out = tmp_path / "run"
+    cfg = Config(algorithms=["gd", "msam"], m=3, rhos=[0.1, 0.3], seeds=[0, 1], iterations=30,
+                 n_logs=5, out_dir=str(out))  # fmt: skip
+    summary = train(cfg)
+    for f in ("config.json", "metrics.jsonl", "summary.json", "params.json", "data.json"):
+        assert (out / f).exists(), f
+    conf = json.loads((out / "config.json").read_text())
+    assert conf["config"]["algorithms"] == ["gd", "msam"] and "commit" in conf["git"]
+    runs = summary["runs"]
+    assert [(r["algorithm"], r["rho"], r["seed"]) for r in runs] == [
+        ("gd", 0.0, 0), ("gd", 0.0, 1), ("msam", 0.1, 0), ("msam", 0.1, 1), ("msam", 0.3, 0),
+        ("msam", 0.3, 1)]  # fmt: skip
+    assert all(r["m"] == (None if r["algorithm"] == "gd" else 3) for r in runs)
+    assert all(isinstance(r["kinks"], int) and r["path_norm"] > 0 for r in runs)
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert {r["step"] for r in rows} >= {0, 30}
+    assert all(len(r["train_loss"]) == len(r["run_ids"]) for r in rows)
+    last = [r for r in rows if r["algorithm"] == "msam" and r["step"] == 30][0]
+    assert last["train_loss"] == pytest.approx([r["train_loss"] for r in runs[2:]], rel=1e-12)
+    assert all(math.isfinite(x) for x in last["train_loss"])
+    with pytest.raises(FileExistsError):
+        train(cfg)
