@@ -23,7 +23,7 @@ pytestmark = pytest.mark.skipif(
     not FMNIST.exists(), reason="needs the Debian package dataset-fashion-mnist"
 )
 
-# Fashion-MNIST, 324 training examples (20 steps per epoch), a small CNN; evaluation capped to stay fast.
+# Fashion-MNIST, 324 training examples (20 steps per epoch), a small CNN; evaluation capped.
 FLAGS = dict(
     dataset="fashion_mnist",
     model="cnn",
