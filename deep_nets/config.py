@@ -36,7 +36,7 @@ INPUT_SHAPES: dict[str, tuple[int, ...]] = {
 # Fields that may differ between a run and its ``--resume`` (they do not change the results).
 RESUME_FREE_FIELDS = ("resume", "device", "workers", "stop_after_epoch", "out_dir", "data_dir")
 # Metric fields that measure time; everything else in a metrics row is reproducible bit for bit.
-TIMING_FIELDS = ("seconds", "epoch_seconds", "eval_seconds", "examples_per_s")
+TIMING_FIELDS = ("seconds", "eval_seconds", "examples_per_s", "train_cpu_seconds")
 
 
 @dataclass

@@ -292,6 +292,7 @@ class _State:
     accum: Tensor = field(default_factory=lambda: torch.zeros(2, dtype=torch.float64))
     since_row_examples: int = 0
     since_row_seconds: float = 0.0
+    since_row_cpu: float = 0.0  # process CPU time of the training steps since the last row
 
 
 class _Stop:
@@ -450,6 +451,7 @@ def _train(cfg, dd, device, out_dir, load_dataset, augment, build_model, count_p
         st.accum = s["accum"].to(device=device, dtype=torch.float64)
         st.since_row_examples = int(s["since_row_examples"])
         st.since_row_seconds = float(s["since_row_seconds"])
+        st.since_row_cpu = float(s["since_row_cpu"])
         st.gen_state = s["gen_state"][dd.rank] if s["gen_state"] is not None else None
         torch.set_rng_state(ck["rng"]["torch"].cpu())
         if is_cuda and ck["rng"].get("cuda") is not None:
@@ -518,9 +520,10 @@ def _train(cfg, dd, device, out_dir, load_dataset, augment, build_model, count_p
             "seconds": round(st.seconds, 3),
             "eval_seconds": round(eval_s, 3),
             "examples_per_s": round(st.since_row_examples / max(st.since_row_seconds, 1e-9), 1),
+            "train_cpu_seconds": round(st.since_row_cpu, 4),
         }
         st.accum.zero_()
-        st.since_row_examples, st.since_row_seconds = 0, 0.0
+        st.since_row_examples, st.since_row_seconds, st.since_row_cpu = 0, 0.0, 0.0
         st.n_rows += 1
         if run is not None:
             run.log(row)
@@ -552,6 +555,7 @@ def _train(cfg, dd, device, out_dir, load_dataset, augment, build_model, count_p
                     "accum": st.accum.cpu().clone(),
                     "since_row_examples": st.since_row_examples,
                     "since_row_seconds": st.since_row_seconds,
+                    "since_row_cpu": st.since_row_cpu,
                     "gen_state": gens,
                     "data_seed": data_seed,
                 },
@@ -622,7 +626,7 @@ def _train(cfg, dd, device, out_dir, load_dataset, augment, build_model, count_p
                 st.gen_state = None
             active = sam_active(cfg, epoch)
             rho = cfg.sam_rho if active else 0.0
-            t_start = time.perf_counter()
+            t_start, cpu_start = time.perf_counter(), time.process_time()
             interrupted = False
             for it in range(st.step_in_epoch, iters_per_epoch):
                 lr = lr_at(
@@ -677,11 +681,13 @@ def _train(cfg, dd, device, out_dir, load_dataset, augment, build_model, count_p
                     dt = _elapsed(t_start, is_cuda)
                     st.seconds += dt
                     st.since_row_seconds += dt
+                    st.since_row_cpu += time.process_time() - cpu_start
                     log_row(epoch + (it + 1) / iters_per_epoch, lr, rho, False)
-                    t_start = time.perf_counter()
+                    t_start, cpu_start = time.perf_counter(), time.process_time()
             dt = _elapsed(t_start, is_cuda)
             st.seconds += dt
             st.since_row_seconds += dt
+            st.since_row_cpu += time.process_time() - cpu_start
             if interrupted:
                 save_checkpoint([gen.get_state(), noise_gen.get_state()])
                 status = "interrupted"
