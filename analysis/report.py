@@ -12,7 +12,8 @@ from sharpness.runs import CLAIM_COLUMNS, atomic_write_text
 def collect_claims(results_dir: str | Path) -> pd.DataFrame:
     """All claims tables under ``results_dir`` (one row per claim), in family order."""
     frames = [
-        pd.read_csv(p, dtype=str).fillna("") for p in sorted(Path(results_dir).glob("*/claims.csv"))
+        pd.read_csv(p, dtype=str, keep_default_na=False)
+        for p in sorted(Path(results_dir).glob("*/claims.csv"))
     ]
     if not frames:
         return pd.DataFrame(columns=list(CLAIM_COLUMNS))

@@ -75,11 +75,15 @@ def test_select_device():
 def test_claims_tables_and_report(tmp_path):
     runs.write_claims(
         tmp_path / "fam" / "claims.csv",
-        [{"family": "fam", "claim": "a | b", "paper": "1", "ours": "2", "verdict": "partly"}],
+        [
+            {"family": "fam", "claim": "a | b", "paper": "1", "ours": "2", "verdict": "partly"},
+            {"family": "fam", "claim": "c", "paper": "NA", "ours": "", "verdict": "n/a"},
+        ],
     )
     with pytest.raises(ValueError, match="verdict"):
         runs.write_claims(tmp_path / "x.csv", [{"verdict": "maybe"}])
     df = collect_claims(tmp_path)
-    assert list(df["verdict"]) == ["partly"]
+    assert list(df["verdict"]) == ["partly", "n/a"]  # "n/a" and "NA" are text, not missing
+    assert list(df["paper"]) == ["1", "NA"]
     md = write_report(tmp_path).read_text()
-    assert "a \\| b" in md and "partly: 1" in md
+    assert "a \\| b" in md and "partly: 1, n/a: 1" in md
