@@ -297,6 +297,7 @@ def looksam_orthogonal(
     batch_dims: int = 0,
     eps: float = 1e-12,
     out: Tensors | None = None,
+    foreach: bool | None = None,
 ) -> Tensors:
     """LookSAM's stored direction: the part of g_s orthogonal to g,
 
@@ -308,6 +309,19 @@ def looksam_orthogonal(
     gs, single = _as_list(grads)
     ss, _ = _as_list(sam_grads)
     outs = _as_list(out)[0] if out is not None else [torch.empty_like(g) for g in gs]
+    if foreach is None:
+        foreach = gs[0].is_cuda
+    if foreach and not per_tensor and batch_dims == 0:
+        # Two dot products over the concatenated vectors instead of 2 x len(gs) small reductions.
+        fg = torch.cat([g.reshape(-1) for g in gs])
+        fs = torch.cat([s.reshape(-1) for s in ss])
+        c = torch.dot(fg, fs) / (torch.dot(fg, fg) + eps)
+        del fg, fs
+        if any(o is not g for o, g in zip(outs, gs)):
+            torch._foreach_copy_(outs, gs)
+        torch._foreach_mul_(outs, -c)
+        torch._foreach_add_(outs, ss)
+        return _unwrap(outs, single)
     dots = _dot(gs, ss, batch_dims, per_tensor)
     sq = _dot(gs, gs, batch_dims, per_tensor)
     if per_tensor:
@@ -331,6 +345,7 @@ def looksam_reuse(
     batch_dims: int = 0,
     eps: float = 1e-12,
     out: Tensors | None = None,
+    foreach: bool | None = None,
 ) -> Tensors:
     """LookSAM's gradient on the steps between ascents: g + alpha (||g|| / ||g_v||) g_v.
 
@@ -339,6 +354,14 @@ def looksam_reuse(
     gs, single = _as_list(grads)
     vs, _ = _as_list(orthogonal)
     outs = _as_list(out)[0] if out is not None else [g.clone() for g in gs]
+    if foreach is None:
+        foreach = gs[0].is_cuda
+    if foreach and not per_tensor and batch_dims == 0:
+        c = alpha * lp_norm(gs, 2.0, foreach=True) / (lp_norm(vs, 2.0, foreach=True) + eps)
+        if any(o is not g for o, g in zip(outs, gs)):
+            torch._foreach_copy_(outs, gs)
+        torch._foreach_add_(outs, torch._foreach_mul(vs, c))
+        return _unwrap(outs, single)
     gn = lp_norm(gs, 2.0, batch_dims, per_tensor=per_tensor)
     vn = lp_norm(vs, 2.0, batch_dims, per_tensor=per_tensor)
     if per_tensor:

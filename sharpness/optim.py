@@ -119,6 +119,8 @@ class SAM(Optimizer):
         self.eps = eps
         self.foreach = foreach
         self._backup: dict[Tensor, Tensor] = {}  # scratch: w while perturbed; not in state_dict
+        self._buffer_cache: tuple[tuple, list[Tensor]] = ((), [])
+        self._foreach_cache: dict[tuple, bool] = {}
         self._perturbed: list[Tensor] = []
 
     # ------------------------------------------------------------------------------ internals
@@ -128,13 +130,26 @@ class SAM(Optimizer):
     def _use_foreach(self, tensors: Sequence[Tensor]) -> bool:
         if self.foreach is not None:
             return self.foreach
-        return len({t.device for t in tensors}) <= 1
+        key = tuple(map(id, tensors))  # the same few lists every step: decide once per list
+        use = self._foreach_cache.get(key)
+        if use is None:
+            if len(self._foreach_cache) > 16:
+                self._foreach_cache.clear()
+            use = self._foreach_cache[key] = len({t.device for t in tensors}) <= 1
+        return use
 
-    def _buffer(self, p: Tensor) -> Tensor:
-        buf = self._backup.get(p)
-        if buf is None or buf.shape != p.shape or buf.dtype != p.dtype or buf.device != p.device:
-            buf = self._backup[p] = torch.empty_like(p, memory_format=torch.preserve_format)
-        return buf
+    def _buffers(self, params: list[Tensor]) -> list[Tensor]:
+        """The preallocated backup buffers of ``params`` (made once, reused every step)."""
+        key = tuple(map(id, params))
+        if self._buffer_cache[0] != key:
+            bufs = []
+            for p in params:
+                b = self._backup.get(p)
+                if b is None or b.shape != p.shape or b.dtype != p.dtype or b.device != p.device:
+                    b = self._backup[p] = torch.empty_like(p, memory_format=torch.preserve_format)
+                bufs.append(b)
+            self._buffer_cache = (key, bufs)
+        return self._buffer_cache[1]
 
     def _copy(self, dst: list[Tensor], src: list[Tensor]) -> None:
         if self._use_foreach(dst):
@@ -181,7 +196,7 @@ class SAM(Optimizer):
             return
         params = [p for _, p, _ in sel]
         gs = [gr for _, _, gr in sel]
-        backup = [self._buffer(p) for p in params]
+        backup = self._buffers(params)
         self._copy(backup, params)
         rhos = [grp["rho"] * rho_scale for grp, _, _ in sel]
         rho: float | list[float] = rhos[0] if len(set(rhos)) == 1 else rhos
@@ -226,7 +241,7 @@ class SAM(Optimizer):
     def restore(self) -> None:
         """w <- the weights saved by ``perturb`` (an exact copy, not w + e - e)."""
         if self._perturbed:
-            self._copy(self._perturbed, [self._backup[p] for p in self._perturbed])
+            self._copy(self._perturbed, self._buffers(self._perturbed))
             self._perturbed = []
 
     @torch.no_grad()
@@ -382,13 +397,24 @@ class LookSAM(SAM):
             self.restore()
             ps = [p for p in self._ascent_params if p.grad is not None]
             gv = [self._gv[p] for p in ps]
-            F.looksam_orthogonal(gv, [p.grad for p in ps], per_tensor=self.layerwise, out=gv)
+            F.looksam_orthogonal(
+                gv,
+                [p.grad for p in ps],
+                per_tensor=self.layerwise,
+                out=gv,
+                foreach=self._use_foreach(ps),
+            )
         else:
             ps = [p for _, p in self._params() if p.grad is not None and p in self._gv]
             if ps:
                 gs = [p.grad for p in ps]
                 F.looksam_reuse(
-                    gs, [self._gv[p] for p in ps], self.alpha, per_tensor=self.layerwise, out=gs
+                    gs,
+                    [self._gv[p] for p in ps],
+                    self.alpha,
+                    per_tensor=self.layerwise,
+                    out=gs,
+                    foreach=self._use_foreach(ps),
                 )
         self.update(scaler)
         self.looksam_step += 1

@@ -167,3 +167,19 @@ def test_hessian_top_eigenvalue_of_a_quadratic():
     w = torch.randn(6, dtype=D, requires_grad=True)
     lam = hessian_top_eigenvalue(lambda: 0.5 * w @ H @ w, [w], iters=200, tol=1e-12)
     assert lam == pytest.approx(7.0, rel=1e-8)
+
+
+def test_looksam_rules_foreach_equal_loop():
+    g, gs = _g(13), _g(14)
+    a = F.looksam_orthogonal(g, gs, foreach=True)
+    b = F.looksam_orthogonal(g, gs, foreach=False)
+    for x, y in zip(a, b):
+        torch.testing.assert_close(x, y, rtol=1e-13, atol=1e-15)
+    buf = [x.clone() for x in g]  # out aliasing grads, as the optimizer uses it
+    F.looksam_orthogonal(buf, gs, foreach=True, out=buf)
+    for x, y in zip(buf, b):
+        torch.testing.assert_close(x, y, rtol=1e-13, atol=1e-15)
+    r1 = F.looksam_reuse(g, a, 0.7, foreach=True)
+    r2 = F.looksam_reuse(g, a, 0.7, foreach=False)
+    for x, y in zip(r1, r2):
+        torch.testing.assert_close(x, y, rtol=1e-13, atol=1e-15)

@@ -356,3 +356,15 @@ def test_base_optimizer_instance_and_missing_closure_are_errors():
         ValueError, match="learning rate"
     ):  # the base optimizer's own validation still runs
         SAM(model.parameters(), torch.optim.SGD, lr=-1.0)
+
+
+@pytest.mark.parametrize("layerwise", [False, True])
+def test_looksam_foreach_equals_loop_over_20_steps(layerwise):
+    m1, m2 = tiny_model(), tiny_model()
+    kw = dict(rho=0.05, k=3, alpha=0.7, layerwise=layerwise, lr=0.1, momentum=0.9)
+    o1 = LookSAM(m1.parameters(), torch.optim.SGD, foreach=True, **kw)
+    o2 = LookSAM(m2.parameters(), torch.optim.SGD, foreach=False, **kw)
+    sam_train(m1, o1, 20)
+    sam_train(m2, o2, 20)
+    for a, b in zip(params_of(m1), params_of(m2)):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
