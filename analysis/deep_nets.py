@@ -100,17 +100,22 @@ def run_experiments(profile: str, results_dir: Path) -> list[Path]:
     return dirs
 
 
-def load_metrics(results_dir: Path, profile: str = "quick") -> pd.DataFrame:
-    """All metric rows of a profile's runs, with columns method and seed added."""
-    frames = []
+def _runs(results_dir: Path, profile: str, needs: str):
+    """(method, seed, run) of the profile's runs whose directory holds the file ``needs``."""
     for seed in PROFILES[profile]["seeds"]:
         for method in METHODS:
             d = run_dir(results_dir, profile, method, seed)
-            if not (d / "config.json").exists():
-                continue
-            df = pd.DataFrame(load_run(d)["metrics"])
-            df["method"], df["seed"] = method, seed
-            frames.append(df)
+            if (d / needs).exists():
+                yield method, seed, load_run(d)
+
+
+def load_metrics(results_dir: Path, profile: str = "quick") -> pd.DataFrame:
+    """All metric rows of a profile's runs, with columns method and seed added."""
+    frames = []
+    for method, seed, run in _runs(results_dir, profile, "config.json"):
+        df = pd.DataFrame(run["metrics"])
+        df["method"], df["seed"] = method, seed
+        frames.append(df)
     if not frames:
         raise FileNotFoundError(f"no deep_nets runs for profile {profile} under {results_dir}")
     return pd.concat(frames, ignore_index=True)
@@ -120,22 +125,18 @@ def summary_table(results_dir: Path, profile: str = "quick") -> pd.DataFrame:
     """Per method: mean and std over seeds of the final and best-validation test error (%),
     final train error (%) and final one-step m-sharpness."""
     recs = []
-    for seed in PROFILES[profile]["seeds"]:
-        for method in METHODS:
-            d = run_dir(results_dir, profile, method, seed)
-            if not (d / "summary.json").exists():
-                continue
-            s = load_run(d)["summary"]
-            recs.append(
-                dict(
-                    method=method,
-                    seed=seed,
-                    test_err_last=100 * s["test_err_last"],
-                    test_err_at_best_val=100 * s["test_err_at_best_val"],
-                    train_err_last=100 * s["train_err_last"],
-                    sharpness_last=s["sharpness_last"],
-                )
+    for method, seed, run in _runs(results_dir, profile, "summary.json"):
+        s = run["summary"]
+        recs.append(
+            dict(
+                method=method,
+                seed=seed,
+                test_err_last=100 * s["test_err_last"],
+                test_err_at_best_val=100 * s["test_err_at_best_val"],
+                train_err_last=100 * s["train_err_last"],
+                sharpness_last=s["sharpness_last"],
             )
+        )
     df = pd.DataFrame(recs)
     if df.empty:
         raise FileNotFoundError(f"no finished deep_nets runs for profile {profile}")

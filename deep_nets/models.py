@@ -104,6 +104,22 @@ class PreActBlock(nn.Module):
         return out + skip
 
 
+def _stages(
+    cin: int, widths: Sequence[int], num_blocks: Sequence[int], norm: NormFactory
+) -> tuple[nn.Sequential, int]:
+    """Stages of pre-activation blocks, stage i with ``num_blocks[i]`` blocks of ``widths[i]``
+    channels, downsampling by 2 at the first block of every stage but the first. Returns the
+    stages and their output channels."""
+    stages = []
+    for i, (cout, n) in enumerate(zip(widths, num_blocks)):
+        blocks = []
+        for j in range(n):
+            blocks.append(PreActBlock(cin, cout, 2 if (i > 0 and j == 0) else 1, norm))
+            cin = cout
+        stages.append(nn.Sequential(*blocks))
+    return nn.Sequential(*stages), cin
+
+
 class PreActResNet(nn.Module):
     """PreAct ResNet with stage widths (w, 2w, 4w, 8w) and strides (1, 2, 2, 2)."""
 
@@ -119,17 +135,8 @@ class PreActResNet(nn.Module):
     ) -> None:
         super().__init__()
         self.stem = _conv3x3(in_channels, width)
-        stages = []
-        cin = width
-        for i, n in enumerate(num_blocks):
-            cout = width * 2**i
-            blocks = []
-            for j in range(n):
-                stride = 2 if (i > 0 and j == 0) else 1
-                blocks.append(PreActBlock(cin, cout, stride, norm))
-                cin = cout
-            stages.append(nn.Sequential(*blocks))
-        self.stages = nn.Sequential(*stages)
+        widths = [width * 2**i for i in range(len(num_blocks))]
+        self.stages, cin = _stages(width, widths, num_blocks, norm)
         # The last block's output is a sum of un-normalized branches: normalize + ReLU before
         # pooling (He et al. 2016). final_norm=False gives the pytorch-cifar variant.
         self.final_norm = norm(cin) if final_norm else None
@@ -160,16 +167,7 @@ class WideResNet(nn.Module):
             raise ValueError(f"WRN depth must be 6n + 4, got {depth}")
         n = (depth - 4) // 6
         self.stem = _conv3x3(in_channels, 16)
-        stages = []
-        cin = 16
-        for i, cout in enumerate((16 * widen, 32 * widen, 64 * widen)):
-            blocks = []
-            for j in range(n):
-                stride = 2 if (i > 0 and j == 0) else 1
-                blocks.append(PreActBlock(cin, cout, stride, norm))
-                cin = cout
-            stages.append(nn.Sequential(*blocks))
-        self.stages = nn.Sequential(*stages)
+        self.stages, cin = _stages(16, [16 * widen, 32 * widen, 64 * widen], [n, n, n], norm)
         self.final_norm = norm(cin)
         self.linear = nn.Linear(cin, num_classes)
 
