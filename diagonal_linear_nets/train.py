@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make the repository importable
@@ -86,16 +86,9 @@ class TrainConfig:
         return out
 
     def sim_config(self) -> SimConfig:
+        """The grid-wide settings: this config's fields that SimConfig also has."""
         return SimConfig(
-            n=self.n,
-            d=self.d,
-            sparsity=self.sparsity,
-            n_test=self.n_test,
-            noise=self.noise,
-            param=self.param,
-            normalize=self.normalize,
-            iters=self.iters,
-            compile=self.compile,
+            **{f.name: getattr(self, f.name) for f in fields(SimConfig) if hasattr(self, f.name)}
         )
 
 

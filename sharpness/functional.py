@@ -180,7 +180,8 @@ def perturbation(
     plain = all(s is None for s in scales) and layerwise_weights is None
 
     # Fast path: the optimizers' common case, every step, on possibly hundreds of tensors.
-    if foreach and plain and batch_dims == 0 and q in (1.0, 2.0) and len(set(map(id, rhos))) == 1:
+    one_rho = not isinstance(rho, (list, tuple))
+    if foreach and plain and batch_dims == 0 and q in (1.0, 2.0) and one_rho:
         r = rhos[0]
         res = [o if o is not None else torch.empty_like(g) for o, g in zip(outs, gs)]
         torch._foreach_copy_(res, gs)
@@ -267,16 +268,15 @@ def multi_step_perturbation(
     if step_size_mult <= 0:
         raise ValueError(f"step_size_mult must be > 0 (got {step_size_mult})")
     step = rho * step_size_mult
+    ball = dict(scale=kwargs.get("scale"), batch_dims=kwargs.get("batch_dims", 0))
     e = perturbation(grads, step, p, **kwargs)
-    single = isinstance(e, Tensor)
     for _ in range(iters - 1):
-        e = project(e, rho, p, scale=kwargs.get("scale"), batch_dims=kwargs.get("batch_dims", 0))
-        g = grad_at(e)
-        de = perturbation(g, step, p, **kwargs)
-        e = [a + b for a, b in zip(*(_as_list(e)[0], _as_list(de)[0]))]
-        e = _unwrap(e, single)
+        e = project(e, rho, p, **ball)
+        es, single = _as_list(e)
+        ds, _ = _as_list(perturbation(grad_at(e), step, p, **kwargs))
+        e = _unwrap([a + b for a, b in zip(es, ds)], single)
     if iters > 1:
-        e = project(e, rho, p, scale=kwargs.get("scale"), batch_dims=kwargs.get("batch_dims", 0))
+        e = project(e, rho, p, **ball)
     return e
 
 

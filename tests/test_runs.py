@@ -87,3 +87,10 @@ def test_claims_tables_and_report(tmp_path):
     assert list(df["paper"]) == ["1", "NA"]
     md = write_report(tmp_path).read_text()
     assert "a \\| b" in md and "partly: 1, n/a: 1" in md
+
+
+def test_progress_bar_turns_off_without_a_terminal():
+    # pytest captures stderr, so it is not a terminal here: the bar must be disabled
+    bar = runs.progress(range(3))
+    assert bar.disable and list(bar) == [0, 1, 2]
+    assert not runs.progress(range(3), disable=False).disable  # the caller may force it on
