@@ -83,8 +83,7 @@ class SAM(Optimizer):
             _check_nonneg_number("max_grad_norm", max_grad_norm)
             if max_grad_norm == 0:
                 raise ValueError("max_grad_norm must be > 0 (or None for no clipping)")
-        if not (isinstance(eps, float) and eps >= 0):
-            raise ValueError(f"eps must be a float >= 0 (got {eps!r})")
+        _check_nonneg_number("eps", eps)
         if isinstance(base_optimizer, Optimizer) or not callable(base_optimizer):
             raise ValueError(
                 "base_optimizer must be an optimizer class such as torch.optim.SGD (its options go "
@@ -116,7 +115,7 @@ class SAM(Optimizer):
         self.normalize = bool(normalize)
         self.layerwise = bool(layerwise)
         self.max_grad_norm = max_grad_norm
-        self.eps = eps
+        self.eps = float(eps)
         self.foreach = foreach
         self._backup: dict[Tensor, Tensor] = {}  # scratch: w while perturbed; not in state_dict
         self._buffer_cache: tuple[tuple, list[Tensor]] = ((), [])
