@@ -23,7 +23,9 @@ from torch import nn
 
 from sharpness import SAM, LookSAM
 from sharpness.measures import hessian_top_eigenvalue
-from sharpness.runs import create_run_dir, load_run, make_seeds, write_claims
+from suite.claims import write_claims
+from suite.cli import make_seeds
+from suite.rundir import create_run_dir, load_run
 
 OPTIMIZERS = ("sgd", "sam", "asam", "looksam")
 

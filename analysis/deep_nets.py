@@ -23,7 +23,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from sharpness.runs import load_run, write_claims  # noqa: E402
+from suite.claims import write_claims  # noqa: E402
+from suite.rundir import load_run  # noqa: E402
 
 FAMILY = "deep_nets"
 

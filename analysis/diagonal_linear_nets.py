@@ -28,7 +28,8 @@ import numpy as np
 
 from diagonal_linear_nets.simulator import make_problem
 from diagonal_linear_nets.train import TrainConfig, train
-from sharpness.runs import load_run, write_claims
+from suite.claims import write_claims
+from suite.rundir import load_run
 
 FAMILY = "diagonal_linear_nets"
 ORIG_GRID = [0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 0.9]

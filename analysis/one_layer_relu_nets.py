@@ -23,7 +23,8 @@ import torch
 from one_layer_relu_nets.experiments import experiment_configs
 from one_layer_relu_nets.model import forward
 from one_layer_relu_nets.training import load_params, train
-from sharpness.runs import load_run, read_json, write_claims
+from suite.claims import write_claims
+from suite.rundir import load_run, read_json
 
 FAMILY = "one_layer_relu_nets"
 ALG_LABEL = {"gd": "GD", "sgd": "SGD", "nsam": "n-SAM", "1sam": "1-SAM", "msam": "m-SAM"}

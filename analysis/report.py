@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from sharpness.runs import CLAIM_COLUMNS, atomic_write_text
+from suite.claims import CLAIM_COLUMNS
+from suite.rundir import atomic_write_text
 
 
 def collect_claims(results_dir: str | Path) -> pd.DataFrame:

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 import benchmarks
-from sharpness.runs import atomic_write_text
+from suite.rundir import atomic_write_text
 
 
 def main(argv: list[str] | None = None) -> int:

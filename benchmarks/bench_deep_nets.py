@@ -29,7 +29,7 @@ from deep_nets.config import TrainConfig
 from deep_nets.models import build_model
 from deep_nets.train import train
 from sharpness.optim import SAM
-from sharpness.runs import read_jsonl
+from suite.rundir import read_jsonl
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
 

@@ -34,7 +34,6 @@ import contextlib  # noqa: E402
 import functools  # noqa: E402
 import math  # noqa: E402
 import os  # noqa: E402
-import signal  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
@@ -60,13 +59,8 @@ from deep_nets.config import (  # noqa: E402
 from sharpness import functional as SF  # noqa: E402
 from sharpness.modules import frozen_bn_stats, local_grads, msam_backward  # noqa: E402
 from sharpness.optim import SAM, LookSAM  # noqa: E402
-from sharpness.runs import (  # noqa: E402
-    RunDir,
-    atomic_torch_save,
-    create_run_dir,
-    make_seeds,
-    select_device,
-)
+from suite.cli import GracefulInterrupt, make_seeds, select_device  # noqa: E402
+from suite.rundir import RunDir, atomic_torch_save, create_run_dir  # noqa: E402
 
 CHECKPOINT = "checkpoint.pt"
 EXIT_INTERRUPTED = 130
@@ -293,30 +287,6 @@ class _State:
     since_row_examples: int = 0
     since_row_seconds: float = 0.0
     since_row_cpu: float = 0.0  # process CPU time of the training steps since the last row
-
-
-class _Stop:
-    """Ctrl-C handler: the first SIGINT asks the loop to save and stop after the current step."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._old: Any = None
-
-    def __enter__(self) -> _Stop:
-        import threading
-
-        if threading.current_thread() is threading.main_thread():
-            self._old = signal.signal(signal.SIGINT, self._handle)
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.requested:  # a second Ctrl-C: give up immediately
-            raise KeyboardInterrupt
-        self.requested = True
-
-    def __exit__(self, *exc: Any) -> None:
-        if self._old is not None:
-            signal.signal(signal.SIGINT, self._old)
 
 
 def _default_out_dir(cfg: TrainConfig) -> str:
@@ -615,7 +585,7 @@ def _train(cfg, dd, device, out_dir, load_dataset, augment, build_model, count_p
     status = "finished"
     net.train()
     opt.zero_grad(set_to_none=True)
-    with _Stop() as stop:
+    with GracefulInterrupt() as stop:
         while st.epoch < cfg.epochs:
             epoch = st.epoch
             perm = epoch_permutation(data_seed, epoch, n_train).to(device)

@@ -35,7 +35,8 @@ from diagonal_linear_nets.simulator import (
     simulate,
 )
 from diagonal_linear_nets.theory import predict_interpolator, relative_distance
-from sharpness.runs import common_parser, create_run_dir, finite_or_none
+from suite.cli import common_parser, finite_or_none
+from suite.rundir import create_run_dir
 
 
 @dataclass

@@ -32,7 +32,7 @@ from one_layer_relu_nets.training import (  # noqa: E402
     Config,
     train,
 )
-from sharpness.runs import common_parser, select_device  # noqa: E402
+from suite.cli import common_parser, select_device  # noqa: E402
 
 # Config field -> the flag that sets it (error messages name the flag).
 FLAG_OF = {"rhos": "--rhos", "seeds": "--seed/--num_seeds", "normalize": "--unnormalized"}

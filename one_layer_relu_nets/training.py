@@ -49,7 +49,8 @@ from one_layer_relu_nets.model import (
     stack_params,
 )
 from sharpness.functional import perturbation
-from sharpness.runs import create_run_dir, finite_or_none
+from suite.cli import finite_or_none
+from suite.rundir import create_run_dir
 
 ALGORITHMS = ("gd", "sgd", "nsam", "1sam", "msam")
 LR_SCHEDULES = ("constant", "linear", "cosine")
@@ -408,7 +409,7 @@ def train(cfg: Config) -> dict:
 
 def load_params(run_path: str | Path) -> dict[int, Params]:
     """{run_id: Params} from a run directory's params.json (float64, CPU)."""
-    from sharpness.runs import read_json
+    from suite.rundir import read_json
 
     out = {}
     for r in read_json(Path(run_path) / "params.json")["runs"]:

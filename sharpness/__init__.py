@@ -1,8 +1,9 @@
 """sharpness: Sharpness-Aware Minimization for PyTorch.
 
 ``from sharpness import SAM, LookSAM`` for the optimizers; ``sharpness.functional`` for the pure
-ascent rules; ``sharpness.modules`` for m-SAM, batch-norm and DDP helpers; ``sharpness.runs``
-for the suite's run format.
+ascent rules; ``sharpness.modules`` for m-SAM, batch-norm and DDP helpers;
+``sharpness.measures`` for sharpness and curvature. It needs torch and numpy only (the
+reproduction's infrastructure lives in the separate ``suite`` package).
 """
 
 from sharpness import functional

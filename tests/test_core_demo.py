@@ -3,7 +3,7 @@
 import math
 
 from analysis.core_demo import DemoConfig, run_one
-from sharpness.runs import load_run
+from suite.rundir import load_run
 
 
 def test_demo_runs_write_valid_runs_and_count_passes(tmp_path):

@@ -26,7 +26,8 @@ from deep_nets.train import (
     sam_active,
     train,
 )
-from sharpness.runs import load_run, make_seeds
+from suite.cli import make_seeds
+from suite.rundir import load_run
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
 

@@ -15,7 +15,7 @@ import torch
 
 from deep_nets.config import TIMING_FIELDS, TrainConfig
 from deep_nets.train import train
-from sharpness.runs import load_run, read_jsonl
+from suite.rundir import load_run, read_jsonl
 
 ROOT = Path(__file__).resolve().parent.parent
 FMNIST = Path("/usr/share/datasets/fashion-mnist")

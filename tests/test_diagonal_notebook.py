@@ -9,7 +9,7 @@ import nbformat
 from nbclient import NotebookClient
 
 from analysis.diagonal_linear_nets import reproduce
-from sharpness.runs import read_json
+from suite.rundir import read_json
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,6 +1,4 @@
-"""Run directories, atomic writes, seeding, device selection and progress bars.
-
-The results format every family writes and ``analysis/`` reads (JSON only, never pickles):
+"""Run directories, atomic writes and provenance: the results format every family writes.
 
     <run_dir>/config.json     {"config": flags, "git": {"commit", "dirty"}, "versions": {...},
                                "device": "...", "created": ISO time, "command": argv}
@@ -8,24 +6,23 @@ The results format every family writes and ``analysis/`` reads (JSON only, never
     <run_dir>/summary.json    final numbers of the run
     <run_dir>/*.pt            optional checkpoints (tensors only, ``torch.load(weights_only=True)``)
 
-Claims tables (one per family) are CSV files with the columns of ``CLAIM_COLUMNS``.
+JSON only, never pickles. Every file is replaced atomically (temporary file, fsync, rename, fsync
+of the directory), so a crash leaves the old version or the new one, never a torn file. The one
+exception is ``metrics.jsonl``, which is appended to: a torn last line (a crash mid-write) is
+dropped when the run is opened again and never makes a reader fail.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import csv
+import hashlib
 import io
 import json
-import math
 import os
 import platform
-import random
 import subprocess
 import sys
-import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -34,17 +31,35 @@ from typing import Any
 import numpy as np
 import torch
 
-CLAIM_COLUMNS = ("family", "claim", "paper", "ours", "verdict", "figure")
-VERDICTS = ("reproduced", "partly", "not reproduced", "n/a")
-
 
 # ----------------------------------------------------------------------------------------- writes
+def _umask() -> int:
+    # os.umask can only be read by setting it; set it straight back.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a rename inside ``path`` durable (POSIX; a no-op where directories can't be opened)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that a crash leaves either the old file or the new one."""
+    """Write ``data`` to ``path`` so that a crash leaves either the old file or the new one.
+
+    The file gets the usual permissions (0666 & ~umask, 0644 by default), not a temporary file's
+    0600, and the directory is fsynced after the rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
     try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -54,6 +69,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+    _fsync_dir(path.parent)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -61,17 +77,15 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def _json_default(o: Any) -> Any:
-    if isinstance(o, (np.integer,)):
+    if isinstance(o, np.integer):
         return int(o)
-    if isinstance(o, (np.floating,)):
+    if isinstance(o, np.floating):
         return float(o)
     if isinstance(o, np.ndarray):
         return o.tolist()
     if isinstance(o, torch.Tensor):
         return o.detach().cpu().tolist()
-    if isinstance(o, Path):
-        return str(o)
-    if isinstance(o, torch.device):
+    if isinstance(o, (Path, torch.device)):
         return str(o)
     raise TypeError(f"not JSON serializable: {type(o).__name__}")
 
@@ -98,38 +112,50 @@ def read_json(path: str | os.PathLike) -> Any:
         return json.load(f)
 
 
+def _parse_jsonl(text: str, path: str | os.PathLike) -> tuple[list[dict], int]:
+    """(rows, character length of the well-formed prefix). Only the last line may be torn (a
+    crash mid-append); a bad line before it is corruption and raises."""
+    rows, good = [], 0
+    lines = text.split("\n")
+    last_nonempty = max((i for i, line in enumerate(lines) if line.strip()), default=-1)
+    for i, line in enumerate(lines):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                if i == last_nonempty:
+                    break
+                raise ValueError(
+                    f"{path}: line {i + 1} is not JSON (the file is corrupt)"
+                ) from None
+        good += len(line) + 1
+    return rows, min(good, len(text))
+
+
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
     """Read a metrics file; a torn last line (crash mid-write) is ignored."""
-    rows = []
     with open(path, encoding="utf-8") as f:
-        lines = f.read().split("\n")
-    for i, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            if i >= len(lines) - 2:  # only the last line may be torn
-                break
-            raise
-    return rows
+        return _parse_jsonl(f.read(), path)[0]
 
 
-def write_claims(path: str | os.PathLike, rows: Iterable[Mapping[str, Any]]) -> None:
-    """Write a claims table (CSV with ``CLAIM_COLUMNS``); verdicts must be one of ``VERDICTS``."""
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=CLAIM_COLUMNS, lineterminator="\n")
-    w.writeheader()
-    for r in rows:
-        if r.get("verdict") not in VERDICTS:
-            raise ValueError(f"verdict must be one of {VERDICTS}, got {r.get('verdict')!r}")
-        w.writerow({k: r.get(k, "") for k in CLAIM_COLUMNS})
-    atomic_write_text(path, buf.getvalue())
+def file_sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def config_hash(config: Mapping[str, Any]) -> str:
+    """A short stable hash of a config (sorted JSON): equal configs, equal hashes."""
+    text = json.dumps(dict(config), sort_keys=True, default=_json_default)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
 # ----------------------------------------------------------------------------------- provenance
 def git_info(cwd: str | os.PathLike | None = None) -> dict:
-    """{"commit": sha or None, "dirty": bool or None} of the repository holding this file."""
+    """{"commit": sha or None, "dirty": bool or None} of the repository holding this file.
+    Untracked files count as dirty: a new, uncommitted module changes what ran."""
     cwd = cwd or Path(__file__).resolve().parent
     try:
         sha = subprocess.run(
@@ -138,11 +164,7 @@ def git_info(cwd: str | os.PathLike | None = None) -> dict:
         if sha.returncode != 0:
             return {"commit": None, "dirty": None}
         st = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=cwd,
-            capture_output=True,
-            text=True,
-            timeout=10,
+            ["git", "status", "--porcelain"], cwd=cwd, capture_output=True, text=True, timeout=10
         )
         return {"commit": sha.stdout.strip(), "dirty": bool(st.stdout.strip())}
     except (OSError, subprocess.SubprocessError):
@@ -173,9 +195,25 @@ class RunDir:
 
     path: Path
 
+    def __post_init__(self) -> None:
+        self.path = Path(self.path)
+        self._repair_metrics()
+
     @property
     def metrics_path(self) -> Path:
         return self.path / "metrics.jsonl"
+
+    def _repair_metrics(self) -> None:
+        """Drop a torn last line left by a crash, so the next append starts on a fresh line."""
+        if not self.metrics_path.exists():
+            return
+        text = self.metrics_path.read_text(encoding="utf-8", errors="replace")
+        _, good = _parse_jsonl(text, self.metrics_path)
+        keep = text[:good]
+        if keep and not keep.endswith("\n"):
+            keep += "\n"  # a complete last row without its newline: keep it, end the line
+        if keep != text:
+            atomic_write_text(self.metrics_path, keep)
 
     def log(self, row: Mapping[str, Any]) -> None:
         """Append one JSON object as a line, flushed and fsynced (a crash loses at most it)."""
@@ -187,7 +225,7 @@ class RunDir:
 
     def truncate_metrics(self, keep: int) -> None:
         """Keep the first ``keep`` metric rows (used when resuming from an earlier checkpoint)."""
-        rows = read_jsonl(self.metrics_path) if self.metrics_path.exists() else []
+        rows = self.metrics()
         atomic_write_text(self.metrics_path, "".join(to_json(r, None) + "\n" for r in rows[:keep]))
 
     def metrics(self) -> list[dict]:
@@ -210,27 +248,38 @@ def create_run_dir(
     *,
     device: torch.device | str | None = None,
     resume: bool = False,
+    overwrite: bool = False,
 ) -> RunDir:
     """Create ``out_dir`` and write ``config.json`` (flags, git commit + dirty flag, versions,
     device, time, command line).
 
     A directory that already holds a run is an error unless ``resume`` is set (then its metrics
-    are kept, and the stored config is left as it was): results are never overwritten silently.
+    are kept, and the stored config is left as it was) or ``overwrite`` is set (then its
+    config, metrics and summary are replaced): results are never overwritten silently.
     """
+    if resume and overwrite:
+        raise ValueError(
+            "--resume and --overwrite exclude each other: continue the run or replace it"
+        )
     path = Path(out_dir)
     cfg_path = path / "config.json"
-    if cfg_path.exists() and not resume:
+    if cfg_path.exists() and not (resume or overwrite):
         raise FileExistsError(
             f"{path} already holds a run (config.json exists): pass --resume to continue it, "
-            f"or choose another --out_dir"
+            f"--overwrite to replace it, or choose another --out_dir"
         )
     path.mkdir(parents=True, exist_ok=True)
+    if overwrite:
+        for name in ("config.json", "metrics.jsonl", "summary.json"):
+            with contextlib.suppress(FileNotFoundError):
+                (path / name).unlink()
     if not cfg_path.exists():
         dev = torch.device(device) if device is not None else torch.device("cpu")
         atomic_write_json(
             cfg_path,
             {
                 "config": dict(config),
+                "config_hash": config_hash(config),
                 "git": git_info(),
                 "versions": library_versions(),
                 "device": device_description(dev),
@@ -253,77 +302,3 @@ def load_run(path: str | os.PathLike) -> dict:
         "metrics": read_jsonl(path / "metrics.jsonl") if (path / "metrics.jsonl").exists() else [],
         "summary": read_json(summary) if summary.exists() else None,
     }
-
-
-# --------------------------------------------------------------------------- seeds and devices
-@dataclass
-class Seeds:
-    """Separate random streams: model initialization and data order never share a generator, so
-    changing the batch order does not change the initial weights (and vice versa)."""
-
-    init: torch.Generator
-    data: torch.Generator
-    seed: int
-
-
-def make_seeds(seed: int, device: torch.device | str = "cpu") -> Seeds:
-    """Seed Python/numpy/torch globally and return independent generators for init and data.
-
-    The two streams derive from ``seed`` through numpy's SeedSequence (statistically independent).
-    """
-    if seed < 0:
-        raise ValueError(f"seed must be >= 0 (got {seed})")
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-    init_seed, data_seed = (int(s) for s in np.random.SeedSequence(seed).generate_state(2))
-    g_init = torch.Generator(device="cpu").manual_seed(init_seed)
-    g_data = torch.Generator(device="cpu").manual_seed(data_seed)
-    return Seeds(init=g_init, data=g_data, seed=seed)
-
-
-def select_device(name: str | None = None) -> torch.device:
-    """``name`` if given ("cpu", "cuda", "cuda:1", "mps"), else cuda when present, else cpu."""
-    if name in (None, "", "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError as e:
-        raise ValueError(f"--device {name!r} is not a device name (try cpu or cuda)") from e
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(
-            f"--device {name}: CUDA is not available on this machine; use --device cpu"
-        )
-    return dev
-
-
-def progress(iterable=None, **kwargs):
-    """tqdm that switches itself off when stderr is not a terminal (logs, CI, notebooks' stdout)."""
-    from tqdm.auto import tqdm
-
-    kwargs.setdefault("disable", not sys.stderr.isatty())
-    kwargs.setdefault("dynamic_ncols", True)
-    return tqdm(iterable, **kwargs)
-
-
-# ------------------------------------------------------------------------------------ argparse
-def common_parser() -> argparse.ArgumentParser:
-    """Parent parser with the flags every training script shares (``parents=[common_parser()]``)."""
-    p = argparse.ArgumentParser(add_help=False)
-    g = p.add_argument_group("common")
-    g.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    g.add_argument(
-        "--device",
-        type=str,
-        default=None,
-        help="cpu, cuda, cuda:N (default: cuda if available, else cpu)",
-    )
-    g.add_argument(
-        "--out_dir", type=str, default=None, help="run directory to write (default: under runs/)"
-    )
-    return p
-
-
-def finite_or_none(x: float) -> float | None:
-    """A float for JSON where a diverged value should read as missing, not as a number."""
-    return x if x is not None and math.isfinite(x) else None

@@ -1,0 +1,265 @@
+"""The suite's shared infrastructure: atomic writes, run directories, seeds, devices, Ctrl-C,
+claims tables, the verdict function, and the SAM library's independence from all of it."""
+
+import json
+import math
+import os
+import signal
+import stat
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from analysis.report import collect_claims, write_report
+from suite import claims, cli, rundir
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_atomic_write_leaves_old_file_when_writing_fails(tmp_path, monkeypatch):
+    f = tmp_path / "a.json"
+    rundir.atomic_write_json(f, {"x": 1})
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", boom)
+    with pytest.raises(OSError):
+        rundir.atomic_write_json(f, {"x": 2})
+    assert json.loads(f.read_text()) == {"x": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["a.json"]  # no temp file left behind
+
+
+def test_atomic_write_gives_usual_permissions_and_fsyncs_the_directory(tmp_path, monkeypatch):
+    old = os.umask(0o022)
+    try:
+        synced = []
+        real_fsync = os.fsync
+
+        def fsync(fd):
+            synced.append(stat.S_ISDIR(os.fstat(fd).st_mode))
+            return real_fsync(fd)
+
+        monkeypatch.setattr(os, "fsync", fsync)
+        rundir.atomic_write_json(tmp_path / "a.json", {"x": 1})
+        assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == 0o644  # not mkstemp's 0600
+        assert synced == [False, True]  # the file, then its directory after the rename
+        os.umask(0o077)
+        rundir.atomic_write_json(tmp_path / "b.json", {"x": 1})
+        assert stat.S_IMODE((tmp_path / "b.json").stat().st_mode) == 0o600  # umask respected
+    finally:
+        os.umask(old)
+
+
+def test_run_dir_records_provenance_and_refuses_overwrite(tmp_path):
+    rd = rundir.create_run_dir(tmp_path / "r", {"rho": 0.05, "seed": 1}, device="cpu")
+    cfg = rd.config
+    assert cfg["config"] == {"rho": 0.05, "seed": 1}
+    assert cfg["config_hash"] == rundir.config_hash({"seed": 1, "rho": 0.05})  # order-free
+    assert cfg["config_hash"] != rundir.config_hash({"rho": 0.1, "seed": 1})
+    assert set(cfg["git"]) == {"commit", "dirty"}
+    assert cfg["versions"]["torch"] == torch.__version__
+    assert cfg["device"].startswith("cpu")
+    rd.log({"step": 1, "loss": 0.5})
+    rd.log({"step": 2, "loss": float("nan")})
+    rd.write_summary({"final": 0.1})
+    with pytest.raises(FileExistsError, match="--resume"):
+        rundir.create_run_dir(tmp_path / "r", {"rho": 0.1})
+    again = rundir.create_run_dir(tmp_path / "r", {"rho": 0.1}, resume=True)
+    assert again.config["config"]["rho"] == 0.05  # resume keeps the stored config
+    run = rundir.load_run(tmp_path / "r")
+    assert run["metrics"][0] == {"step": 1, "loss": 0.5}
+    assert math.isnan(run["metrics"][1]["loss"])
+    assert run["summary"] == {"final": 0.1}
+    rd.truncate_metrics(1)
+    assert len(rd.metrics()) == 1
+    fresh = rundir.create_run_dir(tmp_path / "r", {"rho": 0.2}, overwrite=True)
+    assert fresh.config["config"]["rho"] == 0.2 and fresh.metrics() == []
+    assert not (tmp_path / "r" / "summary.json").exists()
+    with pytest.raises(ValueError, match="--overwrite"):
+        rundir.create_run_dir(tmp_path / "r", {}, resume=True, overwrite=True)
+
+
+def test_torn_last_metrics_line_is_dropped_on_next_open(tmp_path):
+    rd = rundir.create_run_dir(tmp_path / "r", {})
+    rd.log({"step": 1})
+    with open(rd.metrics_path, "a") as f:
+        f.write('{"step": 2, "lo')  # crash mid-write
+    assert rd.metrics() == [{"step": 1}]
+    assert rundir.load_run(tmp_path / "r")["metrics"] == [{"step": 1}]
+    resumed = rundir.create_run_dir(tmp_path / "r", {}, resume=True)
+    resumed.log({"step": 2})  # must start on a fresh line, not glue onto the torn one
+    assert resumed.metrics_path.read_text() == '{"step": 1}\n{"step": 2}\n'
+    with open(rd.metrics_path, "a") as f:
+        f.write('{"step": 3}')  # complete row, newline lost: kept, line ended
+    rundir.RunDir(rd.path)
+    assert rd.metrics_path.read_text().endswith('{"step": 3}\n')
+    rd.metrics_path.write_text('{"step": 1}\nnot json\n{"step": 3}\n')  # corruption mid-file
+    with pytest.raises(ValueError, match="line 2"):
+        rd.metrics()
+
+
+def test_git_dirty_counts_untracked_files(tmp_path):
+    def git(*a):
+        subprocess.run(["git", *a], cwd=tmp_path, check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "a.py").write_text("x = 1\n")
+    git("add", "a.py")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "a")
+    assert rundir.git_info(tmp_path)["dirty"] is False
+    (tmp_path / "new_module.py").write_text("y = 2\n")
+    assert rundir.git_info(tmp_path)["dirty"] is True
+
+
+def test_seeds_give_independent_reproducible_streams_and_must_be_ints():
+    a, b = cli.make_seeds(3), cli.make_seeds(3)
+    assert torch.equal(torch.rand(5, generator=a.init), torch.rand(5, generator=b.init))
+    c = cli.make_seeds(3)
+    assert not torch.equal(torch.rand(5, generator=c.init), torch.rand(5, generator=c.data))
+    with pytest.raises(ValueError, match="seed"):
+        cli.make_seeds(-1)
+    for bad in (True, 1.5, "3"):
+        with pytest.raises(TypeError, match="seed must be an int"):
+            cli.make_seeds(bad)
+
+
+def test_select_device():
+    assert cli.select_device("cpu") == torch.device("cpu")
+    assert cli.select_device(None).type in ("cpu", "cuda")
+    for bad in ("not-a-device", "mps", "meta", "cpu:3"):
+        with pytest.raises(ValueError, match="--device") as e:
+            cli.select_device(bad)
+        assert "cpu" in str(e.value)  # names the choices
+    n = torch.cuda.device_count()
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            cli.select_device("cuda")
+    else:
+        assert cli.select_device("cuda:0").type == "cuda"
+        with pytest.raises(ValueError, match="GPU"):
+            cli.select_device(f"cuda:{n}")
+
+
+def test_graceful_interrupt_sets_flag_then_aborts_and_restores_handler():
+    before = signal.getsignal(signal.SIGINT)
+    with cli.GracefulInterrupt() as stop:
+        os.kill(os.getpid(), signal.SIGINT)
+        assert stop.requested
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_finite_float_rejects_nan_and_inf_by_name():
+    parse = cli.finite_float("--rho")
+    assert parse("0.05") == 0.05
+    for bad in ("nan", "inf", "-inf", "abc"):
+        with pytest.raises(Exception, match="--rho"):
+            parse(bad)
+
+
+# ------------------------------------------------------------------------------------- verdicts
+def test_verdict_rules():
+    assert claims.verdict(0.5, 0.1) == "reproduced"
+    assert claims.verdict(0.15, 0.1) == "within noise"  # a gap of 1.5 SE is not enough
+    assert claims.verdict(0.2, 0.1) == "within noise"  # exactly 2 SE is not "exceeds"
+    assert claims.verdict(-0.5, 0.1) == "contradicted"
+    assert claims.verdict(-0.15, 0.1) == "within noise"
+    assert claims.verdict(None, 0.1) == "not run"
+    assert claims.verdict(float("nan"), 0.1) == "not run"
+    assert claims.verdict(5.0, float("nan")) == "within noise"  # unknown noise decides nothing
+    assert claims.verdict(1e-9, 0.0) == "reproduced"  # deterministic: any gap in the sign
+    with pytest.raises(ValueError):
+        claims.verdict(1.0, -1.0)
+
+
+def test_compare_seeds_on_synthetic_tables():
+    erm = [0.30, 0.31, 0.29]
+    sam = [0.20, 0.21, 0.19]
+    g = claims.compare_seeds(erm, sam, n_test=10_000)
+    seed_var = 0.01**2 / 3 + 0.01**2 / 3
+    binom = 0.30 * 0.70 / 10_000 + 0.20 * 0.80 / 10_000
+    assert g.gap == pytest.approx(0.10)
+    assert g.se == pytest.approx(math.sqrt(seed_var + binom))
+    assert g.verdict == "reproduced"
+    assert claims.compare_seeds(sam, erm, n_test=10_000).verdict == "contradicted"  # reversed
+    tiny = claims.compare_seeds(erm, [0.299, 0.309, 0.291], n_test=10_000)
+    assert tiny.verdict == "within noise"
+    # a small test set alone makes the same seed gap noise
+    assert claims.compare_seeds(erm, [0.28, 0.29, 0.27], n_test=500).verdict == "within noise"
+    assert claims.compare_seeds(erm, [0.28, 0.29, 0.27], n_test=100_000).verdict == "reproduced"
+    one = claims.compare_seeds([0.3], [0.1], n_test=10_000)  # one seed: spread unknown
+    assert math.isnan(one.se) and one.verdict == "within noise"
+    assert claims.compare_seeds([], [0.1]).verdict == "not run"
+    higher = claims.compare_seeds([0.70, 0.71], [0.80, 0.81], lower_is_better=False)
+    assert higher.gap == pytest.approx(0.10) and higher.verdict == "reproduced"
+    with pytest.raises(ValueError, match="error rates"):
+        claims.compare_seeds([12.0, 13.0], [11.0, 12.0], n_test=100)  # percent, not rates
+
+
+def test_compare_to_paper_tolerance():
+    assert claims.verdict(*claims.compare_to_paper(0.0162, 0.0164, rel_tol=0.05)) == "reproduced"
+    assert claims.verdict(*claims.compare_to_paper(0.02, 0.0164, rel_tol=0.05)) == "contradicted"
+    assert claims.verdict(*claims.compare_to_paper(None, 0.0164, rel_tol=0.05)) == "not run"
+
+
+def test_claims_tables_and_report(tmp_path):
+    claims.write_claims(
+        tmp_path / "fam" / "claims.csv",
+        [
+            {"family": "fam", "claim": "a | b", "paper_value": "1", "ours": "2",
+             "gap": 0.5, "se": 0.1, "verdict": "reproduced"},
+            {"family": "fam", "claim": "c", "paper_value": "NA", "ours": "", "verdict": "not run"},
+        ],
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="verdict"):
+        claims.write_claims(tmp_path / "x.csv", [{"verdict": "maybe"}])
+    with pytest.raises(ValueError, match="unknown columns"):
+        claims.write_claims(tmp_path / "x.csv", [{"verdict": "not run", "papr": 1}])
+    df = collect_claims(tmp_path)
+    assert list(df["verdict"]) == ["reproduced", "not run"]
+    assert list(df["paper_value"]) == ["1", "NA"]  # "NA" is text, not missing
+    assert list(df["gap"]) == ["0.5", ""]
+    md = write_report(tmp_path).read_text()
+    assert "a \\| b" in md and "reproduced: 1, not run: 1" in md
+
+
+def test_progress_bar_turns_off_without_a_terminal():
+    # pytest captures stderr, so it is not a terminal here: the bar must be disabled
+    bar = cli.progress(range(3))
+    assert bar.disable and list(bar) == [0, 1, 2]
+    assert not cli.progress(range(3), disable=False).disable  # the caller may force it on
+
+
+def test_sharpness_imports_with_only_torch_and_numpy():
+    """The SAM library's dependencies are torch and numpy: importing every module of it must not
+    touch the suite, tqdm, pandas, scipy, matplotlib (blocked in a fresh interpreter)."""
+    code = textwrap.dedent(
+        """
+        import importlib, pkgutil, sys
+        ALLOWED = {"torch", "numpy"}
+        class Block:
+            def find_spec(self, name, path=None, target=None):
+                top = name.split(".")[0]
+                if top in {"suite", "tqdm", "pandas", "scipy", "matplotlib", "analysis",
+                           "deep_nets", "yaml", "lightning", "pytorch_optimizer"}:
+                    raise ImportError(f"sharpness imported {name}")
+                return None
+        sys.meta_path.insert(0, Block())
+        import sharpness
+        for m in pkgutil.walk_packages(sharpness.__path__, "sharpness."):
+            importlib.import_module(m.name)
+        from sharpness import SAM, LookSAM
+        print("ok")
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"
