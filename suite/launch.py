@@ -1,0 +1,335 @@
+"""Running a stage's runs: skip finished ones, resume interrupted ones, here or on a SLURM cluster.
+
+A reproduction stage describes each run as a ``Run`` (its directory, the config that identifies
+it, and a ``train(resume)`` callable) and hands the list to ``run_all``:
+
+    runs = [Run(f"sam seed {s}", out, cfg, functools.partial(train_one, cfg)) for ...]
+    run_all(runs, stage="deep_nets")   # returns when every run's directory is complete
+
+For each run, ``run_state`` decides from the directory alone:
+
+- ``done``:   ``summary.json`` says the run ended (status finished/complete/diverged, or no status
+              field: families that write the summary only at the end) and the stored config equals
+              ``run.config`` (``suite.rundir.config_hash`` of both, keys in ``run.ignore`` left out)
+              -> skipped;
+- ``resume``: ``config.json`` holds the same config but the run did not end (Ctrl-C, a crash, a
+              preempted job) -> ``train(resume=True)`` continues from the trainer's checkpoint;
+- ``stale``:  the directory holds a run of another config -> deleted and trained afresh;
+- ``new``:    no run there -> ``train(resume=False)``.
+
+``configure(force=True)`` (``--force``) retrains every run from scratch.
+
+Launchers (``configure(launcher=...)``):
+
+- ``local`` (default): in this process, one run after the other.
+- ``slurm``: one SLURM job per run through submitit (``slurm_partition``, ``timeout_min``, GPUs...
+  from ``configure(slurm=...)``). A job that is preempted or reaches its time limit receives
+  submitit's signal, requeues itself (submitit's checkpointing protocol) and, when it starts again,
+  resumes from the trainer's last checkpoint in the run directory. ``run_all`` waits for every job
+  (the results land in the same run directories) and raises if any job failed, naming it.
+- ``submitit-local``: the same jobs as real subprocesses of this machine (submitit's
+  ``LocalExecutor``): what the tests use, and a way to run a stage's runs in parallel.
+
+Progress: ``run_all`` reports each run to the reporter installed by ``set_reporter`` (the
+``make reproduce`` progress display); without one it prints one line per run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from suite.rundir import config_hash, read_json
+
+LAUNCHERS = ("local", "slurm", "submitit-local")
+# summary["status"] values meaning "this run has ended and its result stands"; a diverged run is a
+# result too (retraining it would diverge again).
+ENDED = ("finished", "complete", "completed", "diverged")
+# keys that name where or how a run executes, not what it computes
+DEFAULT_IGNORE = ("out_dir", "resume", "device", "workers")
+
+
+@dataclass(frozen=True)
+class Run:
+    """One run of a stage. ``train(resume: bool)`` must write the run directory ``out_dir`` with
+    ``config.json`` holding ``config`` (minus ``ignore``) under its "config" key, and
+    ``summary.json`` when it ends; with ``resume=True`` it continues from its own checkpoint."""
+
+    name: str
+    out_dir: Path
+    config: Mapping[str, Any]
+    train: Callable[..., Any]
+    ignore: tuple[str, ...] = DEFAULT_IGNORE
+
+
+@dataclass
+class Outcome:
+    """What ``run_all`` did with one run: action in {"skipped", "trained", "resumed", "failed"}."""
+
+    name: str
+    out_dir: Path
+    action: str
+    seconds: float = 0.0
+    error: str | None = None
+    note: str | None = None
+
+
+@dataclass
+class _Settings:
+    launcher: str = "local"
+    force: bool = False
+    folder: Path = Path("results/.submitit")
+    slurm: dict[str, Any] = field(default_factory=dict)
+    poll_s: float = 2.0
+
+
+_settings = _Settings()
+_reporter: Any = None
+
+
+# ------------------------------------------------------------------------------ configuration
+@contextlib.contextmanager
+def configure(
+    *,
+    launcher: str = "local",
+    force: bool = False,
+    folder: str | Path | None = None,
+    slurm: Mapping[str, Any] | None = None,
+    poll_s: float = 2.0,
+) -> Iterator[None]:
+    """Set the launcher and --force for the ``run_all`` calls inside the block.
+
+    ``folder``: where submitit keeps its job files and logs (default results/.submitit).
+    ``slurm``: executor parameters, e.g. {"slurm_partition": "gpu", "timeout_min": 240,
+    "gpus_per_node": 1, "cpus_per_task": 8}."""
+    global _settings
+    if launcher not in LAUNCHERS:
+        raise ValueError(f"--launcher {launcher!r}: choose from {', '.join(LAUNCHERS)}")
+    old = _settings
+    _settings = _Settings(
+        launcher=launcher,
+        force=force,
+        folder=Path(folder) if folder is not None else old.folder,
+        slurm=dict(slurm or {}),
+        poll_s=poll_s,
+    )
+    try:
+        yield
+    finally:
+        _settings = old
+
+
+def set_reporter(reporter: Any) -> Any:
+    """Install the progress reporter (an object with ``runs_planned(stage, runs)``,
+    ``run_started(run)``, ``run_ended(outcome)``); returns the previous one."""
+    global _reporter
+    old, _reporter = _reporter, reporter
+    return old
+
+
+def _report(method: str, *args: Any) -> None:
+    if _reporter is not None:
+        getattr(_reporter, method)(*args)
+    elif method == "run_ended":
+        o = args[0]
+        extra = "".join(f"; {x}" for x in (o.error, o.note) if x)
+        print(f"  {o.name}: {o.action} ({o.seconds:.1f} s){extra}", flush=True)
+
+
+# ------------------------------------------------------------------------------ run state
+def _identity(config: Mapping[str, Any], ignore: Sequence[str]) -> str:
+    return config_hash({k: v for k, v in dict(config).items() if k not in ignore})
+
+
+def config_diff(run: Run) -> list[str]:
+    """The config keys (outside ``run.ignore``) whose values differ between ``run.config`` and
+    the run directory's ``config.json`` (all of ``run.config``'s keys when there is none)."""
+    try:
+        stored = read_json(Path(run.out_dir) / "config.json").get("config", {})
+    except (OSError, ValueError):
+        stored = {}
+    keys = sorted((set(stored) | set(run.config)) - set(run.ignore))
+    # compared as JSON (a tuple here equals the list json wrote there)
+    return [
+        k
+        for k in keys
+        if k not in stored
+        or k not in run.config
+        or config_hash({"v": stored[k]}) != config_hash({"v": run.config[k]})
+    ]
+
+
+def run_state(run: Run) -> str:
+    """ "done", "resume", "stale" or "new" for ``run`` (see the module docstring)."""
+    d = Path(run.out_dir)
+    cfg_path = d / "config.json"
+    if not cfg_path.exists():
+        return "stale" if d.exists() and any(d.iterdir()) else "new"
+    try:
+        stored = read_json(cfg_path).get("config", {})
+    except (OSError, ValueError):
+        return "stale"
+    if _identity(stored, run.ignore) != _identity(run.config, run.ignore):
+        return "stale"
+    summary_path = d / "summary.json"
+    if summary_path.exists():
+        try:
+            status = read_json(summary_path).get("status", "finished")
+        except (OSError, ValueError):
+            return "resume"
+        if status in ENDED:
+            return "done"
+    return "resume"
+
+
+def plan(run: Run, force: bool = False) -> str:
+    """The action for ``run``: "skip", "resume" or "fresh" (the directory is cleared first)."""
+    state = run_state(run)
+    if force:
+        return "fresh"
+    return {"done": "skip", "resume": "resume", "stale": "fresh", "new": "fresh"}[state]
+
+
+def _clear(out_dir: Path) -> None:
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+
+
+def _stale_note(run: Run) -> str | None:
+    """Why a run is retrained although its directory holds a run (a silent mismatch between the
+    stage's config and the trainer's stored one would retrain it on every call)."""
+    if run_state(run) != "stale":
+        return None
+    keys = config_diff(run)
+    return f"retrained: config changed in {', '.join(keys[:8]) or 'an unreadable config.json'}"
+
+
+def execute(run: Run, force: bool = False) -> str:
+    """Bring one run to completion in this process; returns "skipped", "trained" or "resumed".
+
+    Raises KeyboardInterrupt when the trainer stopped on a Ctrl-C (its summary says
+    "interrupted"), so that the whole job stops with the checkpoint saved."""
+    action = plan(run, force)
+    if action == "skip":
+        return "skipped"
+    if action == "fresh":
+        _clear(Path(run.out_dir))
+    run.train(resume=action == "resume")
+    summary = Path(run.out_dir) / "summary.json"
+    if summary.exists() and read_json(summary).get("status") == "interrupted":
+        raise KeyboardInterrupt(f"{run.name} interrupted; its checkpoint is in {run.out_dir}")
+    return "trained" if action == "fresh" else "resumed"
+
+
+# ------------------------------------------------------------------------------ launchers
+def run_all(runs: Sequence[Run], *, stage: str = "") -> list[Outcome]:
+    """Bring every run of ``runs`` to completion with the configured launcher (see module doc)."""
+    names = [r.name for r in runs]
+    if len(set(names)) != len(names) or len({str(r.out_dir) for r in runs}) != len(runs):
+        raise ValueError(f"stage {stage}: runs must have distinct names and directories")
+    _report("runs_planned", stage, list(runs))
+    if _settings.launcher == "local":
+        return [_run_local(r) for r in runs]
+    return _run_submitit(runs, stage)
+
+
+def _run_local(run: Run) -> Outcome:
+    _report("run_started", run)
+    note = _stale_note(run)
+    t0 = time.perf_counter()
+    action = execute(run, _settings.force)
+    out = Outcome(run.name, Path(run.out_dir), action, time.perf_counter() - t0, note=note)
+    _report("run_ended", out)
+    return out
+
+
+class RunJob:
+    """The callable a submitit job executes: ``execute`` on the run directory's state at start.
+
+    submitit's checkpointing protocol: on preemption or timeout it calls ``checkpoint()`` and
+    requeues the returned submission (this object again). The trainer saves its own checkpoints
+    in the run directory, so the requeued job decides "resume" from the directory when it starts;
+    nothing needs saving at signal time."""
+
+    def __init__(self, run: Run) -> None:
+        self.run = run
+
+    def __call__(self) -> str:
+        # A requeued job must resume, not start over, even under --force: force applied at the
+        # first submission (run_all cleared the directory before submitting).
+        return execute(self.run, force=False)
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(RunJob(self.run))
+
+
+def make_executor(kind: str, folder: Path, params: Mapping[str, Any]) -> Any:
+    """A submitit executor: SLURM (``kind="slurm"``) or local subprocesses."""
+    import submitit
+
+    folder.mkdir(parents=True, exist_ok=True)
+    if kind == "slurm":
+        ex = submitit.AutoExecutor(folder=folder, cluster="slurm")
+    else:
+        ex = submitit.LocalExecutor(folder=folder)
+    p = dict(params)
+    if kind != "slurm":  # LocalExecutor knows no slurm_* keys
+        p = {k: v for k, v in p.items() if not k.startswith("slurm_")}
+    p.setdefault("timeout_min", 60)
+    ex.update_parameters(**p)
+    return ex
+
+
+def submit(runs: Sequence[Run], executor: Any, force: bool = False) -> list[tuple[Run, Any]]:
+    """Submit one job per run that is not done; returns (run, job) pairs (job None: skipped)."""
+    jobs = []
+    for r in runs:
+        action = plan(r, force)
+        if action == "skip":
+            jobs.append((r, None))
+            continue
+        if action == "fresh":
+            _clear(Path(r.out_dir))
+        jobs.append((r, executor.submit(RunJob(r))))
+    return jobs
+
+
+def _run_submitit(runs: Sequence[Run], stage: str) -> list[Outcome]:
+    folder = _settings.folder / (stage or "stage")
+    executor = make_executor(_settings.launcher, folder, _settings.slurm)
+    t0 = time.perf_counter()
+    pending = submit(runs, executor, _settings.force)
+    outcomes: dict[str, Outcome] = {}
+    for r, job in pending:
+        if job is None:
+            outcomes[r.name] = Outcome(r.name, Path(r.out_dir), "skipped")
+            _report("run_ended", outcomes[r.name])
+        else:
+            _report("run_started", r)
+    while len(outcomes) < len(pending):
+        for r, job in pending:
+            if r.name in outcomes or not job.done():
+                continue
+            try:
+                action = job.result()
+                out = Outcome(r.name, Path(r.out_dir), action, time.perf_counter() - t0)
+            except Exception as e:  # noqa: BLE001 - a failed job is reported, the others go on
+                err = f"job {job.job_id} failed: {str(e).strip().splitlines()[-1][:300]}"
+                out = Outcome(r.name, Path(r.out_dir), "failed", time.perf_counter() - t0, err)
+            outcomes[r.name] = out
+            _report("run_ended", out)
+        time.sleep(_settings.poll_s if len(outcomes) < len(pending) else 0)
+    failed = [o for o in outcomes.values() if o.action == "failed"]
+    if failed:
+        raise RuntimeError(
+            f"{len(failed)} of {len(runs)} jobs failed (logs under {folder}): "
+            + "; ".join(f"{o.name}: {o.error}" for o in failed)
+        )
+    return [outcomes[r.name] for r in runs]

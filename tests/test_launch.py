@@ -1,0 +1,159 @@
+"""suite.launch: skip / resume / --force decisions, and the submitit path with real subprocess jobs.
+
+The trainer is deep_nets.train.train on a tiny MNIST-1D MLP (seconds per run, exact resume from
+its per-epoch checkpoint). The submitit test runs two runs as jobs of submitit's LocalExecutor
+(real processes started by submitit's own controller), preempts one of them with the signal
+SLURM sends (SIGUSR2 to the job's process), and checks that submitit requeued it, that it
+resumed from its checkpoint rather than starting over, and that both runs' metrics equal those
+of the same runs trained in this process.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import signal
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from suite import launch
+from suite.launch import Run, configure, plan, run_all, run_state, submit
+from suite.rundir import read_json, read_jsonl
+
+ROOT = Path(__file__).resolve().parents[1]
+# timings differ between two executions of the same run; everything else must be equal
+TIMING = ("seconds", "per_s", "time", "wall", "throughput")
+
+
+def tiny_config(seed: int, epochs: int = 3) -> dict:
+    """The full config the trainer stores (its defaults included), as a stage passes it."""
+    from deep_nets.config import TrainConfig
+
+    flags = dict(
+        dataset="mnist1d", model="mlp", model_width=16, batch_size=32, epochs=epochs,
+        frac_train=0.5, lr_max=0.05, n_eval=256, n_eval_train=256, n_sharpness=64,
+        sharpness_m=32, sam_rho=0.1, seed=seed, workers=1,
+    )  # fmt: skip
+    return TrainConfig(**flags).to_dict()
+
+
+def train_tiny(cfg: dict, out_dir: str, resume: bool) -> dict:
+    """A stage's train callable: the real trainer, resuming from its checkpoint on request."""
+    from deep_nets.config import TrainConfig
+    from deep_nets.train import train
+
+    return train(TrainConfig(**{**cfg, "out_dir": out_dir, "resume": resume}))
+
+
+def make_runs(root: Path, epochs: int = 3) -> list[Run]:
+    runs = []
+    for seed in (0, 1):
+        cfg, out = tiny_config(seed, epochs), root / f"seed{seed}"
+        runs.append(Run(f"seed {seed}", out, cfg, functools.partial(train_tiny, cfg, str(out))))
+    return runs
+
+
+def comparable(run_dir: Path) -> tuple[list[dict], dict]:
+    def strip(row: dict) -> dict:
+        return {k: v for k, v in row.items() if not any(t in k for t in TIMING)}
+
+    rows = [strip(r) for r in read_jsonl(run_dir / "metrics.jsonl")]
+    return rows, strip(read_json(run_dir / "summary.json"))
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str]] = []
+
+    def runs_planned(self, stage: str, runs: list) -> None:
+        self.events.append(("planned", f"{stage}:{len(runs)}"))
+
+    def run_started(self, run: Run) -> None:
+        self.events.append(("started", run.name))
+
+    def run_ended(self, outcome: launch.Outcome) -> None:
+        self.events.append((outcome.action, outcome.name))
+
+
+def test_skip_resume_force_and_stale(tmp_path):
+    runs = make_runs(tmp_path, epochs=2)
+    rec = Recorder()
+    old = launch.set_reporter(rec)
+    try:
+        assert [run_state(r) for r in runs] == ["new", "new"]
+        assert [o.action for o in run_all(runs, stage="t")] == ["trained", "trained"]
+        assert [run_state(r) for r in runs] == ["done", "done"]
+        stamp = (runs[0].out_dir / "summary.json").stat().st_mtime_ns
+        # same config: skipped, nothing rewritten
+        assert [o.action for o in run_all(runs, stage="t")] == ["skipped", "skipped"]
+        assert (runs[0].out_dir / "summary.json").stat().st_mtime_ns == stamp
+        # where a run executes is not part of its identity; what it computes is
+        moved = Run("seed 0", runs[0].out_dir, {**runs[0].config, "workers": 2}, runs[0].train)
+        assert run_state(moved) == "done"
+        changed = Run("seed 0", runs[0].out_dir, {**runs[0].config, "lr_max": 0.01}, runs[0].train)
+        assert run_state(changed) == "stale" and plan(changed) == "fresh"
+        assert launch.config_diff(changed) == ["lr_max"]
+        # an interrupted run (no summary yet, checkpoint on disk) is resumed, not restarted
+        (runs[1].out_dir / "summary.json").unlink()
+        assert run_state(runs[1]) == "resume" and plan(runs[1]) == "resume"
+        with configure(force=True):
+            assert [o.action for o in run_all(runs[:1], stage="t")] == ["trained"]
+        assert (runs[0].out_dir / "summary.json").stat().st_mtime_ns != stamp
+    finally:
+        launch.set_reporter(old)
+    assert ("planned", "t:2") in rec.events and ("skipped", "seed 1") in rec.events
+    with pytest.raises(ValueError, match="--launcher"):
+        with configure(launcher="kubernetes"):
+            pass
+
+
+def _task_pids(job) -> list[int]:
+    """The worker processes of a LocalExecutor job (children of submitit's controller)."""
+    return [p.pid for p in psutil.Process(job._process.pid).children()]
+
+
+def _wait(cond, timeout: float, what: str) -> None:
+    t0 = time.time()
+    while not cond():
+        if time.time() - t0 > timeout:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.05)
+
+
+def test_submitit_jobs_preempted_requeued_equal_in_process(tmp_path, monkeypatch):
+    # the jobs are fresh interpreters: they must import this worktree's code
+    monkeypatch.setenv("PYTHONPATH", str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    epochs = 4
+    ref = make_runs(tmp_path / "inproc", epochs)
+    with configure(launcher="local"):
+        run_all(ref, stage="ref")
+
+    runs = make_runs(tmp_path / "jobs", epochs)
+    ex = launch.make_executor("submitit-local", tmp_path / "submitit", {"timeout_min": 5})
+    jobs = submit(runs, ex)
+    victim_run, victim = jobs[0]
+    metrics = victim_run.out_dir / "metrics.jsonl"
+
+    def epochs_logged() -> int:
+        return sum(1 for r in read_jsonl(metrics) if r.get("epoch_end")) if metrics.exists() else 0
+
+    _wait(lambda: epochs_logged() >= 1, 120, "the first epoch of the job to be preempted")
+    pids = _task_pids(victim)
+    assert len(pids) == 1
+    os.kill(pids[0], signal.SIGUSR2)  # what SLURM sends before preempting / at the time limit
+    done_at_signal = epochs_logged()
+    assert done_at_signal < epochs, "the job ended before it could be preempted"
+    assert [job.result() for _, job in jobs] == ["resumed", "trained"]
+
+    log = victim.paths.stderr.read_text() + victim.paths.stdout.read_text()
+    assert "Requeued job" in log, log[-2000:]
+    # "resumed" above: the requeued job continued from the checkpoint instead of starting over
+    cfg = read_json(victim_run.out_dir / "config.json")
+    assert cfg["config"]["resume"] is False  # the first start's config.json is kept
+    for r, (mine, _) in zip(ref, jobs):
+        assert comparable(r.out_dir) == comparable(mine.out_dir)
+    # a second pass through the launcher submits nothing: every run is done
+    assert [job for _, job in submit(runs, ex)] == [None, None]
