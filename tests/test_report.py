@@ -1,0 +1,256 @@
+"""`make reproduce` end to end on synthetic stages, and REPORT.md on synthetic result sets.
+
+The stages are real modules written into a temporary package: one that trains two tiny runs
+through suite.launch, prints per-epoch lines, draws and captions a figure and writes claims (one
+reproduced, one that fails); one that crashes; one that is never run. The report must show every
+claim with its verdict, say which stage crashed and why, name the command for the missing
+results, embed the figure with its caption and record the environment.
+"""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from analysis import reproduce
+from analysis.report import claims_table, key_figures, missing_results, render_report
+from suite.captions import caption_figure, read_captions
+from suite.claims import write_claims
+from suite.rundir import read_json
+
+GOOD = """
+from pathlib import Path
+
+from suite.captions import caption_figure
+from suite.claims import verdict, write_claims
+from suite.launch import Run, run_all
+from suite.rundir import create_run_dir
+
+
+def train(cfg, out, resume):
+    run = create_run_dir(out, cfg, resume=resume)
+    for epoch in range(30):
+        print(f"epoch {epoch} train_loss 0.5 PER-EPOCH-LINE", flush=True)
+        run.log({"epoch": epoch})
+    run.write_summary({"status": "finished"})
+
+
+def reproduce(profile, results_dir, figures_dir):
+    import functools
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    root = Path(results_dir) / "good"
+    runs = []
+    for s in (0, 1):
+        cfg, out = {"seed": s, "profile": profile}, root / f"seed{s}"
+        runs.append(Run(f"seed {s}", out, cfg, functools.partial(train, cfg, out)))
+    run_all(runs, stage="good")
+    Path(figures_dir).mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(2, 2))
+    ax.plot([0, 1], [1, 0])
+    fig.savefig(Path(figures_dir) / "good_curve.png")
+    plt.close(fig)
+    caption_figure(results_dir, "good", "good_curve.png", shows="Loss per epoch, two seeds.",
+                   reading="SAM ends lower than SGD.", key=True)
+    rows = [
+        dict(family="good", paper="Paper A, Fig. 1", claim="SAM lowers test error",
+             paper_value="3.5 vs 2.7", ours="1.0 +- 0.1 (2 seeds)", gap=1.0, se=0.1,
+             profile=profile, verdict=verdict(1.0, 0.1), figure="good_curve.png", note=""),
+        dict(family="good", paper="Paper A, Fig. 2", claim="m-SAM beats SAM",
+             paper_value="0.5", ours="-0.2 +- 0.05 (2 seeds)", gap=-1.0, se=0.1,
+             profile=profile, verdict=verdict(-1.0, 0.1), figure="", note="MNIST-1D"),
+    ]
+    write_claims(root / "claims.csv", rows)
+"""
+
+CRASH = """
+def reproduce(profile, results_dir, figures_dir):
+    print("about to fail")
+    raise RuntimeError("boom: the data set is corrupt")
+"""
+
+
+@pytest.fixture()
+def stages(tmp_path, monkeypatch):
+    pkg = tmp_path / "pkgs" / "fake_stages"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "good.py").write_text(textwrap.dedent(GOOD))
+    (pkg / "crash.py").write_text(textwrap.dedent(CRASH))
+    monkeypatch.syspath_prepend(str(tmp_path / "pkgs"))
+    monkeypatch.setattr(
+        reproduce,
+        "STAGES",
+        [
+            ("good", "fake_stages.good", 1.0),
+            ("crash", "fake_stages.crash", 1.0),
+            ("never", "fake_stages.never", 1.0),
+        ],
+    )
+    yield
+    for m in [m for m in sys.modules if m.startswith("fake_stages")]:
+        del sys.modules[m]
+
+
+def test_reproduce_isolates_a_crash_logs_epochs_and_writes_the_report(tmp_path, stages, capfd):
+    res, fig, rep = tmp_path / "results", tmp_path / "figures", tmp_path / "REPORT.md"
+    argv = ["--results_dir", str(res), "--figures_dir", str(fig), "--report", str(rep)]
+    rc = reproduce.main([*argv, "--only", "good", "crash"])
+    out, err = capfd.readouterr()
+    assert rc == 1  # a crashed stage makes the job fail, after the others ran
+    screen = out + err
+    # per-epoch lines and the stage's prints go to the log, not the screen
+    assert "PER-EPOCH-LINE" not in screen and "about to fail" not in screen
+    assert len(screen.strip().splitlines()) <= 10, screen
+    assert "crash: crashed" in screen and "boom: the data set is corrupt" in screen
+    log = (res / "reproduce.log").read_text()
+    assert log.count("PER-EPOCH-LINE") == 60 and "Traceback" in log and "about to fail" in log
+
+    job = read_json(res / "reproduce.json")
+    st = {s["name"]: s for s in job["stages"]}
+    assert st["good"]["status"] == "ok" and st["good"]["runs"] == {"trained": 2}
+    assert st["crash"]["status"] == "crashed"
+    assert st["crash"]["error"] == "RuntimeError: boom: the data set is corrupt"
+    assert "never" not in st
+
+    text = rep.read_text()
+    # every claim with its verdict; the failing one called out in the summary
+    assert "| good | Paper A, Fig. 1 | SAM lowers test error |" in text
+    assert "| reproduced |" in text and "| contradicted |" in text
+    assert "Contradicted: good: m-SAM beats SAM (Paper A, Fig. 2)." in text
+    assert "1.0 ± 0.1" in text or "1 ± 0.1" in text
+    # the crashed stage: which and why, as a not-run row and in the stage table
+    assert "**crash** crashed: RuntimeError: boom: the data set is corrupt" in text
+    crash_row = next(line for line in text.splitlines() if line.startswith("| crash |"))
+    assert "not run" in crash_row and "stage crashed" in crash_row
+    assert "--only crash" in crash_row
+    # the family that never ran: not run, with the command that makes its results
+    never_row = next(line for line in text.splitlines() if line.startswith("| never |"))
+    assert "not run" in never_row and "make reproduce" in never_row
+    # the figure, embedded relative to the report, with its two-line caption
+    assert "![good_curve.png](figures/good_curve.png)" in text
+    assert "**good_curve.png.** Loss per epoch, two seeds.  \nSAM ends lower than SGD." in text
+    # environment and wall-clock per stage
+    import torch
+
+    assert f"torch {torch.__version__}" in text and "Git commit:" in text
+    assert "| good | ok |" in text and "| crash | crashed |" in text
+    assert "Traceback of crash" in text
+
+    # a second run skips the finished runs; the crash's record is kept when it is not rerun
+    rc = reproduce.main([*argv, "--only", "good"])
+    capfd.readouterr()
+    assert rc == 0
+    job = read_json(res / "reproduce.json")
+    st = {s["name"]: s for s in job["stages"]}
+    assert st["good"]["runs"] == {"skipped": 2}
+    assert st["crash"]["from_earlier_job"] is True
+    # --force retrains
+    assert reproduce.main([*argv, "--only", "good", "--force"]) == 0
+    capfd.readouterr()
+    st = {s["name"]: s for s in read_json(res / "reproduce.json")["stages"]}
+    assert st["good"]["runs"] == {"trained": 2}
+
+
+def _claims(path: Path, rows: list[dict]) -> None:
+    base = dict(paper="P", claim="c", paper_value="1", ours="1", profile="quick")
+    base.update(figure="", note="")
+    write_claims(path, [{**base, **r} for r in rows])
+
+
+def test_report_flags_hand_made_verdicts_and_stale_rows(tmp_path, monkeypatch):
+    monkeypatch.setattr(reproduce, "STAGES", [("a", "x", 1.0), ("b", "y", 1.0)])
+    res = tmp_path / "results"
+    # a verdict written by hand that the verdict function would not give
+    _claims(res / "a" / "claims.csv", [dict(family="a", gap=0.1, se=0.1, verdict="reproduced")])
+    # b's claims are from an earlier job; b crashed in this one
+    _claims(res / "b" / "claims.csv", [dict(family="b", gap=1, se=0.1, verdict="reproduced")])
+    from suite.rundir import atomic_write_json
+
+    atomic_write_json(
+        res / "reproduce.json",
+        {
+            "profile": "quick",
+            "stages": [
+                {"name": "a", "status": "ok", "seconds": 1},
+                {"name": "b", "status": "crashed", "error": "ValueError: x", "seconds": 2,
+                 "started": "2999-01-01T00:00:00+00:00"},
+            ],
+        },
+    )  # fmt: skip
+    df = claims_table(res)
+    check = dict(zip(df["family"], df["check"]))
+    assert "suite.claims.verdict gives 'within noise'" in check["a"]
+    assert "from an earlier job" in check["b"] and "ValueError: x" in check["b"]
+    text = render_report(res, tmp_path / "figures", tmp_path / "REPORT.md")
+    assert "2 row(s) flagged" in text and "No figures under" in text
+
+
+def test_captions_replace_and_key_figures(tmp_path):
+    res, fig = tmp_path / "results", tmp_path / "figures"
+    fig.mkdir()
+    for name in ("fam_a.png", "fam_b.png", "fam_uncaptioned.png"):
+        (fig / name).write_bytes(b"\x89PNG\r\n\x1a\n")
+    caption_figure(res, "fam", "fam_a.png", shows="A.", reading="a.", key=True)
+    caption_figure(res, "fam", "fam_b.png", shows="B.", reading="b.")
+    caption_figure(res, "fam", "fam_b.png", shows="B2.", reading="b2.", key=True)
+    entries = read_captions(res, "fam")
+    assert [(e["file"], e["shows"], e["key"]) for e in entries] == [
+        ("fam_a.png", "A.", False),
+        ("fam_b.png", "B2.", True),
+    ]
+    assert [e["file"] for e in key_figures(res, fig, ["fam"])] == ["fam_b.png"]
+    text = render_report(res, fig, tmp_path / "REPORT.md")
+    assert "fam_uncaptioned.png (its stage recorded no caption)" in text
+    with pytest.raises(ValueError, match="one non-empty line"):
+        caption_figure(res, "fam", "x.png", shows="two\nlines", reading="r")
+    with pytest.raises(ValueError, match="file name"):
+        caption_figure(res, "fam", "sub/x.png", shows="s", reading="r")
+    assert missing_results(res) is not None and "make reproduce" in missing_results(res)
+    assert "--only fam" in missing_results(res, "fam")
+
+
+def test_paper_profile_names_what_is_missing(tmp_path, monkeypatch, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this check is about a machine without a GPU")  # CPU-only test machines
+    monkeypatch.setenv("SHARPNESS_DATA_DIR", str(tmp_path / "data"))
+    rc = reproduce.main(["--profile", "paper", "--results_dir", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert "no GPU" in err and "--index-url https://download.pytorch.org/whl/cu126" in err
+    assert "CIFAR-10 missing" in err and "load_dataset('cifar10', None, seed=0)" in err
+    assert "CIFAR-100 missing" in err
+    assert not (tmp_path / "r").exists()  # nothing started
+    # data on disk and a cluster launcher: nothing left to complain about but Fashion-MNIST
+    c10, c100 = tmp_path / "data" / "cifar-10-batches-py", tmp_path / "data" / "cifar-100-python"
+    for f in [*(c10 / f"data_batch_{i}" for i in range(1, 6)), c10 / "test_batch"]:
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_bytes(b"x")
+    c100.mkdir(parents=True)
+    (c100 / "train").write_bytes(b"x")
+    (c100 / "test").write_bytes(b"x")
+    problems = reproduce.preflight("paper", "slurm")
+    fm = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz").is_file()
+    assert problems == ([] if fm else [p for p in problems if p.startswith("Fashion-MNIST")])
+    assert reproduce.preflight("quick", "local") == []
+
+
+def test_cli_errors_name_the_flag(capsys):
+    with pytest.raises(SystemExit):
+        reproduce.main(["--only", "nosuch"])
+    assert "--only nosuch: unknown family" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        reproduce.main(["--launcher", "slurm"])
+    assert "--launcher slurm needs --partition" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        reproduce.main(["--launcher", "slurm", "--partition", "gpu", "--slurm_extra", "oops"])
+    assert "--slurm_extra 'oops': write KEY=VALUE" in capsys.readouterr().err
