@@ -4,16 +4,24 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 FMNIST := /usr/share/datasets/fashion-mnist
+# make reproduce PROFILE=quick|full|paper [ARGS="--force --only deep_nets"]
 PROFILE ?= quick
+RESULTS ?= results
+FIGURES ?= figures
+REPORT  ?= REPORT.md
+ARGS    ?=
+# -qq: errors only (pip's notices and setuptools' editable-install banner stay off the screen)
+PIP    := $(PY) -m pip -qq --disable-pip-version-check
 
 .PHONY: reproduce test bench lint format data clean
 
 $(STAMP): requirements.txt pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements.txt
-	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
-	touch $@
+	@echo "set-up: $(VENV) with the pinned requirements.txt (minutes, once)"
+	@$(PYTHON) -m venv $(VENV)
+	@$(PIP) install --upgrade pip
+	@$(PIP) install -r requirements.txt
+	@$(PIP) install --no-deps --no-build-isolation -e .
+	@touch $@
 
 # Fashion-MNIST from Debian's package when we can install it (root + apt); otherwise the loader
 # explains how to point --data_dir at the files.
@@ -28,6 +36,7 @@ data:
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/hadolint Dockerfile
 
 format: $(STAMP)
 	$(VENV)/bin/ruff format .
@@ -37,7 +46,8 @@ test: $(STAMP) data lint
 	$(PY) -m pytest -q
 
 reproduce: $(STAMP) data
-	$(PY) -m analysis.reproduce --profile $(PROFILE)
+	@$(PY) -m analysis.reproduce --profile $(PROFILE) --results_dir $(RESULTS) \
+	  --figures_dir $(FIGURES) --report $(REPORT) $(ARGS)
 
 bench: $(STAMP) data
 	$(PY) -m benchmarks
