@@ -117,14 +117,19 @@ class Display:
         if use_bar:
             from tqdm import tqdm
 
+            try:  # some pseudo-terminals report 0 columns: tqdm would then draw nothing
+                cols = os.get_terminal_size(term.fileno()).columns
+            except OSError:
+                cols = 0
             self.bar = tqdm(
                 total=total,
                 file=term,
-                dynamic_ncols=True,
-                bar_format="{l_bar}{bar}| {elapsed}<{remaining} {postfix}",
+                dynamic_ncols=cols > 0,
+                ncols=None if cols > 0 else 100,
+                bar_format="{desc} {percentage:3.0f}%|{bar}| {elapsed}<{remaining}{postfix}",
             )
         self.stage, self.index, self.n_stages, self.weight = "", 0, 0, 1.0
-        self.runs, self.runs_done = 0, 0
+        self.runs, self.runs_done, self._done_weight = 0, 0, 0.0
         self.counts: dict[str, int] = {}
 
     def line(self, text: str) -> None:
@@ -139,13 +144,14 @@ class Display:
     def _advance(self, amount: float) -> None:
         if self.bar is not None:
             self.bar.update(amount)
-            run = f" run {self.runs_done}/{self.runs}" if self.runs else ""
-            self.bar.set_description_str(f"[{self.index}/{self.n_stages}] {self.stage}{run}")
+            self.bar.set_description_str(f"[{self.index}/{self.n_stages}] {self.stage}")
 
     def stage_started(self, index: int, n: int, name: str, weight: float) -> None:
         self.stage, self.index, self.n_stages, self.weight = name, index, n, weight
         self.runs, self.runs_done, self.counts = 0, 0, {}
         self._done_weight = 0.0
+        if self.bar is not None:
+            self.bar.set_postfix_str("", refresh=False)
         self._advance(0)
         if self.bar is None:
             self.line(f"[{index}/{n}] {name}: started")
@@ -167,7 +173,8 @@ class Display:
     def run_started(self, run: Any) -> None:
         print(f"--- run {run.name} -> {run.out_dir}", file=self.log, flush=True)
         if self.bar is not None:
-            self.bar.set_postfix_str(str(run.name)[:40], refresh=True)
+            where = f"run {self.runs_done + 1}/{self.runs}: {str(run.name)[:40]}"
+            self.bar.set_postfix_str(where, refresh=True)
 
     def run_ended(self, outcome: Any) -> None:
         self.runs_done += 1

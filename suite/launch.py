@@ -313,6 +313,25 @@ def _run_submitit(runs: Sequence[Run], stage: str) -> list[Outcome]:
             _report("run_ended", outcomes[r.name])
         else:
             _report("run_started", r)
+    try:
+        _wait_jobs(pending, outcomes, t0)
+    except KeyboardInterrupt:
+        # Cancel what is still queued or running, so that a re-run does not race a live job on
+        # the same run directory; each run resumes from its last checkpoint next time.
+        for r, job in pending:
+            if job is not None and r.name not in outcomes:
+                job.cancel(check=False)
+        raise
+    failed = [o for o in outcomes.values() if o.action == "failed"]
+    if failed:
+        raise RuntimeError(
+            f"{len(failed)} of {len(runs)} jobs failed (logs under {folder}): "
+            + "; ".join(f"{o.name}: {o.error}" for o in failed)
+        )
+    return [outcomes[r.name] for r in runs]
+
+
+def _wait_jobs(pending: list[tuple[Run, Any]], outcomes: dict[str, Outcome], t0: float) -> None:
     while len(outcomes) < len(pending):
         for r, job in pending:
             if r.name in outcomes or not job.done():
@@ -326,10 +345,3 @@ def _run_submitit(runs: Sequence[Run], stage: str) -> list[Outcome]:
             outcomes[r.name] = out
             _report("run_ended", out)
         time.sleep(_settings.poll_s if len(outcomes) < len(pending) else 0)
-    failed = [o for o in outcomes.values() if o.action == "failed"]
-    if failed:
-        raise RuntimeError(
-            f"{len(failed)} of {len(runs)} jobs failed (logs under {folder}): "
-            + "; ".join(f"{o.name}: {o.error}" for o in failed)
-        )
-    return [outcomes[r.name] for r in runs]

@@ -146,7 +146,9 @@ def test_submitit_jobs_preempted_requeued_equal_in_process(tmp_path, monkeypatch
     os.kill(pids[0], signal.SIGUSR2)  # what SLURM sends before preempting / at the time limit
     done_at_signal = epochs_logged()
     assert done_at_signal < epochs, "the job ended before it could be preempted"
-    assert [job.result() for _, job in jobs] == ["resumed", "trained"]
+    outcomes: dict = {}
+    launch._wait_jobs(jobs, outcomes, 0.0)  # how run_all collects its jobs
+    assert [outcomes[r.name].action for r in runs] == ["resumed", "trained"]
 
     log = victim.paths.stderr.read_text() + victim.paths.stdout.read_text()
     assert "Requeued job" in log, log[-2000:]
@@ -156,4 +158,6 @@ def test_submitit_jobs_preempted_requeued_equal_in_process(tmp_path, monkeypatch
     for r, (mine, _) in zip(ref, jobs):
         assert comparable(r.out_dir) == comparable(mine.out_dir)
     # a second pass through the launcher submits nothing: every run is done
-    assert [job for _, job in submit(runs, ex)] == [None, None]
+    with configure(launcher="submitit-local", folder=tmp_path / "submitit"):
+        assert [o.action for o in run_all(runs, stage="again")] == ["skipped", "skipped"]
+    assert not list((tmp_path / "submitit" / "again").glob("*_submitted.pkl"))
