@@ -254,3 +254,84 @@ def test_cli_errors_name_the_flag(capsys):
     with pytest.raises(SystemExit):
         reproduce.main(["--launcher", "slurm", "--partition", "gpu", "--slurm_extra", "oops"])
     assert "--slurm_extra 'oops': write KEY=VALUE" in capsys.readouterr().err
+
+
+SLOW = """
+import functools
+import time
+from pathlib import Path
+
+from suite.launch import Run, run_all
+from suite.rundir import create_run_dir
+
+
+def train(cfg, out, resume):
+    run = create_run_dir(out, cfg, resume=resume)
+    for epoch in range(len(run.metrics()), 10):
+        time.sleep(0.1)
+        run.log({"epoch": epoch})
+    run.write_summary({"status": "finished"})
+
+
+def reproduce(profile, results_dir, figures_dir):
+    root = Path(results_dir) / "slow"
+    runs = [Run(f"seed {s}", root / f"s{s}", {"s": s}, None) for s in range(3)]
+    run_all([Run(r.name, r.out_dir, r.config, functools.partial(train, r.config, r.out_dir))
+             for r in runs], stage="slow")
+"""
+
+DRIVER = """
+import sys
+sys.path[:0] = [{pkgs!r}, {root!r}]
+from analysis import reproduce
+reproduce.STAGES = [("slow", "fake_stages.slow", 1.0), ("after", "fake_stages.slow", 1.0)]
+sys.exit(reproduce.main(sys.argv[1:]))
+"""
+
+
+def test_ctrl_c_stops_the_job_and_a_rerun_resumes(tmp_path):
+    import signal
+    import subprocess
+    import time
+
+    pkg = tmp_path / "pkgs" / "fake_stages"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "slow.py").write_text(textwrap.dedent(SLOW))
+    root = Path(__file__).resolve().parents[1]
+    driver = tmp_path / "driver.py"
+    driver.write_text(DRIVER.format(pkgs=str(tmp_path / "pkgs"), root=str(root)))
+    res = tmp_path / "results"
+    cmd = [sys.executable, str(driver), "--results_dir", str(res), "--figures_dir",
+           str(tmp_path / "f"), "--report", str(tmp_path / "REPORT.md")]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    second = res / "slow" / "s1" / "metrics.jsonl"
+    t0 = time.time()
+    while not (second.exists() and second.read_text().count("\n") >= 2):
+        assert proc.poll() is None and time.time() - t0 < 120, proc.communicate()[0]
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    out = proc.communicate(timeout=60)[0]
+    assert proc.returncode == 130, out
+    assert "interrupted: run the same command again to resume" in out
+    job = read_json(res / "reproduce.json")
+    assert job["interrupted"] is True
+    assert [(s["name"], s["status"]) for s in job["stages"]] == [("slow", "interrupted")]
+    kept = len(second.read_text().splitlines())
+    assert 2 <= kept < 10  # the interrupted run kept what it had logged
+    # the re-run: the finished run is skipped, the interrupted one resumed, the rest trained
+    with pytest.MonkeyPatch.context() as mp:  # in this process: a second interpreter costs ~5 s
+        mp.syspath_prepend(str(tmp_path / "pkgs"))
+        mp.setattr(reproduce, "STAGES", [("slow", "fake_stages.slow", 1.0)])
+        assert reproduce.main(cmd[2:]) == 0
+        sys.modules.pop("fake_stages.slow", None)
+        sys.modules.pop("fake_stages", None)
+    st = {s["name"]: s for s in read_json(res / "reproduce.json")["stages"]}
+    assert st["slow"]["runs"] == {"skipped": 1, "resumed": 1, "trained": 1}
+    assert [r["epoch"] for r in read_json_lines(second)] == list(range(10))
+
+
+def read_json_lines(path: Path) -> list[dict]:
+    from suite.rundir import read_jsonl
+
+    return read_jsonl(path)
