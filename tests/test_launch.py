@@ -161,3 +161,23 @@ def test_submitit_jobs_preempted_requeued_equal_in_process(tmp_path, monkeypatch
     with configure(launcher="submitit-local", folder=tmp_path / "submitit"):
         assert [o.action for o in run_all(runs, stage="again")] == ["skipped", "skipped"]
     assert not list((tmp_path / "submitit" / "again").glob("*_submitted.pkl"))
+
+
+def test_slurm_job_script_from_the_command_line(tmp_path, monkeypatch):
+    """The sbatch script submitit writes for ``--launcher slurm`` (no cluster here: a stand-in
+    ``srun`` on PATH passes submitit's "am I on a cluster" check; nothing is submitted)."""
+    from analysis.reproduce import build_parser, slurm_params
+
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "srun").write_text("#!/bin/sh\nexit 0\n")
+    (fake / "srun").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake}{os.pathsep}{os.environ['PATH']}")
+    argv = ["--launcher", "slurm", "--partition", "gpu", "--timeout_min", "90",
+            "--gpus_per_node", "2", "--slurm_extra", "account=proj", "qos=high"]  # fmt: skip
+    params = slurm_params(build_parser().parse_args(argv))
+    ex = launch.make_executor("slurm", tmp_path / "jobs", params)
+    text = ex._executor._make_submission_file_text("python -m x", "uid")
+    for line in ("--partition=gpu", "--time=90", "--gpus-per-node=2", "--account=proj",
+                 "--qos=high", "--signal=USR2@"):  # fmt: skip
+        assert f"#SBATCH {line}" in text, text
