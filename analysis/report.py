@@ -293,8 +293,9 @@ def render_report(results_dir: str | Path, figures_dir: str | Path, report_path:
     show = claims.copy()
     if len(show):
         show["gap ± SE"] = [_gap_se(r) for _, r in show.iterrows()]
-        show["our figure"] = [
-            f"[{f}](#{_anchor(f)})" if f and any(e["file"] == f for e in figs) else _cell(f)
+        files = {e["file"] for e in figs}
+        show["our figure"] = [  # stages write "x.png" or "figures/x.png": match the file name
+            f"[{Path(f).name}](#{_anchor(Path(f).name)})" if f and Path(f).name in files else f
             for f in show["figure"]
         ]
     cols = (

@@ -62,7 +62,8 @@ def reproduce(profile, results_dir, figures_dir):
     rows = [
         dict(family="good", paper="Paper A, Fig. 1", claim="SAM lowers test error",
              paper_value="3.5 vs 2.7", ours="1.0 +- 0.1 (2 seeds)", gap=1.0, se=0.1,
-             profile=profile, verdict=verdict(1.0, 0.1), figure="good_curve.png", note=""),
+             profile=profile, verdict=verdict(1.0, 0.1), figure="figures/good_curve.png",
+             note=""),
         dict(family="good", paper="Paper A, Fig. 2", claim="m-SAM beats SAM",
              paper_value="0.5", ours="-0.2 +- 0.05 (2 seeds)", gap=-1.0, se=0.1,
              profile=profile, verdict=verdict(-1.0, 0.1), figure="", note="MNIST-1D"),
@@ -136,6 +137,7 @@ def test_reproduce_isolates_a_crash_logs_epochs_and_writes_the_report(tmp_path, 
     assert "not run" in never_row and "make reproduce" in never_row
     # the figure, embedded relative to the report, with its two-line caption
     assert "![good_curve.png](figures/good_curve.png)" in text
+    assert "| [good_curve.png](#fig-good-curve) |" in text and '<a id="fig-good-curve"></a>' in text
     assert "**good_curve.png.** Loss per epoch, two seeds.  \nSAM ends lower than SGD." in text
     # environment and wall-clock per stage
     import torch
