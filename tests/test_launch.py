@@ -1,6 +1,6 @@
 """suite.launch: skip / resume / --force decisions, and the submitit path with real subprocess jobs.
 
-The trainer is deep_nets.train.train on a tiny MNIST-1D MLP (seconds per run, exact resume from
+The trainer is deep_nets.train.train on a tiny Fashion-MNIST MLP (seconds per run, exact resume from
 its per-epoch checkpoint). The submitit test runs two runs as jobs of submitit's LocalExecutor
 (real processes started by submitit's own controller), preempts one of them with the signal
 SLURM sends (SIGUSR2 to the job's process), and checks that submitit requeued it, that it
@@ -32,9 +32,11 @@ def tiny_config(seed: int, epochs: int = 3) -> dict:
     """The full config the trainer stores (its defaults included), as a stage passes it."""
     from deep_nets.config import TrainConfig
 
+    # Fashion-MNIST from the Debian package (`make data`): each job process loads it in ~1 s,
+    # where generating MNIST-1D costs several seconds per process.
     flags = dict(
-        dataset="mnist1d", model="mlp", model_width=16, batch_size=32, epochs=epochs,
-        frac_train=0.5, lr_max=0.05, n_eval=256, n_eval_train=256, n_sharpness=64,
+        dataset="fashion_mnist", model="mlp", model_width=16, batch_size=32, epochs=epochs,
+        frac_train=0.03, lr_max=0.05, n_eval=256, n_eval_train=256, n_sharpness=64,
         sharpness_m=32, sam_rho=0.1, seed=seed, workers=1,
     )  # fmt: skip
     return TrainConfig(**flags).to_dict()
@@ -79,7 +81,7 @@ class Recorder:
 
 
 def test_skip_resume_force_and_stale(tmp_path):
-    runs = make_runs(tmp_path, epochs=2)
+    runs = make_runs(tmp_path, epochs=1)
     rec = Recorder()
     old = launch.set_reporter(rec)
     try:
