@@ -32,7 +32,7 @@ def stage_families() -> list[str]:
     """The families ``make reproduce`` runs, in its order."""
     from analysis.reproduce import STAGES
 
-    return [f for f, _, _ in STAGES]
+    return [f for f, _ in STAGES]
 
 
 def rerun_command(family: str) -> str:

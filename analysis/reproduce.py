@@ -35,14 +35,20 @@ from typing import Any, TextIO
 
 from suite import launch
 
-# (family, module, relative cost of its quick stage: weights the progress bar's ETA). Add a
-# family here when it lands.
+# (family, module): add a family here when it lands.
 STAGES = [
-    ("core", "analysis.core_demo", 2.0),
-    ("deep_nets", "analysis.deep_nets", 4.0),
-    ("diagonal_linear_nets", "analysis.diagonal_linear_nets", 2.0),
-    ("one_layer_relu_nets", "analysis.one_layer_relu_nets", 5.0),
+    ("core", "analysis.core_demo"),
+    ("deep_nets", "analysis.deep_nets"),
+    ("diagonal_linear_nets", "analysis.diagonal_linear_nets"),
+    ("one_layer_relu_nets", "analysis.one_layer_relu_nets"),
 ]
+# Relative cost of each stage's quick profile: weights the progress bar's ETA (default 1).
+STAGE_COST = {
+    "core": 2.0,
+    "deep_nets": 4.0,
+    "diagonal_linear_nets": 2.0,
+    "one_layer_relu_nets": 5.0,
+}
 PROFILES = ("quick", "full", "paper")
 JOB_RECORD = "reproduce.json"
 LOG = "reproduce.log"
@@ -261,7 +267,7 @@ def _load_record(path: Path) -> dict[str, Any]:
 
 
 def run_stages(
-    stages: list[tuple[str, str, float]],
+    stages: list[tuple[str, str]],
     profile: str,
     results_dir: Path,
     figures_dir: Path,
@@ -269,8 +275,8 @@ def run_stages(
 ) -> tuple[list[dict[str, Any]], bool]:
     """Run each stage with crash isolation; returns (stage records, interrupted)."""
     records = []
-    for i, (family, module, weight) in enumerate(stages, 1):
-        display.stage_started(i, len(stages), family, weight)
+    for i, (family, module) in enumerate(stages, 1):
+        display.stage_started(i, len(stages), family, STAGE_COST.get(family, 1.0))
         print(f"\n===== stage {family} ({module}), profile {profile}", flush=True)
         t0 = time.time()
         rec: dict[str, Any] = {"name": family, "module": module, "started": _now()}
@@ -324,7 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         default=None,
         metavar="FAMILY",
-        help="stages to run (default: all): " + ", ".join(f for f, _, _ in STAGES),
+        help="stages to run (default: all): " + ", ".join(f for f, _ in STAGES),
     )
     ap.add_argument("--force", action="store_true", help="retrain every run, even finished ones")
     ap.add_argument(
@@ -378,7 +384,7 @@ def slurm_params(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     ap = build_parser()
     args = ap.parse_args(argv)
-    names = [f for f, _, _ in STAGES]
+    names = [f for f, _ in STAGES]
     for f in args.only or []:
         if f not in names:
             ap.error(f"--only {f}: unknown family; choose from {', '.join(names)}")
@@ -406,7 +412,7 @@ def main(argv: list[str] | None = None) -> int:
         "launcher": args.launcher,
         "environment": environment(),
     }
-    total = sum(w for _, _, w in stages)
+    total = sum(STAGE_COST.get(f, 1.0) for f, _ in stages)
     use_bar = sys.stderr.isatty() and not args.plain
     t0 = time.time()
     with to_log(results_dir / LOG) as (term, log):

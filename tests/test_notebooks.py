@@ -73,7 +73,7 @@ def tiny_results(root: Path) -> tuple[Path, Path, list[str]]:
     from suite.captions import caption_figure
     from suite.claims import verdict, write_claims
 
-    have = [f for f, _, _ in reproduce.STAGES][:2]
+    have = [f for f, _ in reproduce.STAGES][:2]
     results, figures = root / "results", root / "figures"
     figures.mkdir(parents=True)
     for i, fam in enumerate(have):
@@ -147,7 +147,7 @@ def test_overview_on_a_tiny_results_set(executed):
 
     nb, text = executed["overview"]
     have = executed["have"]
-    absent = [f for f, _, _ in reproduce.STAGES if f not in have]
+    absent = [f for f, _ in reproduce.STAGES if f not in have]
     assert "Traceback" not in text, text[-2000:]
     for fam in have:
         assert f"claim of {fam}" in text

@@ -90,9 +90,9 @@ def stages(tmp_path, monkeypatch):
         reproduce,
         "STAGES",
         [
-            ("good", "fake_stages.good", 1.0),
-            ("crash", "fake_stages.crash", 1.0),
-            ("never", "fake_stages.never", 1.0),
+            ("good", "fake_stages.good"),
+            ("crash", "fake_stages.crash"),
+            ("never", "fake_stages.never"),
         ],
     )
     yield
@@ -168,7 +168,7 @@ def _claims(path: Path, rows: list[dict]) -> None:
 
 
 def test_report_flags_hand_made_verdicts_and_stale_rows(tmp_path, monkeypatch):
-    monkeypatch.setattr(reproduce, "STAGES", [("a", "x", 1.0), ("b", "y", 1.0)])
+    monkeypatch.setattr(reproduce, "STAGES", [("a", "x"), ("b", "y")])
     res = tmp_path / "results"
     # a verdict written by hand that the verdict function would not give
     _claims(res / "a" / "claims.csv", [dict(family="a", gap=0.1, se=0.1, verdict="reproduced")])
@@ -286,7 +286,7 @@ DRIVER = """
 import sys
 sys.path[:0] = [{pkgs!r}, {root!r}]
 from analysis import reproduce
-reproduce.STAGES = [("slow", "fake_stages.slow", 1.0), ("after", "fake_stages.slow", 1.0)]
+reproduce.STAGES = [("slow", "fake_stages.slow"), ("after", "fake_stages.slow")]
 sys.exit(reproduce.main(sys.argv[1:]))
 """
 
@@ -324,7 +324,7 @@ def test_ctrl_c_stops_the_job_and_a_rerun_resumes(tmp_path):
     # the re-run: the finished run is skipped, the interrupted one resumed, the rest trained
     with pytest.MonkeyPatch.context() as mp:  # in this process: a second interpreter costs ~5 s
         mp.syspath_prepend(str(tmp_path / "pkgs"))
-        mp.setattr(reproduce, "STAGES", [("slow", "fake_stages.slow", 1.0)])
+        mp.setattr(reproduce, "STAGES", [("slow", "fake_stages.slow")])
         assert reproduce.main(cmd[2:]) == 0
         sys.modules.pop("fake_stages.slow", None)
         sys.modules.pop("fake_stages", None)
