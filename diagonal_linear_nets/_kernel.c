@@ -89,7 +89,7 @@ void dln_advance(int R, int n, int d, const double *X, const double *y, double *
                         double s = uq[i] * uq[i] + vq[i] * vq[i];
                         g2 += G[i] * G[i] * (param ? 4.0 * s : s);
                     }
-                    re = g2 > 0.0 ? re / sqrt(g2) : 0.0;
+                    re = re / (sqrt(g2) + 1e-12); /* eps as sharpness.functional.perturbation */
                 }
                 if (re == 0.0) {
                     memcpy(ut, uq, d * sizeof(double));

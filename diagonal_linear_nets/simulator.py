@@ -134,8 +134,9 @@ class RunSpec:
     multiplies the perturbed residual by dbeta/dw at the unperturbed point). SGD draws
     ``batch_size`` examples uniformly with replacement per step from numpy
     ``RandomState(sgd_seed)``; ``sgd_seed=None`` continues the data seed's stream after the data
-    (the original notebook's global numpy state). SGD with rho > 0 is mini-batch SAM: the ascent
-    uses the sampled batch's gradient (chunks of m of the batch when m is given).
+    (the original notebook's global numpy state); ``sgd_skip`` discards that many draws first (the
+    notebook's cell 3 ran after 5 (10^4 + 1) earlier draws). SGD with rho > 0 is mini-batch SAM:
+    the ascent uses the sampled batch's gradient (chunks of m of the batch when m is given).
     """
 
     algo: str = "gd"
@@ -148,6 +149,7 @@ class RunSpec:
     switch: str = "none"
     switch_at: int = 0
     sgd_seed: int | None = None
+    sgd_skip: int = 0  # draws discarded from the SGD stream first
     wd: float = 0.0
     balancedness: float = 0.0
     normalized_gd: bool = False
@@ -180,6 +182,8 @@ class RunSpec:
             raise ValueError("normalized_gd is the original's GD option: use it with algo gd")
         if self.loss_derivative_only and self.algo in ("gd",):
             raise ValueError("loss_derivative_only is a SAM option (nsam, 1sam, msam, sgd+rho)")
+        if self.sgd_skip < 0:
+            raise ValueError(f"sgd_skip must be >= 0 (got {self.sgd_skip})")
         if any(int(t) < 0 for t in self.thresholds):
             raise ValueError(f"thresholds must be >= 0 (got {self.thresholds})")
 
@@ -233,7 +237,8 @@ class SimConfig:
 @dataclass
 class SimResult:
     """Everything a grid produced; arrays are numpy float64, first axis = run. A diverged run's
-    u, v, beta are its last finite state (``diverged_at``: the iteration it was stopped)."""
+    u, v, beta are its last finite state (``diverged_at``: the iteration it was stopped;
+    ``state_at``: the iteration of the state returned)."""
 
     runs: list[RunSpec]
     log_iters: np.ndarray  # (L,)
@@ -244,6 +249,7 @@ class SimResult:
     u: np.ndarray
     v: np.ndarray
     diverged_at: list[int | None]
+    state_at: list[int] = field(default_factory=list)  # the iteration of the returned u, v
     alpha_inf_flow: np.ndarray | None = None  # (R, d) accumulated along the trajectory
     alpha_inf_exact: np.ndarray | None = None  # (R, d) from the final (u, v)
     engine: str = ""
@@ -443,6 +449,8 @@ def simulate(
                 if r.sgd_seed is not None
                 else problem_and_stream(n, d, cfg.sparsity, cfg.n_test, cfg.noise, r.seed)[1]
             )
+            if r.sgd_skip:
+                streams[i].randint(0, n, size=r.sgd_skip)  # the same stream as one-by-one draws
     bmax = max(batch)
     a0sq = alpha**2 if cfg.param == "uv" else 4 * alpha**2
     track = np.tile(np.log(a0sq), (1, d)) if track_alpha else None
@@ -462,6 +470,7 @@ def simulate(
     te = np.full((R, L), np.nan)
     l1 = np.full((R, L), np.nan)
     diverged: list[int | None] = [None] * R
+    state_at: list[int] = [cfg.iters] * R
 
     def beta_of(uu: np.ndarray, vv: np.ndarray) -> np.ndarray:
         return uu * vv if cfg.param == "uv" else uu * uu - vv * vv
@@ -494,6 +503,9 @@ def simulate(
         st["gamma"] = np.array([_gamma_at(r, t0) for r in runs]) * on
         if engine == "c":
             _c_steps(st, alive, k, idx, cfg, runs, diverged, t0)
+            for i in alive:
+                if diverged[i] is not None:
+                    state_at[i] = diverged[i]
         else:
             keep_u, keep_v = u.copy(), v.copy()
             keep_t = None if track is None else track.copy()
@@ -505,6 +517,7 @@ def simulate(
             for i in np.nonzero(bad)[0]:
                 if diverged[i] is None:
                     diverged[i] = t0 + k
+                    state_at[i] = t0
                     u[i], v[i] = keep_u[i], keep_v[i]
                     if track is not None:
                         track[i] = keep_t[i]
@@ -538,6 +551,7 @@ def simulate(
         u=u.copy(),
         v=v.copy(),
         diverged_at=diverged,
+        state_at=state_at,
         engine=engine,
     )
     if track is not None:

@@ -59,6 +59,7 @@ class TrainConfig:
     gamma_per_algo: dict[str, float] = field(default_factory=dict)
     seeds: list[int] = field(default_factory=lambda: [0])
     sgd_seed: int | None = None
+    sgd_skip: int = 0
     m: int | None = None
     batch_size: int = 1
     n: int = 20
@@ -104,6 +105,7 @@ class TrainConfig:
                         switch=self.switch if rho else "none",
                         switch_at=self.switch_at,
                         sgd_seed=self.sgd_seed,
+                        sgd_skip=self.sgd_skip,
                         wd=self.wd,
                         balancedness=self.balancedness,
                         normalized_gd=self.normalized_gd and algo == "gd",
@@ -132,6 +134,8 @@ def train(config: TrainConfig) -> Path:
     cfg.validate()
     rd = create_run_dir(config.out_dir, asdict(config))
     logs = log_schedule(config.iters, config.log_points)
+    if config.switch != "none":  # the state at the switch is part of the experiment
+        logs = np.union1d(logs, [config.switch_at])
 
     def stream(t, row):
         for i, r in enumerate(runs):
@@ -167,6 +171,7 @@ def train(config: TrainConfig) -> Path:
             "label": r.label(),
             "status": status,
             "diverged_at": res.diverged_at[i],
+            "state_at": res.state_at[i],
             "final_train_loss": finite_or_none(float(res.train_loss[i, -1])),
             "final_test_loss": finite_or_none(float(te[-1])),
             "best_test_loss": finite_or_none(float(np.nanmin(te)))
@@ -289,6 +294,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="seed of SGD's example draws (default: continue the data seed's numpy stream, as "
         "the original notebook's global np.random)",
     )
+    a(
+        "--sgd_skip",
+        type=int,
+        default=0,
+        help="discard this many draws of the SGD stream first (default: 0)",
+    )
     a("--m", type=int, default=None, help="m-SAM chunk size, must divide --n (default: none)")
     a("--batch_size", type=int, default=1, help="SGD batch size in [1, n] (default: 1)")
     a("--n", type=int, default=20, help="training examples (default: 20)")
@@ -398,6 +409,8 @@ def config_from_args(argv: list[str] | None = None) -> TrainConfig:
         p.error(f"--m must divide --n={args.n} for --algo msam (got --m {args.m})")
     if "sgd" in args.algo and not (1 <= args.batch_size <= args.n):
         p.error(f"--batch_size must be in [1, --n={args.n}] (got {args.batch_size})")
+    if args.sgd_skip < 0:
+        p.error("--sgd_skip must be >= 0")
     if args.noise < 0:
         p.error("--noise must be >= 0")
     if args.iters < 1:
@@ -422,6 +435,7 @@ def config_from_args(argv: list[str] | None = None) -> TrainConfig:
         gamma_per_algo={k: v[0] for k, v in gam_own.items()},
         seeds=args.seeds if args.seeds is not None else [args.seed],
         sgd_seed=args.sgd_seed,
+        sgd_skip=args.sgd_skip,
         m=args.m,
         batch_size=args.batch_size,
         n=args.n,
