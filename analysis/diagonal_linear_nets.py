@@ -65,16 +65,18 @@ NOTEBOOK = {
 NOTEBOOK_SWITCH = (0.014602323023706629, 0.014865600195083558, 0.00014269229669575567,
                    0.0001245758657536336, 9.834845199886545e-05)  # fmt: skip
 NOTEBOOK_TOL = 1e-6  # relative: the simulator is exact; the rest is float64 rounding
-# A run that does not interpolate (cell 2's 1-SAM rho 0.3 wanders near a saddle) amplifies
-# rounding differences: its final value is compared at this looser relative tolerance.
-NONCONV_TOL = 0.1
+# A run stuck far from interpolation (final train loss > STUCK x its initial loss: cell 2's
+# 1-SAM rho 0.3 wanders near a saddle) amplifies rounding differences: its final value is
+# compared at this looser relative tolerance.
+STUCK = 1e-2
+STUCK_TOL = 0.1
 # Paper Fig. 6 (read off a log-scale figure, approx.)
 PAPER_FIG6 = {"gd": 1.2e-3, "nsam": 1.2e-3, "1sam": 1.6e-4}
 PAPER_FIG6_TRAIN = {"gd": 1e-24, "nsam": 1e-24, "1sam": 1e-13}
 FIG6_TOL = 0.25  # relative, for numbers read off a log-scale plot
 FIG6_TRAIN_DECADES = 2.0  # |log10(ours / paper)| for train losses read off a 30-decade axis
 # The Fig. 6 setting chosen by the search documented in diagonal_linear_nets/README.md.
-FIG6 = {"alpha": 0.03, "gamma": 5 / D, "rho": 0.05}
+FIG6 = {"alpha": 0.03, "gamma": 5 / D, "rho": 0.07}
 THEORY_GAMMAS = {
     "quick": [1 / 2, 1 / 6, 1 / 20, 1 / 60],
     "full": [1 / 2, 1 / 6, 1 / 20, 1 / 60, 1 / 200],
@@ -127,6 +129,51 @@ def experiment_configs(profile: str, root: Path, scale: float = 1.0) -> dict[str
             theory=True,
         )  # fmt: skip
     return out
+
+
+def fig6_score(test: dict[str, float]) -> float:
+    """The search's criterion: sum over ERM, n-SAM, 1-SAM of |log10(test plateau / paper's)|."""
+    return float(sum(abs(math.log10(test[a] / PAPER_FIG6[a])) for a in PAPER_FIG6))
+
+
+def fig6_search(
+    alphas=(0.025, 0.03, 0.035, 0.04),
+    gammas=(5 / D, 10 / D),
+    rhos=(0.03, 0.05, 0.07, 0.1),
+    n: int = 20,
+    d: int = D,
+    sparsity: int = 3,
+    iters: int = 1_000_000,
+) -> list[dict]:
+    """The documented search for the Fig. 6 setting (README): every (alpha, gamma, rho) on seed
+    0's data, test and train loss after ``iters`` steps, sorted by ``fig6_score``. Not part of
+    ``reproduce`` (minutes); rho in the original convention, shared by n-SAM and 1-SAM."""
+    from diagonal_linear_nets.simulator import RunSpec, SimConfig, simulate
+
+    runs, keys = [], []
+    for a in alphas:
+        for g in gammas:
+            runs.append(RunSpec("gd", alpha=a, gamma=g))
+            keys.append((a, g, None, "gd"))
+            for r in rhos:
+                runs += [RunSpec("nsam", rho=r, alpha=a, gamma=g)]
+                runs += [RunSpec("1sam", rho=2 * r, alpha=a, gamma=g)]
+                keys += [(a, g, r, "nsam"), (a, g, r, "1sam")]
+    res = simulate(runs, SimConfig(n=n, d=d, sparsity=sparsity, iters=iters), [iters])
+    got = {k: (res.test_loss[i, -1], res.train_loss[i, -1]) for i, k in enumerate(keys)}
+    out = []
+    for a in alphas:
+        for g in gammas:
+            for r in rhos:
+                te = {"gd": got[a, g, None, "gd"][0]}
+                te |= {x: got[a, g, r, x][0] for x in ("nsam", "1sam")}
+                tr = {"gd": got[a, g, None, "gd"][1]}
+                tr |= {x: got[a, g, r, x][1] for x in ("nsam", "1sam")}
+                out.append(
+                    {"alpha": a, "gamma": g, "rho": r, "score": fig6_score(te), "test": te,
+                     "train": tr}
+                )  # fmt: skip
+    return sorted(out, key=lambda x: x["score"])
 
 
 def run_experiments(profile: str, results_dir: Path, scale: float = 1.0) -> Path:
@@ -365,17 +412,22 @@ def _g(x: float | None) -> str:
     return "diverged" if x is None or not np.isfinite(x) else f"{x:.4g}"
 
 
+def _stuck(r: dict) -> bool:
+    tr = r["final_train_loss"]
+    return r["status"] == "no convergence" and tr > STUCK * r["initial_train_loss"]
+
+
 def notebook_gap(
-    ours: list[float | None], paper: list[float | None], status: list[str] | None = None
+    ours: list[float | None], paper: list[float | None], stuck: list[bool] | None = None
 ) -> tuple[float, float]:
     """The worst ``compare_to_paper`` gap over a list of the notebook's printed values at
-    ``NOTEBOOK_TOL`` (``NONCONV_TOL`` for runs whose status is "no convergence"); a printed nan
-    must be a diverged run of ours (and vice versa)."""
+    ``NOTEBOOK_TOL`` (``STUCK_TOL`` for runs stuck far from interpolation); a printed nan must be
+    a diverged run of ours (and vice versa)."""
     gaps = []
-    status = status or ["interpolated"] * len(ours)
-    for o, p, st in zip(ours, paper, status, strict=True):
+    stuck = stuck or [False] * len(ours)
+    for o, p, st in zip(ours, paper, stuck, strict=True):
         o_div = o is None or not np.isfinite(o)
-        tol = NONCONV_TOL if st == "no convergence" else NOTEBOOK_TOL
+        tol = STUCK_TOL if st else NOTEBOOK_TOL
         if p is None or o_div:
             gaps.append(tol if (p is None and o_div) else -1.0)
         else:
@@ -423,10 +475,11 @@ def claims(results_dir: str | Path, profile: str = "quick") -> list[dict]:
         runs = _runs(results_dir, name)
         ours = _losses(runs)
         note = tol
-        nonconv = [r["label"] for r in runs if r["status"] == "no convergence"]
-        if nonconv:
-            note += (f"; runs that do not interpolate ({', '.join(nonconv)}: rounding-sensitive "
-                     f"near a saddle) at {NONCONV_TOL:g}")  # fmt: skip
+        stuck = [r["label"] for r in runs if _stuck(r)]
+        if stuck:
+            note += (f"; runs stuck far from interpolation ({', '.join(stuck)}: train loss > "
+                     f"{STUCK:g} x initial, rounding-sensitive near a saddle) at {STUCK_TOL:g}; "
+                     "the PyTorch engine happens to land on the notebook's value")  # fmt: skip
         if name == "grid":
             note += ("; n-SAM at gamma 10/d as the original (its leftover gamma_sgd), GD and "
                      "1-SAM at 15/d")  # fmt: skip
@@ -437,7 +490,7 @@ def claims(results_dir: str | Path, profile: str = "quick") -> list[dict]:
             f"{claim}: the notebook's printed test losses",
             ", ".join(_g(p) for p in NOTEBOOK[name]),
             ", ".join(_g(o) for o in ours),
-            notebook_gap(ours, NOTEBOOK[name], [r["status"] for r in runs]),
+            notebook_gap(ours, NOTEBOOK[name], [_stuck(r) for r in runs]),
             "rho_grid" if name == "grid" else "curves",
             note,
         )
@@ -519,8 +572,9 @@ def claims(results_dir: str | Path, profile: str = "quick") -> list[dict]:
             f"{_g(tr)} (seed 0)",
             (FIG6_TRAIN_DECADES - dec, 0.0),
             "fig6",
-            f"{setting}; gap = {FIG6_TRAIN_DECADES:g} decades - |log10(ours/paper)| (float64 "
-            "bottoms out near 1e-30)",
+            f"{setting}; gap = {FIG6_TRAIN_DECADES:g} decades - |log10(ours/paper)|; no setting "
+            "of the search matches the test plateaus and these train levels together: ours reach "
+            "float64's floor (~1e-30) sooner",
         )
     tab = theory_table(results_dir)
     small = [r for r in tab if r["gamma"] <= 1 / 60 + 1e-12]

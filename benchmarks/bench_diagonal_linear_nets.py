@@ -39,10 +39,10 @@ def grid_runs() -> list[RunSpec]:
 
 
 def sweep_runs() -> list[RunSpec]:
-    """alpha x algorithm x seed at the Fig. 6 setting (gamma 5/d, rho 0.05 original)."""
+    """alpha x algorithm x seed at the Fig. 6 setting (gamma 5/d, rho 0.07 original)."""
     out = []
     for alpha in SWEEP_ALPHA:
-        for algo, rho in (("gd", 0.0), ("nsam", 0.05), ("1sam", 0.1)):
+        for algo, rho in (("gd", 0.0), ("nsam", 0.07), ("1sam", 0.14)):
             out += [RunSpec(algo, rho=rho, alpha=alpha, gamma=5 / D, seed=s) for s in range(3)]
     return out
 

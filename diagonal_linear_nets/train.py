@@ -164,14 +164,14 @@ def train(config: TrainConfig) -> Path:
             )
         P = problems[r.seed]
         te = res.test_loss[i]
-        status = run_status(
-            res.diverged_at[i], float(res.train_loss[i, -1]), initial_loss(P.y.numpy())
-        )
+        loss0 = initial_loss(P.y.numpy())
+        status = run_status(res.diverged_at[i], float(res.train_loss[i, -1]), loss0)
         entry = asdict(r) | {
             "label": r.label(),
             "status": status,
             "diverged_at": res.diverged_at[i],
             "state_at": res.state_at[i],
+            "initial_train_loss": loss0,
             "final_train_loss": finite_or_none(float(res.train_loss[i, -1])),
             "final_test_loss": finite_or_none(float(te[-1])),
             "best_test_loss": finite_or_none(float(np.nanmin(te)))
