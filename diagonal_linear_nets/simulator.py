@@ -26,13 +26,14 @@ gradient of (x_k^T beta - y_k)^2 without the 1/2. Hence
 
 (the original's 1-SAM grid 0.001 .. 0.9 is 0.002 .. 1.8 here).
 
-Batching. Every run of a grid (algorithm x rho x alpha x gamma x seed) is one row of the same
-tensors: u, v have shape (R, d), the data X has shape (R, n, d) (one data set per run's seed), and
-the chunk structure of run r is an (n x n) averaging matrix A_r (A_r[k, j] = 1/m when k and j share
-a chunk), so G = A_r (r (.) X) gives every example the beta-gradient of its own chunk, and GD,
-n-SAM, 1-SAM and m-SAM advance in one tensor program. Every operation is per run (no reduction
-mixes runs), so a diverging run cannot poison the others: at every logging point runs whose loss
-is non-finite or above ``diverge_threshold`` are marked diverged (iteration recorded) and frozen.
+Engines and batching. Every run of a grid (algorithm x rho x alpha x gamma x seed) is one row of
+the same arrays: u, v have shape (R, d), the data X has shape (R, n, d) (one data set per run's
+seed). The default engine (``kernel``, fused C) advances each row on its own with the same
+instruction sequence; the reference engine (``sam_step``, PyTorch, the ascent from
+``sharpness.functional.perturbation``) uses an (n x n) averaging matrix A_r per run
+(A_r[k, j] = 1/m when k and j share a chunk), so G = A_r (r (.) X) gives every example the
+beta-gradient of its own chunk. No operation mixes runs, so a run's result does not depend on the
+grid it is in (bit for bit) and a diverging run cannot poison the others.
 
 Implicit bias bookkeeping (``track_alpha``): for the flow, (u + v) and (u - v) evolve
 multiplicatively, and the effective initialization of the hyperbolic-entropy representation
