@@ -170,7 +170,8 @@ def test_options_match_the_original_loops(orig, spec):
     P = make_problem()
     T = 120
     u, v = _orig(P, T=T, gamma=spec.gamma, u0=0.1, **orig)
-    res = simulate([spec], SimConfig(iters=T), [T])
+    # log points at the threshold steps: a stop there must not shift the halving by one step
+    res = simulate([spec], SimConfig(iters=T), [10, 50, T])
     np.testing.assert_allclose(res.u[0], u, rtol=1e-11, atol=1e-14)
     np.testing.assert_allclose(res.v[0], v, rtol=1e-11, atol=1e-14)
 
@@ -272,6 +273,16 @@ def test_diverged_run_keeps_its_last_finite_state(engine):
     again = simulate([bad], SimConfig(iters=s, engine=engine), [s])
     np.testing.assert_array_equal(again.u[0], res.u[1])
     assert not np.array_equal(res.u[1], np.full(30, 0.1))
+
+
+def test_a_step_to_a_non_finite_state_is_not_taken():
+    """With no loss threshold the run grows until a step would overflow: that step is refused."""
+    bad = RunSpec("1sam", rho=1.8, gamma=0.5)
+    res = simulate([bad], SimConfig(iters=400, diverge_threshold=float("inf")), [400])
+    t = res.diverged_at[0]
+    assert t is not None and res.state_at[0] == t
+    assert np.isfinite(res.u[0]).all() and np.isfinite(res.v[0]).all()
+    assert np.abs(res.u[0]).max() > 1e10  # it did run away before stopping
 
 
 def test_torch_fallback_without_a_compiler(tmp_path, monkeypatch):
