@@ -80,7 +80,8 @@ void dln_advance(int R, int n, int d, const double *X, const double *y, double *
                         const double *restrict x = Xq + (long)J[j] * d;
                         for (int i = 0; i < d; i++) G[i] += r[j] * x[i];
                     }
-                    for (int i = 0; i < d; i++) G[i] /= m;
+                    if (m > 1) /* exact for m = 1: skip the division */
+                        for (int i = 0; i < d; i++) G[i] /= m;
                 }
                 if (re != 0.0 && normalize) {
                     /* ||(G (.) dbeta/du, G (.) dbeta/dv)||_2 */
