@@ -250,3 +250,18 @@ def test_status_diverged_vs_no_convergence(tmp_path):
     assert one["final_test_loss"] is None and all(np.isfinite(one["u"]))  # last finite state
     assert gd["status"] == "no convergence" and gd["diverged_at"] is None  # 300 steps: finite
     assert "rel_dist_pred" not in gd and "rel_dist_pred" not in one  # never for these
+
+
+def test_fig6_search_scores_every_setting():
+    from analysis.diagonal_linear_nets import PAPER_FIG6, fig6_search
+
+    out = fig6_search(alphas=(0.03, 0.1), gammas=(5 / 30,), rhos=(0.07,), iters=200)
+    assert len(out) == 2 and out[0]["score"] <= out[1]["score"]
+    for o in out:
+        want = sum(abs(np.log10(o["test"][a] / PAPER_FIG6[a])) for a in ("gd", "nsam", "1sam"))
+        assert o["score"] == pytest.approx(want)
+        # the search's runs are the simulator's runs at that setting
+        one = simulate(
+            [RunSpec("1sam", rho=0.14, alpha=o["alpha"], gamma=5 / 30)], SimConfig(iters=200)
+        )
+        assert o["test"]["1sam"] == one.test_loss[0, -1]
