@@ -26,13 +26,14 @@ gradient of (x_k^T beta - y_k)^2 without the 1/2. Hence
 
 (the original's 1-SAM grid 0.001 .. 0.9 is 0.002 .. 1.8 here).
 
-Batching. Every run of a grid (algorithm x rho x alpha x gamma x seed) is one row of the same
-tensors: u, v have shape (R, d), the data X has shape (R, n, d) (one data set per run's seed), and
-the chunk structure of run r is an (n x n) averaging matrix A_r (A_r[k, j] = 1/m when k and j share
-a chunk), so G = A_r (r (.) X) gives every example the beta-gradient of its own chunk, and GD,
-n-SAM, 1-SAM and m-SAM advance in one tensor program. Every operation is per run (no reduction
-mixes runs), so a diverging run cannot poison the others: at every logging point runs whose loss
-is non-finite or above ``diverge_threshold`` are marked diverged (iteration recorded) and frozen.
+Engines and batching. Every run of a grid (algorithm x rho x alpha x gamma x seed) is one row of
+the same arrays: u, v have shape (R, d), the data X has shape (R, n, d) (one data set per run's
+seed). The default engine (``kernel``, fused C) advances each row on its own with the same
+instruction sequence; the reference engine (``sam_step``, PyTorch, the ascent from
+``sharpness.functional.perturbation``) uses an (n x n) averaging matrix A_r per run
+(A_r[k, j] = 1/m when k and j share a chunk), so G = A_r (r (.) X) gives every example the
+beta-gradient of its own chunk. No operation mixes runs, so a run's result does not depend on the
+grid it is in (bit for bit) and a diverging run cannot poison the others.
 
 Implicit bias bookkeeping (``track_alpha``): for the flow, (u + v) and (u - v) evolve
 multiplicatively, and the effective initialization of the hyperbolic-entropy representation
@@ -51,6 +52,7 @@ a^2 = u^2 - v^2 (u (.) v) or 4 u v (u^2 - v^2), also returned.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
@@ -93,6 +95,14 @@ def make_problem(
     Drawn with numpy's legacy ``RandomState(seed)`` in the original notebook's order (X, X_test,
     beta*), so seed 0 gives exactly the original notebook's data set.
     """
+    return problem_and_stream(n, d, sparsity, n_test, noise, seed)[0]
+
+
+def problem_and_stream(
+    n: int, d: int, sparsity: int, n_test: int, noise: float, seed: int
+) -> tuple[Problem, np.random.RandomState]:
+    """``make_problem`` and the RandomState positioned after the data: the original notebook's
+    SGD draws its examples from this continuing global stream."""
     if not (1 <= sparsity <= d):
         raise ValueError(f"sparsity must be in [1, d={d}] (got {sparsity})")
     if n < 1 or d < 1 or n_test < 1:
@@ -109,13 +119,26 @@ def make_problem(
     if noise > 0:
         y = y + noise * rs.randn(n)
     t = lambda a: torch.as_tensor(a, dtype=DTYPE)  # noqa: E731
-    return Problem(t(X), t(y), t(X_test), t(X_test @ beta), t(beta))
+    return Problem(t(X), t(y), t(X_test), t(X_test @ beta), t(beta)), rs
 
 
 # ------------------------------------------------------------------------------------------ runs
 @dataclass
 class RunSpec:
-    """One run of a grid. ``rho`` is in the suite's convention (module docstring)."""
+    """One run of a grid. ``rho`` is in the suite's convention (module docstring).
+
+    Options of the original code (defaults = the original's defaults): ``wd`` and
+    ``balancedness`` (its GD's weight decay and balancedness terms, w -= wd w and
+    w -= b w (2 [|w| > |other|] - 1), not scaled by gamma), ``normalized_gd`` (grad_u and grad_v
+    each divided by its norm), ``thresholds`` (gamma halves after these 0-based step indices, as
+    the original's ``i in thresholds``), ``loss_derivative_only`` (1-SAM's variant: the descent
+    multiplies the perturbed residual by dbeta/dw at the unperturbed point). SGD draws
+    ``batch_size`` examples uniformly with replacement per step from numpy
+    ``RandomState(sgd_seed)``; ``sgd_seed=None`` continues the data seed's stream after the data
+    (the original notebook's global numpy state); ``sgd_skip`` discards that many draws first (the
+    notebook's cell 3 ran after 5 (10^4 + 1) earlier draws). SGD with rho > 0 is mini-batch SAM:
+    the ascent uses the sampled batch's gradient (chunks of m of the batch when m is given).
+    """
 
     algo: str = "gd"
     rho: float = 0.0
@@ -126,46 +149,69 @@ class RunSpec:
     batch_size: int = 1  # SGD only
     switch: str = "none"
     switch_at: int = 0
+    sgd_seed: int | None = None
+    sgd_skip: int = 0  # draws discarded from the SGD stream first
+    wd: float = 0.0
+    balancedness: float = 0.0
+    normalized_gd: bool = False
+    thresholds: tuple[int, ...] = ()
+    loss_derivative_only: bool = False
 
     def validate(self, n: int) -> None:
         if self.algo not in ALGOS:
             raise ValueError(f"algo must be one of {ALGOS} (got {self.algo!r})")
-        if self.rho < 0 or not math.isfinite(self.rho):
-            raise ValueError(f"rho must be finite and >= 0 (got {self.rho})")
+        for name in ("rho", "alpha", "gamma", "wd", "balancedness"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"{name} must be finite (got {getattr(self, name)})")
+        if self.rho < 0:
+            raise ValueError(f"rho must be >= 0 (got {self.rho})")
         if self.alpha <= 0:
             raise ValueError(f"alpha must be > 0 (got {self.alpha})")
         if self.gamma <= 0:
             raise ValueError(f"gamma must be > 0 (got {self.gamma})")
-        if self.algo == "msam":
-            if self.m is None or self.m < 1 or n % self.m:
-                raise ValueError(f"m-SAM needs m dividing n={n} (got m={self.m})")
-        if self.algo == "sgd":
-            if not (1 <= self.batch_size <= n):
-                raise ValueError(f"SGD batch_size must be in [1, n={n}] (got {self.batch_size})")
-            if self.rho != 0:
-                raise ValueError("SGD is plain SGD here: use rho = 0 (SAM variants are full batch)")
+        if self.algo == "msam" or (self.algo == "sgd" and self.m is not None):
+            lim = n if self.algo == "msam" else self.batch_size
+            if self.m is None or self.m < 1 or lim % self.m:
+                raise ValueError(f"m must divide {lim} for {self.algo} (got m={self.m})")
+        if self.algo == "sgd" and not (1 <= self.batch_size <= n):
+            raise ValueError(f"SGD batch_size must be in [1, n={n}] (got {self.batch_size})")
         if self.switch not in SWITCHES:
             raise ValueError(f"switch must be one of {SWITCHES} (got {self.switch!r})")
         if self.switch != "none" and self.switch_at < 0:
             raise ValueError(f"switch_at must be >= 0 (got {self.switch_at})")
+        if self.normalized_gd and self.algo != "gd":
+            raise ValueError("normalized_gd is the original's GD option: use it with algo gd")
+        if self.loss_derivative_only and self.algo in ("gd",):
+            raise ValueError("loss_derivative_only is a SAM option (nsam, 1sam, msam, sgd+rho)")
+        if self.sgd_skip < 0:
+            raise ValueError(f"sgd_skip must be >= 0 (got {self.sgd_skip})")
+        if any(int(t) < 0 for t in self.thresholds):
+            raise ValueError(f"thresholds must be >= 0 (got {self.thresholds})")
 
     def chunk(self, n: int) -> int:
+        if self.algo == "sgd":
+            return self.m or self.batch_size
         return {"nsam": n, "1sam": 1, "msam": self.m}.get(self.algo, n)
 
     def label(self) -> str:
         s = self.algo if self.algo != "msam" else f"{self.m}-sam"
         if self.algo == "sgd":
             s += f"(b={self.batch_size})"
-        if self.algo not in ("gd", "sgd"):
+        if self.algo not in ("gd", "sgd") or self.rho:
             s += f" rho={self.rho:g}"
         if self.switch != "none":
             s += f" {self.switch}@{self.switch_at}"
         return s
 
 
+ENGINES = ("auto", "c", "torch")
+
+
 @dataclass
 class SimConfig:
-    """Settings shared by every run of a grid."""
+    """Settings shared by every run of a grid. ``engine``: "c" (the fused kernel, ``kernel``),
+    "torch" (the reference: ``sam_step`` with ``sharpness.functional.perturbation``), "auto"
+    (c when a C compiler is available)."""
 
     n: int = 20
     d: int = 30
@@ -176,12 +222,13 @@ class SimConfig:
     normalize: bool = False
     iters: int = 10_000
     diverge_threshold: float = 1e10
-    compile: bool = False
-    unroll: int = 20
+    engine: str = "auto"
 
     def validate(self) -> None:
         if self.param not in PARAMS:
             raise ValueError(f"param must be one of {PARAMS} (got {self.param!r})")
+        if self.engine not in ENGINES:
+            raise ValueError(f"engine must be one of {ENGINES} (got {self.engine!r})")
         if self.iters < 0:
             raise ValueError(f"iters must be >= 0 (got {self.iters})")
         if not (1 <= self.sparsity <= self.d):
@@ -190,7 +237,9 @@ class SimConfig:
 
 @dataclass
 class SimResult:
-    """Everything a grid produced; arrays are numpy float64, first axis = run."""
+    """Everything a grid produced; arrays are numpy float64, first axis = run. A diverged run's
+    u, v, beta are its last finite state (``diverged_at``: the iteration it was stopped;
+    ``state_at``: the iteration of the state returned)."""
 
     runs: list[RunSpec]
     log_iters: np.ndarray  # (L,)
@@ -201,8 +250,10 @@ class SimResult:
     u: np.ndarray
     v: np.ndarray
     diverged_at: list[int | None]
+    state_at: list[int] = field(default_factory=list)  # the iteration of the returned u, v
     alpha_inf_flow: np.ndarray | None = None  # (R, d) accumulated along the trajectory
     alpha_inf_exact: np.ndarray | None = None  # (R, d) from the final (u, v)
+    engine: str = ""
     extra: dict = field(default_factory=dict)
 
     def run_dicts(self) -> list[dict]:
@@ -269,25 +320,78 @@ def sam_step(
     return new_u, new_v
 
 
-def _multi_step(u, v, X, y, A, w, rho, gamma, param: str, normalize: bool, k: int):
-    for _ in range(k):
-        u, v = sam_step(u, v, X, y, A, w, rho, gamma, param=param, normalize=normalize)
-    return u, v
+def _pick_engine(cfg: SimConfig, runs: Sequence[RunSpec]) -> str:
+    """The engine that will run this grid (``SimConfig`` docstring)."""
+    from diagonal_linear_nets import kernel
+
+    needs_c = [
+        r.label()
+        for r in runs
+        if r.wd
+        or r.balancedness
+        or r.normalized_gd
+        or r.loss_derivative_only
+        or (r.algo == "sgd" and r.rho)
+    ]
+    if cfg.engine == "torch":
+        if needs_c:
+            raise ValueError(
+                f"engine torch does not implement wd, balancedness, normalized_gd, "
+                f"loss_derivative_only or mini-batch SAM (runs {needs_c}); use engine c"
+            )
+        return "torch"
+    if kernel.load() is not None:
+        return "c"
+    if cfg.engine == "c" or needs_c:
+        raise RuntimeError(
+            f"the C kernel could not be built ({kernel.error()}); install a C "
+            "compiler (cc/gcc) or use engine torch"
+        )
+    warnings.warn(
+        f"the C kernel could not be built ({kernel.error()}); using the slower torch engine",
+        stacklevel=3,
+    )
+    return "torch"
 
 
-_COMPILED: dict = {}
+def _rho_at(r: RunSpec, t: int) -> float:
+    """rho of run r for the step taken at iteration t (switches)."""
+    if r.switch == "erm_to_sam":
+        return r.rho if t >= r.switch_at else 0.0
+    if r.switch == "sam_to_erm":
+        return r.rho if t < r.switch_at else 0.0
+    return r.rho
 
 
-def _compiled_block(param: str, normalize: bool, k: int):
-    """torch.compile of ``k`` unrolled steps (one C++ kernel set; cached per process)."""
-    key = (param, normalize, k)
-    if key not in _COMPILED:
+def _gamma_at(r: RunSpec, t: int) -> float:
+    """gamma of run r for the step taken at iteration t: halved after every threshold step i
+    (0-based) with i < t, as the original's ``if i in thresholds: gamma = gamma / 2``."""
+    return r.gamma / 2 ** sum(1 for i in set(r.thresholds) if int(i) < t)
 
-        def block(u, v, X, y, A, w, rho, gamma):
-            return _multi_step(u, v, X, y, A, w, rho, gamma, param, normalize, k)
 
-        _COMPILED[key] = torch.compile(block, dynamic=False)
-    return _COMPILED[key]
+def _torch_steps(st: dict, k: int, idx: np.ndarray | None, cfg: SimConfig) -> None:
+    """k steps of every run with the reference engine (``sam_step``), state in place."""
+    R, n = st["y"].shape
+    T = torch.from_numpy
+    u, v = T(st["u"]), T(st["v"])
+    X, y, A = T(st["X"]), T(st["y"]), st["A"]
+    rho = T(st["rho"])[:, None]
+    gamma = T(st["gamma"])[:, None]
+    track = T(st["track"]) if st["track"] is not None else None
+    w_full = torch.full((R, n), 1.0 / n, dtype=DTYPE)
+    sgd = [i for i, b in enumerate(st["batch"]) if b > 0]
+    for s in range(k):
+        w = w_full
+        if sgd:
+            w = w_full.clone()
+            for i in sgd:
+                b = st["batch"][i]
+                w[i] = torch.bincount(T(idx[i, s].astype(np.int64)), minlength=n).to(DTYPE) / b
+        nu, nv = sam_step(
+            u, v, X, y, A, w, rho, gamma, param=cfg.param, normalize=cfg.normalize, track=track
+        )
+        u.copy_(nu)
+        v.copy_(nv)
 
 
 def simulate(
@@ -302,9 +406,14 @@ def simulate(
     """Advance every run of ``runs`` together for ``cfg.iters`` steps (module docstring).
 
     ``log_iters``: iterations at which train/test loss and ||beta||_1 are recorded (iteration t =
-    after t steps; default ``log_schedule``). ``track_alpha`` accumulates the flow's alpha_inf (it
-    disables ``cfg.compile``). ``problems`` maps a seed to a ready data set (default: generated).
+    after t steps; default ``log_schedule``). ``track_alpha`` accumulates the flow's alpha_inf.
+    ``problems`` maps a seed to a ready data set (default: generated).
     ``callback(t, result_so_far_dict)`` is called at each log point (for streaming metrics).
+
+    Divergence: the C engine checks every step (a run whose loss exceeds
+    ``cfg.diverge_threshold`` or is NaN stops there; a step that would make the state non-finite
+    is not taken); the torch engine checks at every log point or event and puts a run back to
+    its state at the previous check. Either way a diverged run keeps a finite state.
     """
     cfg.validate()
     runs = list(runs)
@@ -313,6 +422,7 @@ def simulate(
     n, d = cfg.n, cfg.d
     for r in runs:
         r.validate(n)
+    engine = _pick_engine(cfg, runs)
     log_iters = np.unique(np.asarray(log_schedule(cfg.iters) if log_iters is None else log_iters))
     if len(log_iters) and (log_iters.min() < 0 or log_iters.max() > cfg.iters):
         raise ValueError(f"log iterations must lie in [0, iters={cfg.iters}]")
@@ -321,136 +431,190 @@ def simulate(
         if s not in problems:
             problems[s] = make_problem(n, d, cfg.sparsity, cfg.n_test, cfg.noise, s)
     R = len(runs)
-    X = torch.stack([problems[r.seed].X for r in runs])
-    y = torch.stack([problems[r.seed].y for r in runs])
-    Xt = torch.stack([problems[r.seed].X_test for r in runs])
-    yt = torch.stack([problems[r.seed].y_test for r in runs])
-    A = torch.zeros(R, n, n, dtype=DTYPE)
+
+    def stack(key: str) -> np.ndarray:
+        return np.ascontiguousarray(
+            np.stack([getattr(problems[r.seed], key).numpy() for r in runs])
+        )
+
+    X, y, Xt, yt = stack("X"), stack("y"), stack("X_test"), stack("y_test")
+    alpha = np.array([r.alpha for r in runs], dtype=np.float64)[:, None]
+    u = np.tile(alpha, (1, d))
+    v = np.zeros((R, d)) if cfg.param == "uv" else u.copy()
+    batch = [r.batch_size if r.algo == "sgd" else 0 for r in runs]
+    streams: dict[int, np.random.RandomState] = {}
     for i, r in enumerate(runs):
-        m = r.chunk(n)
-        for c in range(n // m):
-            A[i, c * m : (c + 1) * m, c * m : (c + 1) * m] = 1.0 / m
-    alpha = torch.tensor([r.alpha for r in runs], dtype=DTYPE)[:, None]
-    u = alpha.expand(R, d).clone()
-    v = torch.zeros(R, d, dtype=DTYPE) if cfg.param == "uv" else u.clone()
-    gamma = torch.tensor([r.gamma for r in runs], dtype=DTYPE)[:, None]
-    rho_full = torch.tensor([r.rho for r in runs], dtype=DTYPE)[:, None]
-    w_full = torch.full((R, n), 1.0 / n, dtype=DTYPE)
-    sgd_rows = [i for i, r in enumerate(runs) if r.algo == "sgd"]
-    sgd_gens = {i: torch.Generator().manual_seed(10_007 * runs[i].seed + 1) for i in sgd_rows}
+        if batch[i]:
+            streams[i] = (
+                np.random.RandomState(r.sgd_seed)
+                if r.sgd_seed is not None
+                else problem_and_stream(n, d, cfg.sparsity, cfg.n_test, cfg.noise, r.seed)[1]
+            )
+            if r.sgd_skip:
+                streams[i].randint(0, n, size=r.sgd_skip)  # the same stream as one-by-one draws
+    bmax = max(batch)
     a0sq = alpha**2 if cfg.param == "uv" else 4 * alpha**2
-    track = torch.log(a0sq).expand(R, d).clone() if track_alpha else None
-    use_compile = cfg.compile and not track_alpha and not sgd_rows
-
-    # Events at which a run's rho changes: switches.
-    def rho_at(t: int) -> Tensor:
-        if not any(r.switch != "none" for r in runs):
-            return rho_full
-        on = [
-            (r.switch == "none")
-            or (r.switch == "erm_to_sam" and t >= r.switch_at)
-            or (r.switch == "sam_to_erm" and t < r.switch_at)
-            for r in runs
-        ]
-        return rho_full * torch.tensor(on, dtype=DTYPE)[:, None]
-
-    events = sorted({r.switch_at for r in runs if r.switch != "none" and r.switch_at <= cfg.iters})
+    track = np.tile(np.log(a0sq), (1, d)) if track_alpha else None
+    st = {"X": X, "y": y, "u": u, "v": v, "track": track, "batch": batch}
+    if engine == "torch":
+        A = torch.zeros(R, n, n, dtype=DTYPE)
+        for i, r in enumerate(runs):
+            m = r.chunk(n) if r.algo != "sgd" else n
+            for c in range(n // m):
+                A[i, c * m : (c + 1) * m, c * m : (c + 1) * m] = 1.0 / m
+        st["A"] = A
+    events = {r.switch_at for r in runs if r.switch != "none"}
+    events |= {int(i) + 1 for r in runs for i in r.thresholds}
+    events = {e for e in events if 0 < e <= cfg.iters}
     L = len(log_iters)
     tr = np.full((R, L), np.nan)
     te = np.full((R, L), np.nan)
     l1 = np.full((R, L), np.nan)
     diverged: list[int | None] = [None] * R
-    alive = torch.ones(R, 1, dtype=DTYPE)
+    state_at: list[int] = [cfg.iters] * R
+
+    # a diverged run's last finite state may be huge: its products overflow harmlessly (its
+    # losses are reported as missing)
+    def quiet():
+        return np.errstate(over="ignore", invalid="ignore")
+
+    def beta_of(uu: np.ndarray, vv: np.ndarray) -> np.ndarray:
+        with quiet():
+            return uu * vv if cfg.param == "uv" else uu * uu - vv * vv
+
+    def losses(XX: np.ndarray, yy: np.ndarray, beta: np.ndarray) -> np.ndarray:
+        with quiet():
+            res = np.einsum("rnd,rd->rn", XX, beta) - yy
+            return 0.5 * np.mean(res * res, axis=-1)
 
     def record(j: int, t: int) -> None:
-        nonlocal u, v
-        beta = _beta(u, v, cfg.param)
-        a = _losses(X, y, beta)
-        b = _losses(Xt, yt, beta)
-        bad = ~torch.isfinite(a) | (a > cfg.diverge_threshold) | ~torch.isfinite(beta).all(-1)
-        for i in torch.nonzero(bad).flatten().tolist():
-            if diverged[i] is None:
-                diverged[i] = t
-        if bad.any():  # freeze diverged runs at a harmless point so they cost nothing and
-            # never produce NaN that later code could mistake for a result
-            keep = (~bad).to(DTYPE)[:, None]
-            alive.mul_(keep)
-            u = torch.where(bad[:, None], torch.zeros_like(u), u)
-            v = torch.where(bad[:, None], torch.zeros_like(v), v)
+        beta = beta_of(u, v)
         ok = np.array([dv is None for dv in diverged])
-        tr[:, j] = np.where(ok, a.numpy(), np.nan)
-        te[:, j] = np.where(ok, b.numpy(), np.nan)
-        l1[:, j] = np.where(ok, beta.abs().sum(-1).numpy(), np.nan)
+        tr[:, j] = np.where(ok, losses(X, y, beta), np.nan)
+        te[:, j] = np.where(ok, losses(Xt, yt, beta), np.nan)
+        l1[:, j] = np.where(ok, np.abs(beta).sum(-1), np.nan)
         if callback is not None:
             callback(t, {"train_loss": tr[:, j], "test_loss": te[:, j], "l1": l1[:, j]})
+
+    def advance(t0: int, k: int) -> None:
+        alive = [i for i in range(R) if diverged[i] is None]
+        if not alive:
+            return
+        idx = None
+        if bmax:
+            idx = np.zeros((R, k, bmax), dtype=np.int32)
+            for i, rs in streams.items():
+                idx[i, :, : batch[i]] = rs.randint(0, n, size=(k, batch[i]))
+        on = np.array([dv is None for dv in diverged], dtype=np.float64)
+        # a diverged run is frozen in the reference engine by a zero step (its state is finite)
+        st["rho"] = np.array([_rho_at(r, t0) for r in runs]) * on
+        st["gamma"] = np.array([_gamma_at(r, t0) for r in runs]) * on
+        if engine == "c":
+            _c_steps(st, alive, k, idx, cfg, runs, diverged, t0)
+            for i in alive:
+                if diverged[i] is not None:
+                    state_at[i] = diverged[i]
+        else:
+            keep_u, keep_v = u.copy(), v.copy()
+            keep_t = None if track is None else track.copy()
+            _torch_steps(st, k, idx, cfg)
+            beta = beta_of(u, v)
+            lo = losses(X, y, beta)
+            bad = ~np.isfinite(lo) | (lo > cfg.diverge_threshold) | ~np.isfinite(u).all(-1)
+            bad |= ~np.isfinite(v).all(-1)
+            for i in np.nonzero(bad)[0]:
+                if diverged[i] is None:
+                    diverged[i] = t0 + k
+                    state_at[i] = t0
+                    u[i], v[i] = keep_u[i], keep_v[i]
+                    if track is not None:
+                        track[i] = keep_t[i]
 
     t = 0
     j = 0
     if L and log_iters[0] == 0:
         record(0, 0)
         j = 1
-    stops = sorted(set(log_iters.tolist()) | set(events) | {cfg.iters})
-    stops = [s for s in stops if s > 0]
+    stops = sorted(set(log_iters.tolist()) | events | {cfg.iters})
     threads = torch.get_num_threads()
-    # Tiny tensors: one thread is fastest, and more threads thrash a shared machine.
-    torch.set_num_threads(1)
-    with torch.no_grad():
-        try:
-            for stop in stops:
-                # rho and gamma are constant between stops (switches are stops): build them once.
-                rho = rho_at(t) * alive
-                g = gamma * alive
-                while t < stop:
-                    k = stop - t
-                    if use_compile and k >= cfg.unroll:
-                        blk = _compiled_block(cfg.param, cfg.normalize, cfg.unroll)
-                        for _ in range(k // cfg.unroll):
-                            u, v = blk(u, v, X, y, A, w_full, rho, g)
-                        t += (k // cfg.unroll) * cfg.unroll
-                        continue
-                    w = w_full
-                    if sgd_rows:
-                        w = w_full.clone()
-                        for i in sgd_rows:
-                            b = runs[i].batch_size
-                            idx = torch.randint(0, n, (b,), generator=sgd_gens[i])
-                            w[i] = torch.bincount(idx, minlength=n).to(DTYPE) / b
-                    u, v = sam_step(
-                        u,
-                        v,
-                        X,
-                        y,
-                        A,
-                        w,
-                        rho,
-                        g,
-                        param=cfg.param,
-                        normalize=cfg.normalize,
-                        track=track,
-                    )
-                    t += 1
+    torch.set_num_threads(1)  # tiny tensors: one thread is fastest and kind to a shared machine
+    try:
+        with torch.no_grad():
+            for stop in (s for s in stops if s > 0):
+                advance(t, stop - t)
+                t = stop
                 if j < L and log_iters[j] == t:
                     record(j, t)
                     j += 1
-        finally:
-            torch.set_num_threads(threads)
-    beta = _beta(u, v, cfg.param)
+    finally:
+        torch.set_num_threads(threads)
+    beta = beta_of(u, v)
     res = SimResult(
         runs=runs,
         log_iters=log_iters,
         train_loss=tr,
         test_loss=te,
         l1=l1,
-        beta=beta.numpy().copy(),
-        u=u.numpy().copy(),
-        v=v.numpy().copy(),
+        beta=beta.copy(),
+        u=u.copy(),
+        v=v.copy(),
         diverged_at=diverged,
+        state_at=state_at,
+        engine=engine,
     )
     if track is not None:
-        res.alpha_inf_flow = torch.exp(0.5 * track).numpy()
-    exact = u * u - v * v if cfg.param == "uv" else 4 * u * v
-    res.alpha_inf_exact = exact.clamp_min(0).sqrt().numpy()
+        res.alpha_inf_flow = np.exp(0.5 * track)
+    with quiet():
+        exact = u * u - v * v if cfg.param == "uv" else 4 * u * v
+        res.alpha_inf_exact = np.sqrt(np.clip(exact, 0, None))
     return res
+
+
+def _c_steps(st, alive, k, idx, cfg, runs, diverged, t0) -> None:
+    """k steps of the alive runs with the C kernel; marks runs that stopped."""
+    from diagonal_linear_nets import kernel
+
+    R = len(runs)
+    sub = alive if len(alive) < R else None
+    params = (kernel.RunParams * len(alive))()
+    n = st["X"].shape[1]
+    for p, i in zip(params, alive, strict=True):
+        r = runs[i]
+        p.m = r.chunk(n)
+        p.batch = st["batch"][i]
+        p.ldo = int(r.loss_derivative_only)
+        p.ngd = int(r.normalized_gd)
+        p.rho = st["rho"][i]
+        p.gamma = st["gamma"][i]
+        p.wd = r.wd
+        p.bal = r.balancedness
+
+    def pick(a):
+        if a is None or sub is None:
+            return a
+        return np.ascontiguousarray(a[sub])
+
+    X, y, u, v, tr = (pick(st[key]) for key in ("X", "y", "u", "v", "track"))
+    div = kernel.advance(
+        X,
+        y,
+        u,
+        v,
+        params,
+        k,
+        param=cfg.param,
+        normalize=cfg.normalize,
+        threshold=cfg.diverge_threshold,
+        idx=pick(idx),
+        track=tr,
+    )
+    if sub is not None:
+        st["u"][sub], st["v"][sub] = u, v
+        if tr is not None:
+            st["track"][sub] = tr
+    for q, i in enumerate(alive):
+        if div[q] >= 0:
+            diverged[i] = t0 + int(div[q])
 
 
 def test_loss_of(beta: np.ndarray, problem: Problem) -> float:

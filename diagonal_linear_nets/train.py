@@ -1,10 +1,12 @@
 """Train diagonal linear networks with GD, SGD, n-SAM, 1-SAM, m-SAM: one batched grid per call.
 
-    python diagonal_linear_nets/train.py --algo gd nsam 1sam --rho 0.01 0.1 --iters 10000 \
-        --out_dir runs/diag_demo
+    python diagonal_linear_nets/train.py --algo gd nsam 1sam --rho 0.01 0.1 --out_dir runs/demo
+    python diagonal_linear_nets/train.py --algo gd nsam 1sam --gamma 0.5 nsam=0.333 \\
+        --rho 0.1 --rho_convention original --iters 10001 --out_dir runs/notebook_grid
 
 Every combination of (--algo x --rho x --alpha x --seeds) is one run; GD and SGD ignore --rho (one
-run each per alpha and seed). rho uses the suite's convention (``simulator`` docstring): it
+run each per alpha and seed; sgd=RHO makes SGD mini-batch SAM). ALGO=VALUE in --rho or --gamma
+gives one algorithm its own values. rho uses the suite's convention (``simulator`` docstring): it
 multiplies the gradient of ||X_c beta - y_c||^2 / (2m); the original notebook's 1-SAM rho is half
 of ours. Writes the common run format: config.json, metrics.jsonl (one row per run and logged
 iteration: train_loss, test_loss, l1), summary.json (per run: final beta, divergence, alpha_inf,
@@ -26,6 +28,7 @@ import numpy as np
 
 from diagonal_linear_nets.simulator import (
     ALGOS,
+    ENGINES,
     PARAMS,
     SWITCHES,
     RunSpec,
@@ -35,20 +38,28 @@ from diagonal_linear_nets.simulator import (
     simulate,
 )
 from diagonal_linear_nets.theory import predict_interpolator, relative_distance
-from suite.cli import common_parser, finite_or_none
+from suite.cli import common_parser, finite_float, finite_or_none
 from suite.rundir import create_run_dir
 
 
 @dataclass
 class TrainConfig:
-    """Everything ``train`` needs (the CLI only builds this)."""
+    """Everything ``train`` needs (the CLI only builds this). ``rho_per_algo`` / ``gamma_per_algo``
+    override ``rho`` / ``gamma`` for one algorithm (the original notebook runs n-SAM at another
+    step size than GD and 1-SAM in its grid); ``rho_convention="original"`` reads 1-SAM's rho in
+    the original code's convention (half of ours, ``simulator`` docstring)."""
 
     out_dir: str
     algo: list[str] = field(default_factory=lambda: ["gd", "nsam", "1sam"])
     rho: list[float] = field(default_factory=lambda: [0.1])
+    rho_per_algo: dict[str, list[float]] = field(default_factory=dict)
+    rho_convention: str = "suite"
     alpha: list[float] = field(default_factory=lambda: [0.1])
     gamma: float = 0.167
+    gamma_per_algo: dict[str, float] = field(default_factory=dict)
     seeds: list[int] = field(default_factory=lambda: [0])
+    sgd_seed: int | None = None
+    sgd_skip: int = 0
     m: int | None = None
     batch_size: int = 1
     n: int = 20
@@ -62,26 +73,44 @@ class TrainConfig:
     log_points: int = 200
     switch: str = "none"
     switch_at: int = 0
+    wd: float = 0.0
+    balancedness: float = 0.0
+    normalized_gd: bool = False
+    thresholds: list[int] = field(default_factory=list)
+    loss_derivative_only: bool = False
     theory: bool = False
-    compile: bool = False
+    engine: str = "auto"
+
+    def rhos(self, algo: str) -> list[float]:
+        """The suite-convention rho values of ``algo`` (GD: none; SGD: none unless given)."""
+        if algo == "gd" or (algo == "sgd" and "sgd" not in self.rho_per_algo):
+            return [0.0]
+        vals = self.rho_per_algo.get(algo, self.rho)
+        k = 2.0 if (self.rho_convention == "original" and algo == "1sam") else 1.0
+        return [k * r for r in vals]
 
     def runs(self) -> list[RunSpec]:
         out = []
         for algo, alpha, seed in itertools.product(self.algo, self.alpha, self.seeds):
-            rhos = [0.0] if algo in ("gd", "sgd") else self.rho
-            for rho in rhos:
-                sw = self.switch if algo not in ("gd", "sgd") else "none"
+            for rho in self.rhos(algo):
                 out.append(
                     RunSpec(
                         algo=algo,
                         rho=rho,
                         alpha=alpha,
-                        gamma=self.gamma,
+                        gamma=self.gamma_per_algo.get(algo, self.gamma),
                         seed=seed,
-                        m=self.m,
+                        m=self.m if algo in ("msam", "sgd") else None,
                         batch_size=self.batch_size,
-                        switch=sw,
+                        switch=self.switch if rho else "none",
                         switch_at=self.switch_at,
+                        sgd_seed=self.sgd_seed,
+                        sgd_skip=self.sgd_skip,
+                        wd=self.wd,
+                        balancedness=self.balancedness,
+                        normalized_gd=self.normalized_gd and algo == "gd",
+                        thresholds=tuple(self.thresholds),
+                        loss_derivative_only=self.loss_derivative_only and rho > 0,
                     )
                 )
         return out
@@ -93,6 +122,9 @@ class TrainConfig:
         )
 
 
+INTERPOLATED = 1e-8  # a run "interpolates" when its final train loss <= this x its initial loss
+
+
 def train(config: TrainConfig) -> Path:
     """Run the grid of ``config`` and write its run directory; returns its path."""
     runs = config.runs()
@@ -102,6 +134,8 @@ def train(config: TrainConfig) -> Path:
     cfg.validate()
     rd = create_run_dir(config.out_dir, asdict(config))
     logs = log_schedule(config.iters, config.log_points)
+    if config.switch != "none":  # the state at the switch is part of the experiment
+        logs = np.union1d(logs, [config.switch_at])
 
     def stream(t, row):
         for i, r in enumerate(runs):
@@ -124,44 +158,80 @@ def train(config: TrainConfig) -> Path:
     problems = {}
     per_run = []
     for i, r in enumerate(runs):
+        if r.seed not in problems:
+            problems[r.seed] = make_problem(
+                cfg.n, cfg.d, cfg.sparsity, cfg.n_test, cfg.noise, r.seed
+            )
+        P = problems[r.seed]
         te = res.test_loss[i]
+        loss0 = initial_loss(P.y.numpy())
+        status = run_status(res.diverged_at[i], float(res.train_loss[i, -1]), loss0)
         entry = asdict(r) | {
             "label": r.label(),
+            "status": status,
             "diverged_at": res.diverged_at[i],
+            "state_at": res.state_at[i],
+            "initial_train_loss": loss0,
             "final_train_loss": finite_or_none(float(res.train_loss[i, -1])),
             "final_test_loss": finite_or_none(float(te[-1])),
             "best_test_loss": finite_or_none(float(np.nanmin(te)))
             if np.isfinite(te).any()
             else None,
             "final_l1": finite_or_none(float(res.l1[i, -1])),
-            "beta": res.beta[i].tolist() if res.diverged_at[i] is None else None,
+            # a diverged run: its last finite state (the iteration is diverged_at)
+            "beta": res.beta[i].tolist(),
             "u": res.u[i].tolist(),
             "v": res.v[i].tolist(),
+            # sqrt(u^2 - v^2) of the final state: a conserved-quantity diagnostic, not a
+            # prediction (predicting from it would be circular)
             "alpha_inf_exact": res.alpha_inf_exact[i].tolist(),
         }
-        if config.theory and res.diverged_at[i] is None:
-            if r.seed not in problems:
-                problems[r.seed] = make_problem(
-                    cfg.n, cfg.d, cfg.sparsity, cfg.n_test, cfg.noise, r.seed
-                )
-            P = problems[r.seed]
-            a_flow = res.alpha_inf_flow[i]
-            entry["alpha_inf_flow"] = a_flow.tolist()
-            # The prediction assumes the run interpolates; a run that did not converge (or whose
-            # exact a^2 = u^2 - v^2 went non-positive) gets no prediction rather than a crash.
-            for key, a in (("", a_flow), ("_exact", res.alpha_inf_exact[i])):
-                try:
-                    pred = predict_interpolator(P.X.numpy(), P.y.numpy(), a)
-                except (ValueError, RuntimeError) as err:
-                    entry[f"theory_error{key}"] = str(err)
-                    continue
-                entry[f"rel_dist_pred{key}"] = relative_distance(res.beta[i], pred)
-                if not key:
-                    entry["beta_pred"] = pred.tolist()
-                    entry["l1_pred"] = float(np.abs(pred).sum())
+        if config.theory:
+            entry["alpha_inf_flow"] = res.alpha_inf_flow[i].tolist()
+        # The prediction is the limit of an interpolating run: never compare to a run that did
+        # not interpolate (diverged or no convergence).
+        if config.theory and status == "interpolated":
+            try:
+                pred = predict_interpolator(P.X.numpy(), P.y.numpy(), res.alpha_inf_flow[i])
+            except (ValueError, RuntimeError) as err:
+                entry["theory_error"] = str(err)
+            else:
+                entry["rel_dist_pred"] = relative_distance(res.beta[i], pred)
+                entry["beta_pred"] = pred.tolist()
+                entry["l1_pred"] = float(np.abs(pred).sum())
         per_run.append(entry)
-    rd.write_summary({"param": cfg.param, "normalize": cfg.normalize, "runs": per_run})
+    rd.write_summary(
+        {"param": cfg.param, "normalize": cfg.normalize, "engine": res.engine, "runs": per_run}
+    )
     return rd.path
+
+
+def initial_loss(y: np.ndarray) -> float:
+    """The training loss at initialization (beta_0 = 0 in both parametrizations): ||y||^2/(2n)."""
+    return float(0.5 * np.mean(np.asarray(y) ** 2))
+
+
+def run_status(diverged_at: int | None, final_train_loss: float, loss0: float) -> str:
+    """ "diverged" (stopped: loss above the threshold or not finite), "interpolated" (final train
+    loss <= INTERPOLATED x the initial loss) or "no convergence" (finite, not interpolating)."""
+    if diverged_at is not None or not np.isfinite(final_train_loss):
+        return "diverged"
+    return "interpolated" if final_train_loss <= INTERPOLATED * loss0 else "no convergence"
+
+
+def _per_algo(tokens: list[str], flag: str) -> tuple[list[float], dict[str, list[float]]]:
+    """Split ``--rho 0.1 0.3 1sam=0.2 1sam=0.6`` into the shared values and per-algorithm ones."""
+    shared: list[float] = []
+    own: dict[str, list[float]] = {}
+    for tok in tokens:
+        algo, sep, val = tok.rpartition("=")
+        if sep and algo not in ALGOS:
+            raise argparse.ArgumentTypeError(
+                f"{flag}: {tok!r}: the part before '=' must be one of {ALGOS}"
+            )
+        x = finite_float(flag)(val)
+        (own.setdefault(algo, []) if sep else shared).append(x)
+    return shared, own
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -181,19 +251,35 @@ def build_parser() -> argparse.ArgumentParser:
     )
     a(
         "--rho",
-        type=float,
+        type=str,
         nargs="+",
-        default=[0.1],
-        help="SAM radii, suite convention (original 1-SAM rho x 2); >= 0 (default: 0.1)",
+        default=["0.1"],
+        help="SAM radii >= 0, shared by the SAM algorithms; ALGO=VALUE gives one algorithm its "
+        "own list, e.g. --rho 0.1 1sam=0.2 1sam=0.6; sgd=VALUE makes SGD mini-batch SAM "
+        "(default: 0.1)",
+    )
+    a(
+        "--rho_convention",
+        choices=("suite", "original"),
+        default="suite",
+        help="suite: rho multiplies the gradient of the chunk's loss; original: 1-SAM's rho as "
+        "in the original code (x2 here) (default: suite)",
     )
     a(
         "--alpha",
-        type=float,
+        type=finite_float("--alpha"),
         nargs="+",
         default=[0.1],
         help="initialization scales alpha (u0 = alpha, v0 = 0); > 0 (default: 0.1)",
     )
-    a("--gamma", type=float, default=0.167, help="step size; > 0 (default: 0.167)")
+    a(
+        "--gamma",
+        type=str,
+        nargs="+",
+        default=["0.167"],
+        help="step size > 0; ALGO=VALUE for one algorithm, e.g. --gamma 0.5 nsam=0.333 "
+        "(default: 0.167)",
+    )
     a(
         "--seeds",
         type=int,
@@ -201,13 +287,31 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="data seeds, one data set each (default: --seed)",
     )
+    a(
+        "--sgd_seed",
+        type=int,
+        default=None,
+        help="seed of SGD's example draws (default: continue the data seed's numpy stream, as "
+        "the original notebook's global np.random)",
+    )
+    a(
+        "--sgd_skip",
+        type=int,
+        default=0,
+        help="discard this many draws of the SGD stream first (default: 0)",
+    )
     a("--m", type=int, default=None, help="m-SAM chunk size, must divide --n (default: none)")
     a("--batch_size", type=int, default=1, help="SGD batch size in [1, n] (default: 1)")
     a("--n", type=int, default=20, help="training examples (default: 20)")
     a("--d", type=int, default=30, help="dimension (default: 30)")
     a("--sparsity", type=int, default=3, help="nonzeros of beta*, in [1, d] (default: 3)")
     a("--n_test", type=int, default=1000, help="test examples (default: 1000)")
-    a("--noise", type=float, default=0.0, help="label noise std sigma >= 0 (default: 0)")
+    a(
+        "--noise",
+        type=finite_float("--noise"),
+        default=0.0,
+        help="label noise std sigma >= 0 (default: 0)",
+    )
     a(
         "--param",
         type=str,
@@ -218,7 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
     a(
         "--normalize",
         action="store_true",
-        help="normalized ascent rho g/||g|| (default: unnormalized rho g, as in the theory)",
+        help="normalized ascent rho g/||g|| (default: unnormalized rho g, as in the original)",
     )
     a("--iters", type=int, default=10_000, help="iterations (steps) (default: 10000)")
     a(
@@ -236,14 +340,45 @@ def build_parser() -> argparse.ArgumentParser:
     )
     a("--switch_at", type=int, default=0, help="iteration of the switch (default: 0)")
     a(
+        "--wd",
+        type=finite_float("--wd"),
+        default=0.0,
+        help="weight decay as in the original GD: w -= wd*w each step (default: 0)",
+    )
+    a(
+        "--balancedness",
+        type=finite_float("--balancedness"),
+        default=0.0,
+        help="the original GD's balancedness term (default: 0)",
+    )
+    a(
+        "--normalized_gd",
+        action="store_true",
+        help="GD runs divide grad_u and grad_v by their norms, as the original (default: off)",
+    )
+    a(
+        "--thresholds",
+        type=int,
+        nargs="+",
+        default=[],
+        help="halve gamma after these 0-based steps, as the original (default: none)",
+    )
+    a(
+        "--loss_derivative_only",
+        action="store_true",
+        help="SAM runs use the original's 1-SAM 'loss derivative only' variant (default: off)",
+    )
+    a(
         "--theory",
         action="store_true",
         help="track alpha_inf and solve the hyperbolic-entropy prediction (default: off)",
     )
     a(
-        "--compile",
-        action="store_true",
-        help="torch.compile unrolled blocks of steps (faster for long runs, ~15-45 s compile)",
+        "--engine",
+        choices=ENGINES,
+        default="auto",
+        help="c: fused C kernel (compiled once, ~0.4 s); torch: reference PyTorch steps (slow); "
+        "auto: c when a C compiler exists (default: auto)",
     )
     return p
 
@@ -251,12 +386,21 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(argv: list[str] | None = None) -> TrainConfig:
     p = build_parser()
     args = p.parse_args(argv)
-    if any(r < 0 for r in args.rho):
+    try:
+        rho, rho_own = _per_algo(args.rho, "--rho")
+        gam, gam_own = _per_algo(args.gamma, "--gamma")
+    except argparse.ArgumentTypeError as e:
+        p.error(str(e))
+    if any(len(v) != 1 for v in gam_own.values()) or len(gam) > 1:
+        p.error("--gamma takes one shared value and at most one ALGO=VALUE per algorithm")
+    if not rho and not all(a in rho_own for a in args.algo if a not in ("gd", "sgd")):
+        p.error("--rho: give shared values or ALGO=VALUE for every SAM algorithm")
+    if any(r < 0 for r in rho + [x for v in rho_own.values() for x in v]):
         p.error("--rho must be >= 0 (the ascent radius); e.g. --rho 0.01 0.1")
+    if any(g <= 0 for g in gam + [v[0] for v in gam_own.values()]):
+        p.error("--gamma must be > 0 (the step size)")
     if any(a <= 0 for a in args.alpha):
         p.error("--alpha must be > 0 (the initialization scale)")
-    if args.gamma <= 0:
-        p.error("--gamma must be > 0 (the step size)")
     if min(args.n, args.d, args.n_test) < 1:
         p.error("--n, --d and --n_test must be >= 1")
     if not (1 <= args.sparsity <= args.d):
@@ -265,6 +409,8 @@ def config_from_args(argv: list[str] | None = None) -> TrainConfig:
         p.error(f"--m must divide --n={args.n} for --algo msam (got --m {args.m})")
     if "sgd" in args.algo and not (1 <= args.batch_size <= args.n):
         p.error(f"--batch_size must be in [1, --n={args.n}] (got {args.batch_size})")
+    if args.sgd_skip < 0:
+        p.error("--sgd_skip must be >= 0")
     if args.noise < 0:
         p.error("--noise must be >= 0")
     if args.iters < 1:
@@ -275,14 +421,21 @@ def config_from_args(argv: list[str] | None = None) -> TrainConfig:
         p.error(f"--switch_at must be in [0, --iters={args.iters}]")
     if args.device not in (None, "cpu"):
         p.error("--device: the simulator runs on cpu only (float64 on tiny tensors)")
+    if args.normalized_gd and "gd" not in args.algo:
+        p.error("--normalized_gd applies to --algo gd (the original's GD option)")
     out = args.out_dir or f"runs/diag_{'_'.join(args.algo)}_seed{args.seed}"
     return TrainConfig(
         out_dir=out,
         algo=args.algo,
-        rho=args.rho,
+        rho=rho,
+        rho_per_algo=rho_own,
+        rho_convention=args.rho_convention,
         alpha=args.alpha,
-        gamma=args.gamma,
+        gamma=gam[0] if gam else 0.167,
+        gamma_per_algo={k: v[0] for k, v in gam_own.items()},
         seeds=args.seeds if args.seeds is not None else [args.seed],
+        sgd_seed=args.sgd_seed,
+        sgd_skip=args.sgd_skip,
         m=args.m,
         batch_size=args.batch_size,
         n=args.n,
@@ -296,8 +449,13 @@ def config_from_args(argv: list[str] | None = None) -> TrainConfig:
         log_points=args.log_points,
         switch=args.switch,
         switch_at=args.switch_at,
+        wd=args.wd,
+        balancedness=args.balancedness,
+        normalized_gd=args.normalized_gd,
+        thresholds=args.thresholds,
+        loss_derivative_only=args.loss_derivative_only,
         theory=args.theory,
-        compile=args.compile,
+        engine=args.engine,
     )
 
 
@@ -307,6 +465,9 @@ def main(argv: list[str] | None = None) -> int:
         path = train(config)
     except FileExistsError as e:
         print(f"error: --out_dir: {e}", file=sys.stderr)
+        return 2
+    except RuntimeError as e:  # e.g. --engine c without a C compiler
+        print(f"error: --engine: {e}", file=sys.stderr)
         return 2
     print(f"wrote {path}")
     return 0

@@ -175,6 +175,16 @@ def test_reference_grid_1sam_beats_gd_nsam_does_not():
         (["--algo", "msam", "--m", "3"], "--m"),
         (["--sparsity", "31"], "--sparsity"),
         (["--algo", "gd", "--param", "x"], "--param"),
+        (["--rho", "nan"], "--rho"),
+        (["--rho", "1sam=inf"], "--rho"),
+        (["--gamma", "inf"], "--gamma"),
+        (["--gamma", "nan"], "--gamma"),
+        (["--gamma", "0.1", "nsam=-1"], "--gamma"),
+        (["--gamma", "adam=0.1"], "--gamma"),
+        (["--alpha", "nan"], "--alpha"),
+        (["--noise", "inf"], "--noise"),
+        (["--wd", "nan"], "--wd"),
+        (["--sgd_skip", "-1"], "--sgd_skip"),
     ],
 )
 def test_bad_flags_exit_2(argv, needle, capsys):
@@ -202,3 +212,56 @@ def test_train_writes_run_format(tmp_path):
     assert len(summ["runs"][1]["beta"]) == 30 and "alpha_inf_flow" in summ["runs"][1]
     with pytest.raises(FileExistsError):
         train(cfg)
+
+
+def test_per_algorithm_rho_and_gamma_and_original_convention():
+    cfg = config_from_args(
+        ["--algo", "gd", "nsam", "1sam", "--gamma", "0.5", "nsam=0.25", "--rho", "0.1", "1sam=0.3"]
+        + ["--rho_convention", "original"]
+    )
+    runs = {r.algo: r for r in cfg.runs()}
+    assert runs["gd"].gamma == 0.5 and runs["1sam"].gamma == 0.5 and runs["nsam"].gamma == 0.25
+    assert runs["nsam"].rho == 0.1 and runs["1sam"].rho == pytest.approx(0.6)  # x2: original
+    assert runs["gd"].rho == 0.0 and len(cfg.runs()) == 3
+
+
+def test_help_example_renders_as_two_lines(capsys):
+    with pytest.raises(SystemExit):
+        config_from_args(["--help"])
+    out = capsys.readouterr().out
+    assert "--gamma 0.5 nsam=0.333 \\\n        --rho 0.1" in out
+    assert "--iters 10001 --out_dir runs/notebook_grid\n" in out
+
+
+def test_status_diverged_vs_no_convergence(tmp_path):
+    cfg = TrainConfig(
+        out_dir=str(tmp_path / "r"),
+        algo=["gd", "1sam"],
+        rho=[0.9],
+        rho_convention="original",
+        gamma=0.5,
+        iters=300,
+        log_points=5,
+        theory=True,
+    )
+    summ = json.loads((train(cfg) / "summary.json").read_text())
+    gd, one = summ["runs"]
+    assert one["status"] == "diverged" and one["diverged_at"] is not None
+    assert one["final_test_loss"] is None and all(np.isfinite(one["u"]))  # last finite state
+    assert gd["status"] == "no convergence" and gd["diverged_at"] is None  # 300 steps: finite
+    assert "rel_dist_pred" not in gd and "rel_dist_pred" not in one  # never for these
+
+
+def test_fig6_search_scores_every_setting():
+    from analysis.diagonal_linear_nets import PAPER_FIG6, fig6_search
+
+    out = fig6_search(alphas=(0.03, 0.1), gammas=(5 / 30,), rhos=(0.07,), iters=200)
+    assert len(out) == 2 and out[0]["score"] <= out[1]["score"]
+    for o in out:
+        want = sum(abs(np.log10(o["test"][a] / PAPER_FIG6[a])) for a in ("gd", "nsam", "1sam"))
+        assert o["score"] == pytest.approx(want)
+        # the search's runs are the simulator's runs at that setting
+        one = simulate(
+            [RunSpec("1sam", rho=0.14, alpha=o["alpha"], gamma=5 / 30)], SimConfig(iters=200)
+        )
+        assert o["test"]["1sam"] == one.test_loss[0, -1]
