@@ -28,6 +28,10 @@ MLP = dict(
     n_sharpness=64,
     device="cpu",
     l2_reg=0.0,
+    # The behaviour of the code these runs were first pinned with, where it was not the
+    # original's: PyTorch's default init, the L2 term on weights only, the logged sharpness at the
+    # training m (set per variant below), clean validation labels (set where there is noise).
+    init="pytorch",
 )
 # Fashion-MNIST PreAct ResNet with batch norm, width 4: 540 training examples -> 16 steps.
 BN = dict(MLP, dataset="fashion_mnist", model="resnet_tiny", model_width=4, frac_train=0.01,
@@ -35,10 +39,10 @@ BN = dict(MLP, dataset="fashion_mnist", model="resnet_tiny", model_width=4, frac
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "erm": dict(MLP),
-    "erm_l2": dict(MLP, l2_reg=5e-3),
+    "erm_l2": dict(MLP, l2_reg=5e-3, l2_scope="weights"),
     "sam": dict(MLP, sam_rho=0.05),
     "msam": dict(MLP, sam_rho=0.05, acc_steps=4),
-    "msam_l2": dict(MLP, sam_rho=0.05, acc_steps=4, l2_reg=5e-3),
+    "msam_l2": dict(MLP, sam_rho=0.05, acc_steps=4, l2_reg=5e-3, l2_scope="weights"),
     "nsam_other": dict(MLP, sam_rho=0.05, sam_perturb_batch="other"),
     "random": dict(MLP, sam_rho=0.05, sam_variant="random"),
     "asam": dict(MLP, sam_rho=0.5, sam_variant="asam"),
@@ -54,6 +58,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "bn_sam": dict(BN, sam_rho=0.05),
     "bn_msam": dict(BN, sam_rho=0.05, acc_steps=4, sam_iters=2),
 }
+for _v in VARIANTS.values():
+    _v.setdefault("sharpness_m", _v["batch_size"] // _v.get("acc_steps", 1))
+    if _v.get("p_label_noise", 0) > 0:
+        _v.setdefault("clean_val", True)
 
 TIMING = ("seconds", "eval_seconds", "examples_per_s", "train_cpu_seconds")
 
@@ -78,6 +86,11 @@ def run_variant(name: str, out: Path) -> dict[str, Any]:
 
     torch.set_num_threads(1)
     train(TrainConfig(**VARIANTS[name], out_dir=str(out)))
-    rows = [{k: v for k, v in r.items() if k not in TIMING} for r in load_run(out)["metrics"]]
+    # The row at epoch 0 (before any step) was added after the first pin: not part of it.
+    rows = [
+        {k: v for k, v in r.items() if k not in TIMING}
+        for r in load_run(out)["metrics"]
+        if r["epoch"] > 0
+    ]
     ck = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=True)
     return {"rows": rows, "weights_sha256": weights_digest(ck["model"])}
