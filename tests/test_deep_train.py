@@ -264,8 +264,11 @@ def test_msam_steps_match_a_hand_written_reference(tmp_path):
     [
         dict(sam_rho=0.05, sam_variant="looksam", looksam_k=3, eval_iter_freq=7),
         dict(sam_rho=0.05, sam_variant="random", lr_schedule="cosine", p_label_noise=0.2),
+        dict(sam_rho=0.05, acc_steps=2, half_prec=True, eval_iter_freq=9),  # GradScaler state
+        dict(sam_rho=0.05, sam_use_prev_batch=True, grad_gauss_std=0.01),  # previous batch
+        dict(add_weight_perturb_scale=0.01, mul_weight_perturb_scale=0.1, swa_tau=0.9),
     ],
-    ids=["looksam", "random"],
+    ids=["looksam", "random", "msam_fp16", "prev_batch_grad_noise", "weight_noise_swa"],
 )
 def test_resume_gives_exactly_the_uninterrupted_metrics(tmp_path, kw):
     full = tiny(tmp_path / "full", epochs=3, **kw)
@@ -277,8 +280,14 @@ def test_resume_gives_exactly_the_uninterrupted_metrics(tmp_path, kw):
     assert train(part)["status"] == "finished"
     a, b = load_run(tmp_path / "full")["metrics"], load_run(tmp_path / "part")["metrics"]
     assert strip_timing(a) == strip_timing(b)
-    wa, wb = final_weights(tmp_path / "full"), final_weights(tmp_path / "part")
-    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert all(r["test_err_swa"] is not None for r in a)  # the SWA weights are resumed too
+    ca = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=True)
+    cb = torch.load(tmp_path / "part" / "checkpoint.pt", weights_only=True)
+    for key in ("model", "swa"):
+        assert all(torch.equal(ca[key][k], cb[key][k]) for k in ca[key])
+    assert ca["scaler"] == cb["scaler"]
+    if kw.get("half_prec"):
+        assert ca["scaler"]["scale"] > 0  # float16 with a GradScaler (the original's --half_prec)
 
 
 @pytest.mark.skipif(not FMNIST.exists(), reason="needs the Debian package dataset-fashion-mnist")
