@@ -52,7 +52,7 @@ from deep_nets.config import (  # noqa: E402
     load_named_config,
 )
 from deep_nets.evaluation import evaluate, logged_sharpness, swa_bn_update, swa_update  # noqa: E402
-from deep_nets.steps import STEPS, StepContext, build_optimizer, step_kind  # noqa: E402
+from deep_nets.steps import STEPS, StepContext, bn_eval, build_optimizer, step_kind  # noqa: E402
 from suite.cli import GracefulInterrupt, make_seeds, select_device  # noqa: E402
 from suite.rundir import (  # noqa: E402
     RunDir,
@@ -681,7 +681,8 @@ class Trainer:
                     x = self.prepare(x, gen)
                     if st.prev_x is not None:
                         ctx.prev = (st.prev_x, st.prev_y)
-                    loss, ploss = step(ctx, x, y)
+                    with bn_eval(self.net) if cfg.freeze_bn_stats else contextlib.nullcontext():
+                        loss, ploss = step(ctx, x, y)
                     self.opt.zero_grad(set_to_none=True)
                     swa_update(self.swa, self.model, cfg.swa_tau)
                     if cfg.sam_use_prev_batch:

@@ -157,3 +157,38 @@ def test_model_path_not_a_checkpoint_on_the_command_line(tmp_path):
     cfg = TrainConfig(**MLP, epochs=1, model_path=str(bad), out_dir=str(tmp_path / "run"))
     with pytest.raises(ValueError, match="--model_path .*weights.txt: cannot be read"):
         train(cfg)
+
+
+def test_loop_wiring_of_the_originals_flags(tmp_path):
+    """--sam_lr_mult sets rho = lr * mult at every step (a constant lr: the run equals --sam_rho
+    lr * mult); --save_model_each_k_epochs keeps epochs 1-5 and every k-th; --grad_gauss_std
+    changes the update."""
+    base = dict(MLP, epochs=3, lr_schedule="constant", lr_max=0.05)
+    runs = {
+        "mult": dict(sam_lr_mult=0.5, save_model_each_k_epochs=2),
+        "rho": dict(sam_rho=0.025),
+        "noise": dict(sam_rho=0.025, grad_gauss_std=0.01),
+    }
+    w = {}
+    for name, kw in runs.items():
+        train(TrainConfig(**base, **kw, out_dir=str(tmp_path / name)))
+        w[name] = torch.load(tmp_path / name / "checkpoint.pt", weights_only=True)["model"]
+    assert all(torch.equal(w["mult"][k], w["rho"][k]) for k in w["rho"])
+    assert not all(torch.equal(w["noise"][k], w["rho"][k]) for k in w["rho"])
+    rows = load_run(tmp_path / "mult")["metrics"]
+    assert [r["rho"] for r in rows[1:]] == [0.025] * 3
+    assert sorted(p.name for p in (tmp_path / "mult").glob("epoch_*.pt")) == [
+        "epoch_1.pt", "epoch_2.pt", "epoch_3.pt",
+    ]  # fmt: skip
+
+
+@needs_fmnist
+def test_freeze_bn_stats_in_a_run(tmp_path):
+    kw = dict(dataset="fashion_mnist", model="resnet_tiny", model_width=4, frac_train=0.003,
+              batch_size=32, epochs=1, n_eval=64, n_eval_train=64, n_sharpness=32,
+              sharpness_m=32, workers=1, device="cpu", sam_rho=0.05)  # fmt: skip
+    train(TrainConfig(**kw, freeze_bn_stats=True, out_dir=str(tmp_path / "frozen")))
+    sd = torch.load(tmp_path / "frozen" / "checkpoint.pt", weights_only=True)["model"]
+    means = [v for k, v in sd.items() if k.endswith("running_mean")]
+    assert means and all(torch.equal(v, torch.zeros_like(v)) for v in means)
+    assert all(int(v) == 0 for k, v in sd.items() if k.endswith("num_batches_tracked"))
