@@ -63,6 +63,18 @@ for _v in VARIANTS.values():
     if _v.get("p_label_noise", 0) > 0:
         _v.setdefault("clean_val", True)
 
+# Pinned after the parity work (issue 9): today's defaults (the original's init, L2 on every
+# parameter, noisy validation labels, the logged sharpness at a fixed m, SWA) and the new flags.
+NOW = {k: v for k, v in MLP.items() if k != "init"}
+VARIANTS.update(
+    now_msam=dict(NOW, sam_rho=0.05, acc_steps=4, l2_reg=5e-3, p_label_noise=0.2),
+    now_prev_batch=dict(NOW, sam_rho=0.05, sam_use_prev_batch=True, grad_gauss_std=0.01),
+    now_weight_noise=dict(NOW, add_weight_perturb_scale=0.01, mul_weight_perturb_scale=0.1),
+    now_lr_mult_l1=dict(NOW, sam_lr_mult=1.0, l1_reg=1e-4, sam_no_grad_norm=True, acc_steps=2),
+    now_fp16=dict(NOW, sam_rho=0.05, acc_steps=2, half_prec=True),
+    now_bn_every=dict(BN, init="original", sam_rho=0.05, acc_steps=2, sam_bn_update="every"),
+)
+
 TIMING = ("seconds", "eval_seconds", "examples_per_s", "train_cpu_seconds")
 
 
