@@ -645,11 +645,13 @@ class Trainer:
         params = list(self.model.parameters())
         flags = torch.zeros(2, device=self.device)  # [stop requested, non-finite loss]
         status = "finished"
-        if st.global_step == 0 and st.n_rows == 0:  # the starting point (fine-tuning: its error)
-            self.log_row(0.0, lr_at(cfg.lr_schedule, cfg.lr_max, cfg.epochs, 0.0), 0.0, False)
-        self.net.train()
         self.opt.zero_grad(set_to_none=True)
         with GracefulInterrupt() as stop:
+            if (
+                st.global_step == 0 and st.n_rows == 0
+            ):  # the starting point (fine-tuning: its error)
+                self.log_row(0.0, lr_at(cfg.lr_schedule, cfg.lr_max, cfg.epochs, 0.0), 0.0, False)
+            self.net.train()
             while st.epoch < cfg.epochs:
                 epoch = st.epoch
                 perm = epoch_permutation(self.data_seed, epoch, self.n_train).to(self.device)

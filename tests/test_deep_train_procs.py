@@ -72,8 +72,8 @@ def test_sigint_mid_epoch_saves_and_resume_matches_uninterrupted(tmp_path):
     )
     metrics = run_dir / "metrics.jsonl"
     deadline = time.time() + 60
-    while time.time() < deadline and proc.poll() is None:  # wait for the first row (step 4)
-        if metrics.exists() and read_jsonl(metrics):
+    while time.time() < deadline and proc.poll() is None:  # wait for the row at step 4
+        if metrics.exists() and len(read_jsonl(metrics)) >= 2:
             break
         time.sleep(0.02)
     assert proc.poll() is None, proc.communicate()
