@@ -97,8 +97,12 @@ def logged_sharpness(
 def swa_update(swa: nn.Module, model: nn.Module, tau: float) -> None:
     """The original's moving average after every step: w_swa <- tau w_swa + (1 - tau) w over the
     parameters (buffers are recomputed by ``swa_bn_update`` before evaluation)."""
-    for a, b in zip(swa.parameters(), model.parameters(), strict=True):
-        a.mul_(tau).add_(b.detach(), alpha=1 - tau)
+    a = list(swa.parameters())
+    b = [p.detach() for p in model.parameters()]
+    if len(a) != len(b):
+        raise ValueError("swa_update: the two models have different parameters")
+    torch._foreach_mul_(a, tau)  # one kernel per step, not one per tensor (every step)
+    torch._foreach_add_(a, b, alpha=1 - tau)
 
 
 @torch.no_grad()
