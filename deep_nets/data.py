@@ -20,7 +20,7 @@ Splits (all seeded by `seed`, with independent streams):
 - validation: a fraction `val_frac` of the training set held out by a seeded permutation; the
   validation set is the same for every `frac_train` and noise setting;
 - `frac_train`: a seeded subset of the remaining training examples;
-- label noise (training labels only; validation and test labels stay clean):
+- label noise (training labels; validation labels too with `noisy_val`; test labels stay clean):
   symmetric: exactly round(p n) training examples, drawn uniformly without replacement, get a
   label drawn uniformly from the K - 1 *other* classes; asymmetric (CIFAR-10 only): for each
   source class c in {truck, bird, cat, dog, deer}, exactly round(p n_c) of its examples are
@@ -688,12 +688,16 @@ def load_dataset(
     noise_type: str = "sym",
     device: torch.device | str = "cpu",
     download: bool = True,
+    noisy_val: bool = False,
 ) -> Splits:
     """Load `name`, split off validation, subset, add label noise, normalize, move to `device`.
 
     Seeded streams (numpy PCG64 seeded with [seed, stream]): 0 = validation permutation,
-    1 = frac_train subset, 2 = label noise. Normalization: x <- (x / 255 - mean_c) / std_c
-    (mnist1d: no /255), with per-channel mean and std over the final training split.
+    1 = frac_train subset, 2 = label noise, 3 = validation label noise (``noisy_val``: the
+    validation labels get the same kind and rate of noise as the training labels, as in the
+    original, where early stopping sees a noisy validation set).
+    Normalization: x <- (x / 255 - mean_c) / std_c (mnist1d: no /255), with per-channel mean
+    and std over the final training split.
     Raises DataError for missing / corrupt files, ValueError for bad arguments.
     """
     _validate_args(name, val_frac, frac_train, p_label_noise, noise_type)
@@ -735,6 +739,18 @@ def load_dataset(
         dataset=name,
     )
 
+    val_y_clean = train_y[val_idx]
+    val_y, val_noisy = val_y_clean, np.zeros(len(val_idx), dtype=bool)
+    if noisy_val:
+        val_y, val_noisy = corrupt_labels(
+            val_y_clean,
+            p_label_noise,
+            noise_type,
+            num_classes,
+            np.random.default_rng([seed, 3]),
+            dataset=name,
+        )
+
     scale = 255.0 if train_x.dtype == np.uint8 else 1.0
     tr = train_x[tr_idx]
     mean, std = channel_stats(tr)
@@ -757,6 +773,8 @@ def load_dataset(
         "type": noise_type,
         "n_noisy": int(noisy.sum()),
         "frac_noisy": float(noisy.mean()) if len(noisy) else 0.0,
+        "noisy_val": noisy_val,
+        "n_noisy_val": int(val_noisy.sum()),
     }
     if noise_type == "asym" and p_label_noise > 0:
         noise_info["flips"] = {
@@ -787,7 +805,7 @@ def load_dataset(
         train_y_clean=to_y(y_clean),
         noisy=torch.from_numpy(noisy).to(device),
         val_x=to_x(train_x[val_idx]),
-        val_y=to_y(train_y[val_idx]),
+        val_y=to_y(val_y),
         test_x=to_x(test_x),
         test_y=to_y(test_y),
         num_classes=num_classes,

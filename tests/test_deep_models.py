@@ -80,6 +80,11 @@ def test_published_parameter_counts() -> None:
         "resnet_tiny_gn",
         "wrn16_8",
         "wrn28_10",
+        "wrn28",
+        "resnet34",
+        "resnet34preact",
+        "vgg16",
+        "linear",
         "cnn",
         "mlp",
     )
@@ -176,7 +181,7 @@ def test_forward_backward_on_a_batch_of_two(name, shape, width) -> None:
 
 def test_models_that_do_not_fit_the_input_raise_clear_errors() -> None:
     for name in MODELS:
-        if name in ("cnn", "mlp"):
+        if name in ("cnn", "mlp", "linear"):
             assert count_parameters(meta_model(name, (1, 40))) > 0
             continue
         with pytest.raises(ValueError, match=rf"--model={name}.*--dataset.*\(1, 40\)"):

@@ -77,8 +77,12 @@ def test_lr_schedules_match_the_original_definitions():
 
 
 def test_sam_is_active_only_inside_its_epoch_window():
+    # The original's test on its 1-based epoch e: start <= e / epochs <= end (both included).
     cfg = TrainConfig(epochs=10, sam_rho=0.1, sam_epoch_frac_start=0.3, sam_epoch_frac_end=0.8)
-    assert [sam_active(cfg, e) for e in range(10)] == [False] * 3 + [True] * 5 + [False] * 2
+    assert [sam_active(cfg, e) for e in range(10)] == [False] * 2 + [True] * 6 + [False] * 2
+    # ERM -> SAM at 0.9 of 200 epochs: the original runs SAM in epochs 180..200, i.e. 21 epochs.
+    late = TrainConfig(epochs=200, sam_rho=0.1, sam_epoch_frac_start=0.9)
+    assert sum(sam_active(late, e) for e in range(200)) == 21
     assert not any(sam_active(TrainConfig(epochs=4, sam_rho=0.0), e) for e in range(4))
 
 
@@ -149,7 +153,10 @@ VARIANTS = {
     "looksam": dict(sam_rho=0.05, sam_variant="looksam", looksam_k=3),
     "random": dict(sam_rho=0.05, sam_variant="random"),
     "other_batch": dict(sam_rho=0.05, sam_perturb_batch="other"),
-    "erm_to_sam_bf16": dict(sam_rho=0.05, sam_epoch_frac_start=0.5, half_prec=True),
+    "erm_to_sam_bf16": dict(
+        sam_rho=0.05, sam_epoch_frac_start=0.75, half_prec=True, half_prec_dtype="bfloat16"
+    ),
+    "msam_fp16": dict(sam_rho=0.05, acc_steps=2, half_prec=True),
 }
 KEYS = {"epoch", "step", "lr", "rho", "train_loss", "train_err", "train_err_clean",
         "train_err_noisy", "val_err", "val_loss", "test_err", "test_loss", "sharpness",
@@ -170,7 +177,9 @@ def variant_runs(tmp_path_factory):
 def test_each_variant_writes_valid_metrics(variant_runs, name):
     summary, run_dir = variant_runs[name]
     run = load_run(run_dir)
-    rows = run["metrics"]
+    start, *rows = run["metrics"]
+    assert start["epoch"] == 0 and start["step"] == 0  # evaluated before any step
+    assert start["rho"] == 0.0 and start["train_loss_batch"] is None
     assert summary["status"] == "finished" and len(rows) == 2
     assert run["config"]["config"]["sam_variant"] == VARIANTS[name].get("sam_variant", "sam")
     assert "commit" in run["config"]["git"]
@@ -212,7 +221,9 @@ def test_msam_steps_match_a_hand_written_reference(tmp_path):
     assert data.train_x.shape[0] == 32
     seeds = make_seeds(0)
     torch.manual_seed(int(seeds.init.initial_seed()))
-    model = build_model("mlp", in_channels=1, num_classes=10, width=8, input_shape=(1, 40))
+    model = build_model(
+        "mlp", in_channels=1, num_classes=10, width=8, input_shape=(1, 40), init="original"
+    )
     params = list(model.parameters())
     perm = epoch_permutation(int(seeds.data.initial_seed()), 0, 32)
     bufs = [None] * len(params)
@@ -229,7 +240,7 @@ def test_msam_steps_match_a_hand_written_reference(tmp_path):
                     {n: w for (n, _), w in zip(model.named_parameters(), ws, strict=True)},
                     (xc,),
                 )
-                reg = sum((w**2).sum() for w in ws if w.dim() >= 2)
+                reg = sum((w**2).sum() for w in ws)  # every parameter, as the original
                 return F.cross_entropy(out, yc) + 0.5 * l2 * reg
 
             g = torch.autograd.grad(loss_at(params), params)
@@ -253,8 +264,11 @@ def test_msam_steps_match_a_hand_written_reference(tmp_path):
     [
         dict(sam_rho=0.05, sam_variant="looksam", looksam_k=3, eval_iter_freq=7),
         dict(sam_rho=0.05, sam_variant="random", lr_schedule="cosine", p_label_noise=0.2),
+        dict(sam_rho=0.05, acc_steps=2, half_prec=True, eval_iter_freq=9),  # GradScaler state
+        dict(sam_rho=0.05, sam_use_prev_batch=True, grad_gauss_std=0.01),  # previous batch
+        dict(add_weight_perturb_scale=0.01, mul_weight_perturb_scale=0.1, swa_tau=0.9),
     ],
-    ids=["looksam", "random"],
+    ids=["looksam", "random", "msam_fp16", "prev_batch_grad_noise", "weight_noise_swa"],
 )
 def test_resume_gives_exactly_the_uninterrupted_metrics(tmp_path, kw):
     full = tiny(tmp_path / "full", epochs=3, **kw)
@@ -266,8 +280,14 @@ def test_resume_gives_exactly_the_uninterrupted_metrics(tmp_path, kw):
     assert train(part)["status"] == "finished"
     a, b = load_run(tmp_path / "full")["metrics"], load_run(tmp_path / "part")["metrics"]
     assert strip_timing(a) == strip_timing(b)
-    wa, wb = final_weights(tmp_path / "full"), final_weights(tmp_path / "part")
-    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert all(r["test_err_swa"] is not None for r in a)  # the SWA weights are resumed too
+    ca = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=True)
+    cb = torch.load(tmp_path / "part" / "checkpoint.pt", weights_only=True)
+    for key in ("model", "swa"):
+        assert all(torch.equal(ca[key][k], cb[key][k]) for k in ca[key])
+    assert ca["scaler"] == cb["scaler"]
+    if kw.get("half_prec"):
+        assert ca["scaler"]["scale"] > 0  # float16 with a GradScaler (the original's --half_prec)
 
 
 @pytest.mark.skipif(not FMNIST.exists(), reason="needs the Debian package dataset-fashion-mnist")
@@ -280,7 +300,7 @@ def test_resume_with_batch_norm_and_augmentation_on_fashion_mnist(tmp_path):
     train(tiny(tmp_path / "part", stop_after_epoch=1, **kw))
     train(tiny(tmp_path / "part", resume=True, **kw))
     a, b = load_run(tmp_path / "full")["metrics"], load_run(tmp_path / "part")["metrics"]
-    assert len(a) == 2 and strip_timing(a) == strip_timing(b)
+    assert len(a) == 3 and strip_timing(a) == strip_timing(b)
     wa, wb = final_weights(tmp_path / "full"), final_weights(tmp_path / "part")
     assert any("running_mean" in k for k in wa)  # batch-norm statistics are part of the state
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
@@ -301,6 +321,7 @@ def test_logged_numbers_can_be_recomputed_from_the_checkpoint(tmp_path):
     assert ck["state"]["epoch"] == 2 and ck["optimizer"]["state"]  # momentum buffers saved
     model = build_model("mlp", in_channels=1, num_classes=10, width=16, input_shape=(1, 40))
     model.load_state_dict(ck["model"])
+    assert ck["swa"].keys() == ck["model"].keys()
     data = load_dataset("mnist1d", None, seed=0, frac_train=0.2)
     with torch.no_grad():
         wrong = (model(data.test_x).argmax(1) != data.test_y).sum().item()
@@ -327,7 +348,7 @@ def test_model_path_accepts_checkpoints_and_plain_state_dicts(tmp_path):
 # ------------------------------------------------------------------------ divergence
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, capsys):
     # Epoch 1 is ERM; in epoch 2 an enormous unnormalized ascent makes the perturbed loss inf.
-    cfg = tiny(tmp_path / "run", sam_rho=1e30, sam_no_grad_norm=True, sam_epoch_frac_start=0.5)
+    cfg = tiny(tmp_path / "run", sam_rho=1e30, sam_no_grad_norm=True, sam_epoch_frac_start=0.75)
     with pytest.raises(NonFiniteLossError, match="epoch 2, step 1 of the epoch"):
         train(cfg)
     ck = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
