@@ -55,6 +55,7 @@ from one_layer_relu_nets.model import (
     forward,
     grads_from_forward,
     init_params,
+    loss_hessian,
     stack_params,
 )
 from sharpness.functional import perturbation
@@ -601,20 +602,12 @@ def matched_targets(path: str | Path) -> list[dict]:
 
 
 def lambda_max(params: Params, X: Tensor, y: Tensor, reduction: str) -> float:
-    """The largest eigenvalue of the exact Hessian of the training loss at ``params`` (one run),
-    over the flattened (W, b, a): torch.autograd.functional.hessian then eigvalsh (a few hundred
-    parameters; torch.func.hessian gives the same matrix but costs ~5 s on its first call)."""
-    shapes = [t.shape for t in params]
-    sizes = [t.numel() for t in params]
-    flat = torch.cat([t.reshape(-1) for t in params]).double()
-    Xd, yd = X.double(), y.double()
-
-    def loss(v: Tensor) -> Tensor:
-        W, b, a = (c.reshape(s) for c, s in zip(torch.split(v, sizes), shapes, strict=True))
-        return full_loss(Params(W, b, a), Xd, yd, reduction)
-
-    H = torch.autograd.functional.hessian(loss, flat)
-    return float(torch.linalg.eigvalsh(0.5 * (H + H.T))[-1])
+    """The largest eigenvalue of the exact Hessian of the training loss at ``params`` (one run)
+    over the flattened (W, b, a): ``model.loss_hessian`` (closed form, equal to autograd's) then
+    eigvalsh."""
+    w = 1.0 if reduction == "sum" else 1.0 / y.shape[-1]
+    H = loss_hessian(Params(*(t.double() for t in params)), X.double(), y.double(), w)
+    return float(torch.linalg.eigvalsh(0.5 * (H + H.transpose(-1, -2)))[..., -1])
 
 
 def _groups(cfg: Config, table: list) -> list[tuple[str, list[int]]]:
@@ -730,10 +723,9 @@ def train(
                 rec["val_loss"] = finite_or_none(
                     float(full_loss(p, data.X_val.double(), data.y_val.double(), "mean"))
                 )
-            if not res.diverged[j]:
+            if not res.diverged[j] and data.d == 1:  # next to the kinks (1-D only: cost)
+                rec.update(simplicity_1d(p, data.X))
                 rec["lambda_max"] = finite_or_none(lambda_max(p, data.X, data.y, cfg.reduction))
-                if data.d == 1:
-                    rec.update(simplicity_1d(p, data.X))
             runs.append(rec)
             params_out.append(
                 {"run_id": i, "W": p.W.tolist(), "b": p.b.tolist(), "a": p.a.tolist()}
