@@ -21,9 +21,9 @@ def test_tiny_reproduce_then_notebook(tmp_path, monkeypatch):
     reader = csv.DictReader((results / FAMILY / "claims.csv").open())
     assert tuple(reader.fieldnames) == CLAIM_COLUMNS
     rows = list(reader)
-    # exp 1: 3 measures + their matched rows for n-SAM 0.3, kinks + matched for 1-SAM 0.3 and
-    # for the 9 sweep runs; exp 2: 3; exp 3: 1 + 3 per algorithm
-    assert len(rows) == 6 + 2 + 2 * 9 + 3 + 7
+    # exp 1: 3 measures + their matched rows for n-SAM 0.3, kinks + matched for 1-SAM and m-SAM
+    # at 0.3 and for the 6 sweep settings; exp 2: 3; exp 3: 1 + 3 per algorithm
+    assert len(rows) == 6 + 2 * 2 + 2 * 6 + 3 + 7
     assert all(r["verdict"] in VERDICTS and r["family"] == FAMILY and r["ours"] for r in rows)
     assert all(r["profile"] == "tiny" and r["gap"] and r["se"] for r in rows)
     for name in ("fits", "simplicity", "over_training", "teacher", "convergence"):
