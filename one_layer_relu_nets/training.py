@@ -680,7 +680,9 @@ def train(
     t0 = time.time()
     todo = [(name, ids) for name, ids in groups if name not in results]
     total = sum(len(ids) for _, ids in todo) * cfg.iterations
-    bar = progress(total=total, unit="step", unit_scale=True, disable=show_progress is False)
+    # progress() shows the bar only on a terminal, unless show_progress says otherwise
+    shown = {} if show_progress is None else {"disable": not show_progress}
+    bar = progress(total=total, unit="step", unit_scale=True, mininterval=1.0, **shown)
     try:
         with GracefulInterrupt() as interrupt:
             for name, ids in todo:

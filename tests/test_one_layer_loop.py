@@ -197,6 +197,9 @@ def test_teacher_construction():
     # the validation points come after the others: adding them changes neither
     plain = teacher_student(4, 3, 10, 30, 7)
     assert torch.equal(plain.X, ds.X) and torch.equal(plain.X_test, ds.X_test)
+    # and they are fresh points, not copies of training or test points
+    others = torch.cat([ds.X, ds.X_test])
+    assert torch.cdist(ds.X_val, others).min() > 1e-6
 
 
 LOSS_STOP = 2e-3

@@ -106,9 +106,10 @@ def test_tail_is_the_last_tenth_of_the_logged_curve():
     assert summary["runs"][0]["tail_slope"] == pytest.approx(slope, rel=1e-9)
 
 
-def test_summary_test_loss_is_recomputed_from_params_json(tmp_path):
+@pytest.mark.parametrize("backend", ["torch", "auto"])
+def test_summary_test_loss_is_recomputed_from_params_json(tmp_path, backend):
     cfg = Config(**SMALL_TEACHER, algorithms=["gd", "1sam"], rhos=[0.1], seeds=[0, 1],
-                 iterations=50, loss_threshold=0.0, n_val=7,
+                 iterations=50, loss_threshold=0.0, n_val=7, backend=backend,
                  out_dir=str(tmp_path / "r"))  # fmt: skip
     summary = train(cfg)
     params = load_params(tmp_path / "r")
@@ -124,8 +125,10 @@ def test_summary_test_loss_is_recomputed_from_params_json(tmp_path):
         assert abs(r["test_loss"] - r["train_loss"]) > 1e-6
 
 
-def test_divergence_is_flagged_not_crashing():
-    cfg = Config(**{**SMALL_TEACHER, "lr": 50.0}, iterations=200, loss_threshold=0.0)
+@pytest.mark.parametrize("backend", ["torch", "auto"])
+def test_divergence_is_flagged_not_crashing(backend):
+    cfg = Config(**{**SMALL_TEACHER, "lr": 50.0}, iterations=200, loss_threshold=0.0,
+                 backend=backend)  # fmt: skip
     res = run_group(cfg, make_dataset(cfg), "gd", [0.0], [0])
     assert res.diverged == [True] and res.train_loss == [None] and res.iterations[0] < 200
     # the step it diverged at: one step earlier the loss was still finite
@@ -168,3 +171,17 @@ def test_train_writes_the_run_format(tmp_path):
     assert all(math.isfinite(x) for x in last["train_loss"])
     with pytest.raises(FileExistsError):
         train(cfg)
+
+
+@pytest.mark.parametrize("backend", ["torch", "auto"])
+def test_threshold_is_checked_at_every_step_log_steps_included(backend):
+    """GD with a small lr decreases its loss monotonically here: with the threshold set to the
+    loss logged at step s, the run stops exactly at s (s is where the C backend's calls start)."""
+    cfg = Config(**SMALL_TEACHER, iterations=300, loss_threshold=0.0, n_logs=12, backend=backend)
+    data = make_dataset(cfg)
+    free = run_group(cfg, data, "gd", [0.0], [0])
+    losses = [r["train_loss"][0] for r in free.history]
+    assert all(a > b for a, b in zip(losses, losses[1:]))  # monotone: the first crossing is s
+    for row in free.history[3:8]:
+        res = run_group(cfg, data, "gd", [0.0], [0], thresholds=[row["train_loss"][0]])
+        assert res.iterations == [row["step"]] and res.stopped == [True]
