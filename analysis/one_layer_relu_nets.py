@@ -39,6 +39,8 @@ ALG_COLOR = {
     "msam": "tab:green",
 }
 MEASURES = ("kinks", "slope_tv", "path_norm", "lambda_max")
+LOWER = {"kinks": "fewer kinks", "slope_tv": "a lower slope TV", "lambda_max": "a lower Hessian "
+         "lambda_max"}  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------ running
@@ -383,7 +385,7 @@ def _exp1_rows(results_dir: Path, profile: str) -> list[dict]:
             g = compare_seeds(gd[m].astype(float), sam[m].astype(float), lower_is_better=True)
             loss = fmt_mean_std(sam["train_loss"].astype(float), ".2g")
             rows.append(_row(
-                f"1-D regression: {lab} fits have a lower {m.replace('_', ' ')} than GD's",
+                f"1-D regression: {lab} fits have {LOWER[m]} than GD's",
                 "SAM fits visibly simpler (figure; no numbers)" if m != "lambda_max" else
                 "(not in the notebook: flatness next to the kinks)",
                 f"GD {fmt_mean_std(gd[m], '.3g')} vs {lab} {fmt_mean_std(sam[m], '.3g')}; "
@@ -397,8 +399,8 @@ def _exp1_rows(results_dir: Path, profile: str) -> list[dict]:
                 continue
             gap, se = _paired(_by_seed(matched, m), _by_seed(sam, m))
             rows.append(_row(
-                f"1-D: {lab} lower {m.replace('_', ' ')} than GD stopped at the same training "
-                "loss (seed-paired)",
+                f"1-D: {lab} fits have {LOWER[m]} than GD stopped at the same training loss "
+                "(seed-paired)",
                 "SAM simpler, not just less fitted (the issue's control)",
                 f"GD @ {lab} loss {fmt_mean_std(matched[m], '.3g')} vs {lab} "
                 f"{fmt_mean_std(sam[m], '.3g')}",
@@ -467,8 +469,9 @@ def _exp3_rows(results_dir: Path, profile: str) -> list[dict]:
         "convergence theorem for unnormalized SAM with rho = O(1/L)",
         f"tail slope d log L / d log t: GD {fmt_mean_std(gd['tail_slope'], '.2f')}, "
         f"n-SAM/1-SAM rho {sorted(sam_u['rho'].unique().tolist())} "
-        f"{fmt_mean_std(slopes, '.2f')}; tail median GD {fmt_mean_std(gd['tail_median'], '.2g')}"
-        f", SAM {fmt_mean_std(sam_u['tail_median'], '.2g')}",
+        f"{fmt_mean_std(slopes, '.2f').replace('seeds', 'runs')}; tail median GD "
+        f"{fmt_mean_std(gd['tail_median'], '.2g')}, SAM "
+        f"{fmt_mean_std(sam_u['tail_median'], '.2g').replace('seeds', 'runs')}",
         float(-slopes.mean()), float(slopes.std(ddof=1) / math.sqrt(len(slopes))), fig,
         note + "; gap = minus the mean slope over the SAM runs",
     ))  # fmt: skip
