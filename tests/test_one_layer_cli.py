@@ -87,7 +87,7 @@ def test_ctrl_c_saves_finished_groups_and_resume_finishes_the_run(tmp_path):
     """A real SIGINT to the script while the second algorithm trains: exit 130 with the first
     algorithm saved; --resume then gives exactly the summary of an uninterrupted run."""
     out = tmp_path / "int"
-    flags = ["--algorithms", "gd", "nsam", "--iterations", "400000", "--num_seeds", "1",
+    flags = ["--algorithms", "gd", "nsam", "--iterations", "250000", "--num_seeds", "1",
              "--n_logs", "10"]  # fmt: skip
     cmd = [sys.executable, str(ROOT / "one_layer_relu_nets" / "train.py"), *flags]
     proc = subprocess.Popen([*cmd, "--out_dir", str(out)], stderr=subprocess.PIPE, text=True,
