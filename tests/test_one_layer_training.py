@@ -182,6 +182,6 @@ def test_threshold_is_checked_at_every_step_log_steps_included(backend):
     free = run_group(cfg, data, "gd", [0.0], [0])
     losses = [r["train_loss"][0] for r in free.history]
     assert all(a > b for a, b in zip(losses, losses[1:]))  # monotone: the first crossing is s
-    for row in free.history[3:8]:
+    for row in [free.history[0], *free.history[3:8]]:  # step 0 too: an init below threshold
         res = run_group(cfg, data, "gd", [0.0], [0], thresholds=[row["train_loss"][0]])
         assert res.iterations == [row["step"]] and res.stopped == [True]
