@@ -71,8 +71,9 @@ BACKENDS = ("auto", "c", "torch")
 DEFAULT_ITERATIONS = 30_000  # a first try: about 1 s per run with the C backend
 
 
-class Interrupted(Exception):
-    """Raised by ``run_group`` when Ctrl-C was requested; the finished groups are saved."""
+class Interrupted(KeyboardInterrupt):
+    """Raised by ``run_group`` when Ctrl-C was requested; the finished groups are saved. A
+    KeyboardInterrupt, so that callers that go on after errors (``make reproduce``) stop too."""
 
 
 @dataclass
