@@ -135,7 +135,7 @@ def exp1_frame(results_dir: Path, profile: str) -> pd.DataFrame:
 
 def _mean_std(x: pd.Series) -> str:
     x = x.astype(float)
-    return f"{x.mean():.3g} +- {x.std(ddof=0):.2g}"
+    return f"{x.mean():.3g} +- {x.std(ddof=1):.2g}"
 
 
 # ------------------------------------------------------------------------------------ figures
