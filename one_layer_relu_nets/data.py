@@ -28,6 +28,8 @@ class Dataset:
     X_test: Tensor | None = None
     y_test: Tensor | None = None
     teacher: dict | None = None
+    X_val: Tensor | None = None
+    y_val: Tensor | None = None
 
     @property
     def d(self) -> int:
@@ -46,17 +48,32 @@ def reference_1d(dtype: torch.dtype = torch.float64) -> Dataset:
 
 
 def teacher_student(
-    d: int, teacher_width: int, n_train: int, n_test: int, data_seed: int, dtype=torch.float64
+    d: int,
+    teacher_width: int,
+    n_train: int,
+    n_test: int,
+    data_seed: int,
+    dtype=torch.float64,
+    n_val: int = 0,
 ) -> Dataset:
-    """Teacher-student regression data (module docstring)."""
-    if min(d, teacher_width, n_train, n_test) < 1:
-        raise ValueError("d, teacher_width, n_train and n_test must all be >= 1")
+    """Teacher-student regression data (module docstring). The ``n_val`` validation points are
+    drawn after the training and test points, so adding them changes neither."""
+    for name, v in (("d", d), ("teacher_width", teacher_width), ("n_train", n_train),
+                    ("n_test", n_test)):  # fmt: skip
+        if v < 1:
+            raise ValueError(f"{name}: must be >= 1 (got {v})")
+    if n_val < 0:
+        raise ValueError(f"n_val: must be >= 0 (got {n_val})")
     g = torch.Generator().manual_seed(int(data_seed))
     Wt = torch.randn(teacher_width, d, dtype=dtype, generator=g)
     Wt = Wt / torch.linalg.vector_norm(Wt, dim=1, keepdim=True)
     at = torch.tensor([(-1.0) ** k for k in range(teacher_width)], dtype=dtype)
     X = torch.randn(n_train + n_test, d, dtype=dtype, generator=g)
     y = torch.relu(X @ Wt.T) @ at
-    return Dataset(
+    ds = Dataset(
         X[:n_train], y[:n_train], X[n_train:], y[n_train:], {"W": Wt.tolist(), "a": at.tolist()}
     )
+    if n_val:
+        ds.X_val = torch.randn(n_val, d, dtype=dtype, generator=g)
+        ds.y_val = torch.relu(ds.X_val @ Wt.T) @ at
+    return ds

@@ -1,25 +1,37 @@
-"""The three experiments of this family, as named ``Config``s per profile (quick: CPU minutes;
-full: the reference's scale). ``analysis.one_layer_relu_nets.reproduce`` runs them.
+"""The three experiments of this family, as named ``Config``s per profile.
+``analysis.one_layer_relu_nets.reproduce`` runs them (in this order: a loss-matched control reads
+the comparison it is matched to).
 
 Experiment 1 -- implicit bias on the reference 12-point 1-D data (REFERENCE.md 4.3).
-    Claim (reference notebook / paper figure): SAM's fitted functions are simpler (fewer kinks)
-    than GD's. Reference: width 100, reference init, loss 0.5 sum of squares, lr 5e-5, up to 1e6
-    iterations or loss <= 1e-5, seeds 0-4, normalized n-SAM rho 0.3, lr decayed linearly for SAM
-    only. Here every algorithm (GD, n-SAM, 1-SAM) uses the same linearly decaying lr; a second
-    comparison decays rho linearly too, so that SAM can reach the loss threshold as well (equal
-    training loss).
-    Command (full): python one_layer_relu_nets/train.py --algorithms gd nsam 1sam --rhos 0.3
-        --lr 5e-5 --lr_schedule linear --iterations 1000000 --num_seeds 5 --out_dir ...
+    Claim (reference notebook figure): SAM's fitted functions are simpler (fewer kinks) than GD's.
+    Reference: width 100, reference init, loss 0.5 sum of squares, lr 5e-5, up to 1e6 iterations
+    or loss <= 1e-5, seeds 0-4, normalized n-SAM rho 0.3, lr decayed linearly for SAM only.
+    Here at the same budget (1e6 iterations, both profiles) every algorithm uses the same linearly
+    decaying lr (GD reaches 1e-5 after ~1e4 steps either way), and
+    - exp1_main: GD, n-SAM, 1-SAM at rho 0.3, seeds 0-4 (full profile: and m-SAM, m = 4: 3 chunks
+      of the 12 points);
+    - exp1_sweep (full profile): n-SAM, 1-SAM and m-SAM at rho 0.03 and 0.1 (with exp1_main:
+      the sweep 0.03, 0.1, 0.3; 1-SAM at 0.3 over-regularizes, at 0.03 SAM behaves like GD);
+    - exp1_*_gd_matched: GD stopped at each SAM run's final training loss (loss-matched control:
+      is SAM simpler, or does it only fit less?).
+    Command (exp1_main): python one_layer_relu_nets/train.py --algorithms gd nsam 1sam --rhos 0.3
+        --lr 5e-5 --lr_schedule linear --iterations 1000000 --num_seeds 5 --out_dir runs/exp1
+    and the control: python one_layer_relu_nets/train.py --algorithms gd --lr 5e-5
+        --lr_schedule linear --iterations 1000000 --match_losses_of runs/exp1 --out_dir ...
 
 Experiment 2 -- teacher-student in d = 5 (3 teacher neurons, width-50 student, 20 training
-    points, mean loss): test loss vs rho for GD, n-SAM and 1-SAM (normalized ascent); the
-    nonlinear counterpart of the diagonal-network result (REFERENCE.md 4.2: 1-SAM improves the
-    test loss with rho, n-SAM does not).
+    points, mean loss): test loss of GD, n-SAM and 1-SAM (normalized ascent), rho chosen per
+    algorithm on 200 validation points among {0.01, 0.03, 0.1, 0.3}, compared with GD seed by
+    seed; the nonlinear counterpart of the diagonal-network result (REFERENCE.md 4.2).
 
 Experiment 3 -- convergence on the same teacher-student task (REFERENCE.md 4.2, convergence):
     unnormalized SAM with a constant rho reaches (near) zero training loss like GD; normalized SAM
-    with a constant rho stalls at a loss that shrinks with rho; normalized SAM with a decaying
-    rho_t = rho / sqrt(1 + t) converges.
+    with a constant rho stalls at a level that grows with rho; normalized SAM with a decaying
+    rho_t = rho / sqrt(1 + t) converges. Judged on the tail of each curve (median and log-log
+    slope over the last 10% of the steps), not on one final snapshot of an oscillating curve.
+
+Profiles: quick (``make reproduce``, ~4 CPU minutes) and full differ only in experiment 1's
+sweep; tiny is for the tests.
 """
 
 from __future__ import annotations
@@ -29,25 +41,20 @@ from dataclasses import replace
 from one_layer_relu_nets.training import Config
 
 PROFILES = ("quick", "full", "tiny")  # tiny: for the tests only
+SWEEP_RHOS = [0.03, 0.1, 0.3]
+MSAM_M = 4  # the middle chunk size: 12 points in 3 chunks
 
 
 def _sizes(profile: str) -> dict:
     if profile not in PROFILES:
         raise ValueError(f"profile must be one of {PROFILES} (got {profile!r})")
     if profile == "tiny":
-        return {"it1": 150, "seeds1": [0, 1], "it2": 60, "seeds2": [0], "it3": 60, "seeds3": [0]}
-    if profile == "quick":
-        return {
-            "it1": 30_000,
-            "seeds1": [0, 1, 2, 3, 4],
-            "it2": 4_000,
-            "seeds2": [0, 1, 2],
-            "it3": 3_000,
-            "seeds3": [0, 1],
-        }
+        return {"it1": 300, "seeds1": [0, 1], "sweep": True, "it2": 300, "seeds2": [0, 1],
+                "it3": 300, "seeds3": [0, 1]}  # fmt: skip
     return {
         "it1": 1_000_000,
         "seeds1": [0, 1, 2, 3, 4],
+        "sweep": profile == "full",
         "it2": 50_000,
         "seeds2": [0, 1, 2, 3, 4],
         "it3": 50_000,
@@ -61,6 +68,7 @@ TEACHER = dict(
     teacher_width=3,
     n_train=20,
     n_test=1000,
+    n_val=200,
     data_seed=0,
     width=50,
     init="standard",
@@ -69,10 +77,13 @@ TEACHER = dict(
     lr=0.1,
     lr_schedule="constant",
 )
+MATCHED = "_gd_matched"  # suffix of a loss-matched GD control of a comparison
 
 
 def experiment_configs(profile: str) -> dict[str, dict[str, Config]]:
-    """{experiment: {comparison name: Config}} (out_dir left unset)."""
+    """{experiment: {comparison name: Config}} (out_dir left unset). A name ending in
+    ``MATCHED`` is the loss-matched GD control of the comparison named before the suffix (its
+    ``match_losses_of`` is set by the runner, which knows the results directory)."""
     s = _sizes(profile)
     ref = Config(
         task="reference1d",
@@ -89,10 +100,13 @@ def experiment_configs(profile: str) -> dict[str, dict[str, Config]]:
         seeds=s["seeds1"],
         n_logs=60,
     )
-    exp1 = {
-        "exp1_const_rho": ref,
-        "exp1_decay_rho": replace(ref, algorithms=["nsam", "1sam"], rho_schedule="linear"),
-    }
+    matched = replace(ref, algorithms=["gd"])
+    if s["sweep"]:  # m-SAM joins the main comparison at rho 0.3; the sweep adds 0.03 and 0.1
+        ref = replace(ref, algorithms=[*ref.algorithms, "msam"], m=MSAM_M)
+    exp1 = {"exp1_main": ref, "exp1_main" + MATCHED: matched}
+    if s["sweep"]:
+        sweep = replace(ref, algorithms=["nsam", "1sam", "msam"], rhos=SWEEP_RHOS[:2])
+        exp1 |= {"exp1_sweep": sweep, "exp1_sweep" + MATCHED: matched}
     teacher = Config(
         **TEACHER, iterations=s["it2"], loss_threshold=0.0, seeds=s["seeds2"], n_logs=40
     )

@@ -25,14 +25,17 @@ from one_layer_relu_nets.data import TASKS  # noqa: E402
 from one_layer_relu_nets.model import INITS  # noqa: E402
 from one_layer_relu_nets.training import (  # noqa: E402
     ALGORITHMS,
+    BACKENDS,
     DTYPES,
     LR_SCHEDULES,
     REDUCTIONS,
     RHO_SCHEDULES,
     Config,
+    Interrupted,
+    make_dataset,
     train,
 )
-from suite.cli import common_parser, select_device  # noqa: E402
+from suite.cli import common_parser, finite_float, select_device  # noqa: E402
 
 # Config field -> the flag that sets it (error messages name the flag).
 FLAG_OF = {"rhos": "--rhos", "seeds": "--seed/--num_seeds", "normalize": "--unnormalized"}
@@ -76,6 +79,13 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"teacher task: test points (default: {d.n_test})",
     )
     g.add_argument(
+        "--n_val",
+        type=int,
+        default=d.n_val,
+        help="teacher task: validation points, drawn after the test points (summary: val_loss) "
+        f"(default: {d.n_val})",
+    )
+    g.add_argument(
         "--data_seed",
         type=int,
         default=d.data_seed,
@@ -94,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument(
         "--init_scale",
-        type=float,
+        type=finite_float("--init_scale"),
         default=d.init_scale,
         help=f"multiplies every initial weight (default: {d.init_scale})",
     )
@@ -111,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument(
         "--rhos",
-        type=float,
+        type=finite_float("--rhos"),
         nargs="+",
         default=d.rhos,
         help=f"SAM radii, one run per value and seed (default: {d.rhos})",
@@ -137,24 +147,33 @@ def build_parser() -> argparse.ArgumentParser:
         "0 < batch_size < n for sgd; gd always uses all) (default: 0)",
     )
     g = p.add_argument_group("optimization")
-    g.add_argument("--lr", type=float, default=d.lr, help=f"learning rate (default: {d.lr})")
+    g.add_argument(
+        "--lr", type=finite_float("--lr"), default=d.lr, help=f"learning rate (default: {d.lr})"
+    )
     g.add_argument(
         "--lr_schedule",
         type=str,
         choices=LR_SCHEDULES,
         default=d.lr_schedule,
-        help="lr_t = lr x (1 | 1 - t/T | (1 + cos(pi t/T))/2), the same for every "
-        f"algorithm (default: {d.lr_schedule})",
+        help="lr of step t = 0..T-1: lr x (1 | 1 - u | (1 + cos(pi u))/2), u = (t + 1)/T (the "
+        f"original's step count), the same for every algorithm (default: {d.lr_schedule})",
+    )
+    g.add_argument(
+        "--lr_decay_sam_only",
+        action="store_true",
+        help="the original notebook's setting: GD/SGD keep the constant lr, only SAM follows "
+        "--lr_schedule (default: off, every algorithm follows it)",
     )
     g.add_argument(
         "--iterations",
         type=int,
         default=d.iterations,
-        help=f"maximum iterations T (default: {d.iterations})",
+        help=f"maximum iterations T (default: {d.iterations}, a first try: about a second per "
+        "1-D run; the original notebook ran 1000000, ~10 s per SAM run with the C backend)",
     )
     g.add_argument(
         "--loss_threshold",
-        type=float,
+        type=finite_float("--loss_threshold"),
         default=d.loss_threshold,
         help="a run stops once its full training loss is <= this; 0 = never "
         f"(default: {d.loss_threshold})",
@@ -167,7 +186,33 @@ def build_parser() -> argparse.ArgumentParser:
         help="training loss: sum = 0.5 sum_i r_i^2 (reference), mean = 0.5 mean_i r_i^2 "
         f"(default: {d.reduction})",
     )
+    g.add_argument(
+        "--match_losses_of",
+        type=str,
+        default=None,
+        help="a finished run directory: run GD once per SAM run in it, stopped at that run's "
+        "final training loss (the loss-matched control; use with --algorithms gd)",
+    )
     g = p.add_argument_group("runs and output")
+    g.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the interrupted run in --out_dir (same flags; finished algorithms are kept)",
+    )
+    g.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run in --out_dir (default: refuse to touch an existing run)",
+    )
+    g.add_argument(
+        "--backend",
+        type=str,
+        choices=BACKENDS,
+        default=d.backend,
+        help="c: fused C loop per run (full batch, CPU, float64; compiled with cc on first use); "
+        "torch: batched tensor program (any batch size or device); auto: c when it applies and "
+        f"a C compiler exists (default: {d.backend})",
+    )
     g.add_argument(
         "--num_seeds",
         type=int,
@@ -194,6 +239,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=d.dtype,
         help=f"floating point type (default: {d.dtype})",
     )
+    for action in p._actions:  # this family's default device differs from the common parent's
+        if action.dest == "device":
+            action.help = (
+                "cpu or cuda[:N] (default: cpu: the networks have a few hundred weights, so the "
+                "C backend on one CPU core beats a GPU; cuda runs the torch backend)"
+            )
+            action.default = "cpu"
     return p
 
 
@@ -204,6 +256,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         teacher_width=args.teacher_width,
         n_train=args.n_train,
         n_test=args.n_test,
+        n_val=args.n_val,
         data_seed=args.data_seed,
         width=args.width,
         init=args.init,
@@ -216,6 +269,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         batch_size=args.batch_size,
         lr=args.lr,
         lr_schedule=args.lr_schedule,
+        lr_decay_sam_only=args.lr_decay_sam_only,
         iterations=args.iterations,
         loss_threshold=args.loss_threshold,
         reduction=args.reduction,
@@ -224,6 +278,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
         threads=args.threads,
         dtype=args.dtype,
         device=str(args.device),
+        backend=args.backend,
+        match_losses_of=args.match_losses_of,
         out_dir=args.out_dir,
     )
 
@@ -235,33 +291,56 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--num_seeds must be >= 1 (got {args.num_seeds})")
     if args.seed < 0:
         parser.error(f"--seed must be >= 0 (got {args.seed})")
+    if args.resume and args.overwrite:
+        parser.error("--resume and --overwrite exclude each other: continue the run or replace it")
     if args.out_dir is None:
+        if args.resume:
+            parser.error("--resume needs the --out_dir of the run to continue")
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
         args.out_dir = str(Path("runs") / "one_layer_relu_nets" / f"{args.task}_{stamp}")
-    if (Path(args.out_dir) / "config.json").exists():
-        parser.error(f"--out_dir {args.out_dir} already holds a run; choose another directory")
+    exists = (Path(args.out_dir) / "config.json").exists()
+    if exists and not (args.resume or args.overwrite):
+        parser.error(
+            f"--out_dir {args.out_dir} already holds a run: pass --resume to continue it, "
+            "--overwrite to replace it, or choose another directory"
+        )
+    if args.resume and not exists:
+        parser.error(f"--resume: {args.out_dir} holds no run to continue (no config.json)")
     try:
-        args.device = select_device(args.device or "cpu")
+        args.device = select_device(args.device)
     except ValueError as e:
         parser.error(str(e))
+    if args.match_losses_of and not (Path(args.match_losses_of) / "summary.json").exists():
+        parser.error(f"--match_losses_of {args.match_losses_of}: not a finished run (no summary)")
     cfg = config_from_args(args)
     try:
-        from one_layer_relu_nets.training import make_dataset
-
+        cfg.validate()
         cfg.validate(make_dataset(cfg).n)
+        if cfg.match_losses_of and cfg.algorithms != ["gd"]:
+            raise ValueError("match_losses_of: runs GD only; add --algorithms gd")
     except ValueError as e:
         field_name = str(e).split(":", 1)[0]
         flag = FLAG_OF.get(field_name, "--" + field_name)
         parser.error(f"{flag}: {str(e).split(':', 1)[1].strip()}")
-    summary = train(cfg)
+    try:
+        summary = train(cfg, resume=args.resume, overwrite=args.overwrite)
+    except Interrupted:
+        print(
+            f"interrupted: the finished algorithms are saved in {cfg.out_dir}; continue with the "
+            "same command and --resume",
+            file=sys.stderr,
+        )
+        return 130
+    except ValueError as e:  # e.g. a --resume with other flags than the stored run's
+        parser.error(str(e))
     for r in summary["runs"]:
         extra = f" kinks {r['kinks']}" if "kinks" in r else ""
         test = f" test {r['test_loss']:.3g}" if r.get("test_loss") is not None else ""
-        loss = r["train_loss"]
-        print(
-            f"{r['algorithm']:5s} rho {r['rho']:<6g} seed {r['seed']}: {r['iterations']} it, "
-            f"train {loss if loss is None else f'{loss:.3g}'}{test}{extra}"
-        )
+        if r["diverged"]:
+            state = f"diverged at step {r['diverged_at']}"
+        else:
+            state = f"{r['iterations']} it, train {r['train_loss']:.3g}"
+        print(f"{r['algorithm']:5s} rho {r['rho']:<6g} seed {r['seed']}: {state}{test}{extra}")
     print(f"wrote {cfg.out_dir} ({summary['wall_s']:.1f} s)")
     return 0
 

@@ -17,11 +17,18 @@ weights omega (1 for reduction "sum", 1/|B| for "mean"), per-example loss l_i = 
     n-SAM is m = |B_t| (one chunk, the ascent of the batch loss), 1-SAM is m = 1.
 
 The ascent e_k comes from ``sharpness.functional.perturbation`` (batch_dims=2: runs x chunks).
-Schedules: lr_t = lr s(t), rho_t = rho s'(t) with s in {constant 1, linear 1 - t/T,
-cosine (1 + cos(pi t/T))/2} and s' in {constant, linear, inv_sqrt 1/sqrt(1 + t)}.
+Schedules of step t = 0 .. T-1 (the original notebook counts its steps from 1, and its linear
+decay lr (1 - n/T) at step n is ours at t = n - 1): lr_t = lr s((t + 1)/T) with s in {constant 1,
+linear 1 - u, cosine (1 + cos(pi u))/2}; rho_t = rho s'(t) with s' in {constant 1,
+linear 1 - t/T, inv_sqrt 1/sqrt(1 + t)}. ``lr_decay_sam_only`` reproduces the original's confound
+(GD/SGD at the constant lr, SAM with the schedule).
 A run stops at T iterations or as soon as its full training loss L(w_t) (the unperturbed loss over
-all n examples) is <= ``loss_threshold``; a run whose loss is not finite is marked diverged. Both
-freeze the run inside the batch, so a batched run equals the same run alone.
+all n examples) is <= its loss threshold; a run whose loss is not finite is marked diverged at
+that step. Both freeze the run inside the batch, so a batched run equals the same run alone.
+
+Backends: ``torch`` (batched tensor program above, any batch size and device) and ``c``
+(``kernel.c`` via ``fast.py``: one fused loop per run, full batch, CPU float64 only, ~40x faster;
+pinned against the torch path in the tests). ``auto`` picks ``c`` whenever it applies.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +45,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from one_layer_relu_nets import fast
 from one_layer_relu_nets.data import TASKS, Dataset, reference_1d, teacher_student
 from one_layer_relu_nets.measures import simplicity_1d
 from one_layer_relu_nets.model import (
@@ -46,6 +55,7 @@ from one_layer_relu_nets.model import (
     forward,
     grads_from_forward,
     init_params,
+    loss_hessian,
     stack_params,
 )
 from sharpness.functional import perturbation
@@ -57,6 +67,13 @@ LR_SCHEDULES = ("constant", "linear", "cosine")
 RHO_SCHEDULES = ("constant", "linear", "inv_sqrt")
 REDUCTIONS = ("sum", "mean")
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
+BACKENDS = ("auto", "c", "torch")
+DEFAULT_ITERATIONS = 30_000  # a first try: about 1 s per run with the C backend
+
+
+class Interrupted(KeyboardInterrupt):
+    """Raised by ``run_group`` when Ctrl-C was requested; the finished groups are saved. A
+    KeyboardInterrupt, so that callers that go on after errors (``make reproduce``) stop too."""
 
 
 @dataclass
@@ -68,6 +85,7 @@ class Config:
     teacher_width: int = 3
     n_train: int = 20
     n_test: int = 1000
+    n_val: int = 0  # teacher task: validation points (drawn after the test points)
     data_seed: int = 0
     width: int = 100
     init: str = "reference"
@@ -80,7 +98,8 @@ class Config:
     batch_size: int = 0  # 0: full batch (required for gd; sgd needs 0 < batch_size < n)
     lr: float = 5e-5
     lr_schedule: str = "constant"
-    iterations: int = 1_000_000
+    lr_decay_sam_only: bool = False  # the original notebook: GD/SGD at constant lr
+    iterations: int = DEFAULT_ITERATIONS  # the original notebook: 1e6
     loss_threshold: float = 1e-5
     reduction: str = "sum"
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
@@ -88,6 +107,8 @@ class Config:
     threads: int = 1  # torch intra-op threads while training (restored afterwards)
     dtype: str = "float64"
     device: str = "cpu"
+    backend: str = "auto"
+    match_losses_of: str | None = None  # run dir: GD stopped at each of its SAM runs' final loss
     out_dir: str | None = None
 
     def validate(self, n: int | None = None) -> None:
@@ -99,23 +120,39 @@ class Config:
             (self.rho_schedule in RHO_SCHEDULES, "rho_schedule", f"one of {RHO_SCHEDULES}"),
             (self.reduction in REDUCTIONS, "reduction", f"must be one of {REDUCTIONS}"),
             (self.dtype in DTYPES, "dtype", f"must be one of {tuple(DTYPES)}"),
+            (self.backend in BACKENDS, "backend", f"must be one of {BACKENDS}"),
             (len(self.algorithms) > 0, "algorithms", "needs at least one algorithm"),
             (all(a in ALGORITHMS for a in self.algorithms), "algorithms", f"in {ALGORITHMS}"),
             (len(set(self.algorithms)) == len(self.algorithms), "algorithms", "no duplicates"),
-            (len(self.rhos) > 0 and all(r >= 0 for r in self.rhos), "rhos", "non-empty, >= 0"),
+            (
+                len(self.rhos) > 0 and all(math.isfinite(r) and r >= 0 for r in self.rhos),
+                "rhos",
+                "non-empty, finite and >= 0",
+            ),
             (len(self.seeds) > 0 and all(s >= 0 for s in self.seeds), "seeds", "non-empty, >= 0"),
             (len(set(self.seeds)) == len(self.seeds), "seeds", "must not repeat"),
             (self.width >= 1, "width", "must be >= 1"),
             (self.d >= 1, "d", "must be >= 1"),
             (self.lr > 0 and math.isfinite(self.lr), "lr", "must be a finite number > 0"),
             (self.iterations >= 1, "iterations", "must be >= 1"),
-            (self.loss_threshold >= 0, "loss_threshold", "must be >= 0"),
-            (self.init_scale > 0, "init_scale", "must be > 0"),
+            (
+                self.loss_threshold >= 0 and math.isfinite(self.loss_threshold),
+                "loss_threshold",
+                "must be a finite number >= 0",
+            ),
+            (
+                self.init_scale > 0 and math.isfinite(self.init_scale),
+                "init_scale",
+                "must be a finite number > 0",
+            ),
             (self.m >= 1, "m", "must be >= 1"),
             (self.batch_size >= 0, "batch_size", "must be >= 0 (0 = full batch)"),
             (self.n_logs >= 2, "n_logs", "must be >= 2"),
             (self.threads >= 1, "threads", "must be >= 1"),
-            (self.n_train >= 1 and self.n_test >= 1, "n_train", "n_train, n_test must be >= 1"),
+            (self.n_train >= 1, "n_train", "must be >= 1"),
+            (self.n_test >= 1, "n_test", "must be >= 1"),
+            (self.n_val >= 0, "n_val", "must be >= 0"),
+            (self.teacher_width >= 1, "teacher_width", "must be >= 1"),
         ]
         for ok, name, msg in checks:
             if not ok:
@@ -128,6 +165,10 @@ class Config:
             )
         if self.batch_size > n:
             raise ValueError(f"batch_size: at most n = {n} (got {self.batch_size})")
+        if self.backend == "c" and (self.batch_size not in (0, n) or self.device != "cpu"):
+            raise ValueError("backend: c needs full batches (--batch_size 0) and --device cpu")
+        if self.backend == "c" and self.dtype != "float64":
+            raise ValueError("backend: c computes in float64 (use --dtype float64)")
         if "msam" in self.algorithms:
             bs = self.batch_size or n
             if bs % self.m:
@@ -138,33 +179,41 @@ def make_dataset(cfg: Config) -> Dataset:
     dt = DTYPES[cfg.dtype]
     if cfg.task == "reference1d":
         return reference_1d(dt)
-    return teacher_student(cfg.d, cfg.teacher_width, cfg.n_train, cfg.n_test, cfg.data_seed, dt)
+    return teacher_student(
+        cfg.d, cfg.teacher_width, cfg.n_train, cfg.n_test, cfg.data_seed, dt, n_val=cfg.n_val
+    )
 
 
-def lr_factor(schedule: str, t: int, total: int) -> float:
+def lr_factors(schedule: str, total: int) -> np.ndarray:
+    """s((t + 1)/T) for the steps t = 0 .. T-1 (module docstring): the original's step n = t + 1."""
+    u = np.arange(1, total + 1, dtype=np.float64) / total
     if schedule == "constant":
-        return 1.0
+        return np.ones(total)
     if schedule == "linear":
-        return 1.0 - t / total
+        return 1.0 - u
     if schedule == "cosine":
-        return 0.5 * (1.0 + math.cos(math.pi * t / total))
+        return 0.5 * (1.0 + np.cos(math.pi * u))
     raise ValueError(f"lr_schedule: unknown {schedule!r}")
 
 
-def rho_factor(schedule: str, t: int, total: int) -> float:
+def rho_factors(schedule: str, total: int) -> np.ndarray:
+    """s'(t) for the steps t = 0 .. T-1 (module docstring)."""
+    t = np.arange(total, dtype=np.float64)
     if schedule == "constant":
-        return 1.0
+        return np.ones(total)
     if schedule == "linear":
         return 1.0 - t / total
     if schedule == "inv_sqrt":
-        return 1.0 / math.sqrt(1.0 + t)
+        return 1.0 / np.sqrt(1.0 + t)
     raise ValueError(f"rho_schedule: unknown {schedule!r}")
 
 
 def log_steps(total: int, n_logs: int) -> set[int]:
-    """Iterations to log: 0, T and about ``n_logs`` log-spaced ones in between."""
+    """Iterations to log: 0, T, about ``n_logs`` log-spaced ones in between, and 11 evenly spaced
+    ones over the last 10% (the tail that convergence is judged on)."""
     pts = np.unique(np.round(np.logspace(0, math.log10(max(total, 1)), n_logs)).astype(int))
-    return {0, total, *pts.tolist()}
+    tail = np.unique(np.round(np.linspace(0.9 * total, total, 11)).astype(int))
+    return {0, total, *pts.tolist(), *tail.tolist()}
 
 
 def chunk_size(algorithm: str, batch: int, m: int) -> int | None:
@@ -225,9 +274,23 @@ class GroupResult:
     iterations: list[int]
     stopped: list[bool]
     diverged: list[bool]
-    train_loss: list[float]
+    train_loss: list[float | None]
     test_loss: list[float | None]
-    history: list[dict]  # {"step", "train_loss": [R], "test_loss": [R] or None}
+    history: list[dict]  # {"step", "train_loss": [R], "test_loss": [R] or None, "kinks", ...}
+    thresholds: list[float] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["params"] = {k: t.detach().cpu().tolist() for k, t in self.params._asdict().items()}
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict) -> GroupResult:
+        p = d.pop("params")
+        return cls(
+            params=Params(*(torch.tensor(p[k], dtype=torch.float64) for k in ("W", "b", "a"))),
+            **d,
+        )
 
 
 def full_loss(params: Params, X: Tensor, y: Tensor, reduction: str) -> Tensor:
@@ -248,18 +311,103 @@ def torch_threads(n: int):
         torch.set_num_threads(old)
 
 
+def use_c_backend(cfg: Config, data: Dataset, algorithm: str) -> bool:
+    """Whether ``algorithm`` of ``cfg`` runs on the C kernel (``backend`` auto or c)."""
+    if cfg.backend == "torch":
+        return False
+    ok = (
+        algorithm != "sgd"
+        and cfg.batch_size in (0, data.n)
+        and cfg.device == "cpu"
+        and cfg.dtype == "float64"
+    )
+    if cfg.backend == "c":
+        if not ok:
+            raise ValueError("backend: c needs full batches, --device cpu and float64")
+        if not fast.available():
+            fast._load()  # raises the compiler's message
+        return True
+    return ok and fast.available()
+
+
+def _row_measures(P: Params, data: Dataset, Xt: Tensor | None, yt: Tensor | None) -> dict:
+    """What a history row records besides the training loss: test loss and, in 1-D, the kinks
+    and slope TV of every run (the simplicity measures over training)."""
+    out: dict = {}
+    out["test_loss"] = (
+        [finite_or_none(v) for v in full_loss(P, Xt, yt, "mean").tolist()]
+        if Xt is not None
+        else None
+    )
+    if data.d == 1:
+        ms = [
+            simplicity_1d(Params(P.W[i].cpu(), P.b[i].cpu(), P.a[i].cpu()), data.X.cpu())
+            if bool(torch.isfinite(P.W[i]).all() and torch.isfinite(P.a[i]).all())
+            else {"kinks": None, "slope_tv": None}
+            for i in range(P.W.shape[0])
+        ]
+        out["kinks"] = [m["kinks"] for m in ms]
+        out["slope_tv"] = [m["slope_tv"] for m in ms]
+    return out
+
+
 def run_group(
-    cfg: Config, data: Dataset, algorithm: str, rhos: list[float], seeds: list[int]
+    cfg: Config,
+    data: Dataset,
+    algorithm: str,
+    rhos: list[float],
+    seeds: list[int],
+    thresholds: list[float] | None = None,
+    bar=None,
+    interrupt=None,
+    max_steps: int | None = None,
 ) -> GroupResult:
-    """Train len(rhos) runs of ``algorithm`` together; run i has rho rhos[i] and seed seeds[i]."""
+    """Train len(rhos) runs of ``algorithm`` together; run i has rho rhos[i], seed seeds[i] and
+    loss threshold thresholds[i] (default ``cfg.loss_threshold``). ``bar`` (a tqdm) is advanced by
+    the steps done; when ``interrupt.requested`` turns true, ``Interrupted`` is raised.
+    ``max_steps`` ends the runs after that many steps of the ``cfg.iterations``-step schedules
+    (the first steps of a long run: tests and benchmarks)."""
     if len(rhos) != len(seeds):
         raise ValueError("rhos and seeds need one entry per run")
+    thresholds = [cfg.loss_threshold] * len(seeds) if thresholds is None else list(thresholds)
+    if len(thresholds) != len(seeds):
+        raise ValueError("thresholds need one entry per run")
+    T = cfg.iterations
+    lr_f = lr_factors(
+        "constant" if cfg.lr_decay_sam_only and chunk_size(algorithm, 1, 1) is None
+        else cfg.lr_schedule,
+        T,
+    )  # fmt: skip
+    rho_f = rho_factors(cfg.rho_schedule, T)
+    if max_steps is not None:
+        cfg = dataclasses.replace(cfg, iterations=min(T, max_steps))
     with torch_threads(cfg.threads):
-        return _run_group(cfg, data, algorithm, rhos, seeds)
+        if use_c_backend(cfg, data, algorithm):
+            res = _run_group_c(cfg, data, algorithm, rhos, seeds, thresholds, lr_f, rho_f,
+                               bar, interrupt)  # fmt: skip
+        else:
+            res = _run_group_torch(cfg, data, algorithm, rhos, seeds, thresholds, lr_f, rho_f,
+                                   bar, interrupt)  # fmt: skip
+    res.thresholds = thresholds
+    return res
 
 
-def _run_group(
-    cfg: Config, data: Dataset, algorithm: str, rhos: list[float], seeds: list[int]
+def _check_interrupt(interrupt) -> None:
+    if interrupt is not None and interrupt.requested:
+        raise Interrupted
+
+
+def _run_group_torch(
+    cfg: Config,
+    data: Dataset,
+    algorithm: str,
+    rhos: list[float],
+    seeds: list[int],
+    thresholds: list[float],
+    lr_f: np.ndarray,
+    rho_f: np.ndarray,
+    bar,
+    interrupt,
 ) -> GroupResult:
     dev, dt = torch.device(cfg.device), DTYPES[cfg.dtype]
     R, n, T = len(seeds), data.n, cfg.iterations
@@ -273,6 +421,7 @@ def _run_group(
     B = n if algorithm == "gd" or cfg.batch_size == 0 else cfg.batch_size
     m = chunk_size(algorithm, B, cfg.m)
     rho0 = torch.tensor(rhos, dtype=dt, device=dev)
+    thr = torch.tensor(thresholds, dtype=dt, device=dev)
     # Data order of SGD: one generator per run (seeded by the run's seed), so a run's batches do
     # not depend on which other runs share its tensor program.
     gens = [torch.Generator().manual_seed(10_000 + int(s)) for s in seeds] if B < n else []
@@ -284,32 +433,29 @@ def _run_group(
     logs = log_steps(T, cfg.n_logs)
     history: list[dict] = []
 
-    def record(t: int, loss: Tensor) -> None:
-        row = {"step": t, "train_loss": [finite_or_none(v) for v in loss.tolist()]}
-        row["test_loss"] = (
-            [finite_or_none(v) for v in full_loss(P, Xt, yt, "mean").tolist()]
-            if Xt is not None
-            else None
-        )
-        history.append(row)
-
     for t in range(T + 1):
         fwd = forward(P, X)
         r = fwd.out - y
         loss = (0.5 * (1.0 if cfg.reduction == "sum" else 1.0 / n) * r * r).sum(-1)
         # Freeze runs that reached the threshold or diverged (their loss is kept as it is).
-        done = active & ((loss <= cfg.loss_threshold) | ~torch.isfinite(loss) | (t == T))
+        done = active & ((loss <= thr) | ~torch.isfinite(loss) | (t == T))
         if done.any():
             for i in torch.nonzero(done).flatten().tolist():
                 iters[i] = t
-                stopped[i] = bool(loss[i] <= cfg.loss_threshold)
+                stopped[i] = bool(loss[i] <= thr[i])
                 diverged[i] = not math.isfinite(float(loss[i]))
             final_loss = torch.where(done, loss, final_loss)
             active = active & ~done
         if t in logs or not active.any():
-            record(t, loss)
+            shown = torch.where(active, loss, final_loss)
+            row = {"step": t, "train_loss": [finite_or_none(v) for v in shown.tolist()]}
+            history.append(row | _row_measures(P, data, Xt, yt))
         if not active.any():
             break
+        if t % 1000 == 0:
+            _check_interrupt(interrupt)
+            if bar is not None and t:
+                bar.update(1000 * int(active.sum()))
         if B < n:
             idx = torch.stack([torch.randperm(n, generator=g)[:B] for g in gens]).to(dev)
             Xb, yb, fb = X[idx], y[idx], None
@@ -319,11 +465,11 @@ def _run_group(
             fb = fb if fb is not None else forward(P, Xb)
             grad = grads_from_forward(P, Xb, fb, omega * (fb.out - yb))
         else:
-            rho_t = rho0 * rho_factor(cfg.rho_schedule, t, T)
+            rho_t = rho0 * float(rho_f[t])
             grad, _ = sam_gradient(
                 P, Xb, yb, rho_t, m, normalize=cfg.normalize, reduction=cfg.reduction, fwd=fb
             )
-        lr_t = cfg.lr * lr_factor(cfg.lr_schedule, t, T)
+        lr_t = cfg.lr * float(lr_f[t])
         P = Params(
             *(
                 torch.where(active.reshape(-1, *[1] * (p.dim() - 1)), p - lr_t * g, p)
@@ -335,7 +481,7 @@ def _run_group(
         algorithm=algorithm,
         rhos=list(rhos),
         seeds=list(seeds),
-        params=P,
+        params=Params(*(t.detach().cpu().double() for t in P)),
         iterations=iters,
         stopped=stopped,
         diverged=diverged,
@@ -345,8 +491,91 @@ def _run_group(
     )
 
 
-def run_table(cfg: Config) -> list[tuple[str, float, int]]:
-    """(algorithm, rho, seed) of every run, in run-id order (GD/SGD runs get rho = 0)."""
+def _run_group_c(
+    cfg: Config,
+    data: Dataset,
+    algorithm: str,
+    rhos: list[float],
+    seeds: list[int],
+    thresholds: list[float],
+    lr_f: np.ndarray,
+    rho_f: np.ndarray,
+    bar,
+    interrupt,
+) -> GroupResult:
+    """The same runs as ``_run_group_torch`` (full batch), one after the other on the C kernel;
+    the history rows are assembled to be those of the batched program."""
+    R, n, T = len(seeds), data.n, cfg.iterations
+    X, y = data.X.double().numpy(), data.y.double().numpy()
+    m = chunk_size(algorithm, n, cfg.m) or 0
+    omega = 1.0 if cfg.reduction == "sum" else 1.0 / n
+    omega_chunk = 1.0 if cfg.reduction == "sum" else 1.0 / max(m, 1)
+    logs = sorted(log_steps(T, cfg.n_logs))
+    chunk = 50_000  # steps per kernel call at most: Ctrl-C and the progress bar stay responsive
+    finals, per_run = [], []  # per_run[i]: {step: (loss, params)} at the log steps before its stop
+    status = []
+    for i, seed in enumerate(seeds):
+        p = init_params(cfg.width, data.d, seed, cfg.init, cfg.init_scale, torch.float64)
+        run = fast.Run(X, y, p.W.numpy(), p.b.numpy(), p.a.numpy())
+        snaps: dict[int, tuple[float, tuple]] = {}
+        t, t1 = 0, 0  # the first call only evaluates the loss at step 0
+        while True:
+            st, t_new, loss = run.advance(m, omega, omega_chunk, cfg.normalize, float(rhos[i]),
+                                          1e-12, cfg.lr, lr_f[t:t1], rho_f[t:t1],
+                                          float(thresholds[i]), t, t1, T)  # fmt: skip
+            if bar is not None:
+                bar.update(t_new - t)
+            t = t_new
+            if st != "running":
+                finals.append((t, loss, (run.W.copy(), run.b.copy(), run.a.copy())))
+                status.append(st)
+                break
+            if t in logs:
+                snaps[t] = (loss, (run.W.copy(), run.b.copy(), run.a.copy()))
+            _check_interrupt(interrupt)
+            t1 = min(next((s for s in logs if s > t), T), t + chunk)
+        per_run.append(snaps)
+    iters = [f[0] for f in finals]
+    t_end = max(iters)
+    history = []
+    for step in sorted({s for s in logs if s <= t_end} | {t_end}):
+        losses, ps = [], []
+        for i in range(R):
+            if step < iters[i]:
+                loss, p = per_run[i][step]
+            else:
+                loss, p = finals[i][1], finals[i][2]
+            losses.append(finite_or_none(loss))
+            ps.append(Params(*(torch.from_numpy(v) for v in p)))
+        P = stack_params(ps)
+        Xt, yt = data.X_test, data.y_test
+        row = {"step": step, "train_loss": losses}
+        history.append(row | _row_measures(P, data, Xt, yt))
+    P = stack_params([Params(*(torch.from_numpy(v) for v in f[2])) for f in finals])
+    test = (
+        full_loss(P, data.X_test.double(), data.y_test.double(), "mean").tolist()
+        if data.X_test is not None
+        else [None] * R
+    )
+    return GroupResult(
+        algorithm=algorithm,
+        rhos=list(rhos),
+        seeds=list(seeds),
+        params=P,
+        iterations=iters,
+        stopped=[s == "stopped" for s in status],
+        diverged=[s == "diverged" for s in status],
+        train_loss=[finite_or_none(f[1]) for f in finals],
+        test_loss=[finite_or_none(v) if v is not None else None for v in test],
+        history=history,
+    )
+
+
+def run_table(cfg: Config, matched: list[dict] | None = None) -> list[tuple[str, float, int]]:
+    """(algorithm, rho, seed) of every run, in run-id order (GD/SGD runs get rho = 0). With
+    ``matched`` (the runs of ``cfg.match_losses_of``), one GD run per matched run."""
+    if matched is not None:
+        return [("gd", 0.0, int(r["seed"])) for r in matched]
     rows = []
     for alg in cfg.algorithms:
         rhos = [0.0] if chunk_size(alg, 1, 1) is None else cfg.rhos
@@ -354,46 +583,154 @@ def run_table(cfg: Config) -> list[tuple[str, float, int]]:
     return rows
 
 
-def train(cfg: Config) -> dict:
+def matched_targets(path: str | Path) -> list[dict]:
+    """The SAM runs of the run directory ``path`` whose final training loss GD is stopped at:
+    [{"run_id", "algorithm", "rho", "seed", "train_loss"}] (diverged runs left out)."""
+    from suite.rundir import read_json
+
+    summ = Path(path) / "summary.json"
+    if not summ.exists():
+        raise FileNotFoundError(
+            f"match_losses_of: {path} has no summary.json (not a finished run directory)"
+        )
+    runs = read_json(summ)["runs"]
+    keep = ("run_id", "algorithm", "rho", "seed", "train_loss")
+    return [
+        {k: r[k] for k in keep}
+        for r in runs
+        if r["algorithm"] not in ("gd", "sgd") and r["train_loss"] is not None
+    ]
+
+
+def lambda_max(params: Params, X: Tensor, y: Tensor, reduction: str) -> float:
+    """The largest eigenvalue of the exact Hessian of the training loss at ``params`` (one run)
+    over the flattened (W, b, a): ``model.loss_hessian`` (closed form, equal to autograd's) then
+    eigvalsh."""
+    w = 1.0 if reduction == "sum" else 1.0 / y.shape[-1]
+    # one thread: LAPACK's threads spin on a busy machine (2.4 s instead of 0.03 s, measured)
+    with torch_threads(1):
+        H = loss_hessian(Params(*(t.double() for t in params)), X.double(), y.double(), w)
+        return float(torch.linalg.eigvalsh(0.5 * (H + H.transpose(-1, -2)))[..., -1])
+
+
+def _groups(cfg: Config, table: list) -> list[tuple[str, list[int]]]:
+    """(group name, run ids): one group per algorithm (the unit that is saved and resumed)."""
+    names = list(dict.fromkeys(row[0] for row in table))
+    return [(a, [i for i, row in enumerate(table) if row[0] == a]) for a in names]
+
+
+def train(
+    cfg: Config, *, resume: bool = False, overwrite: bool = False, show_progress: bool | None = None
+) -> dict:
     """Run the comparison ``cfg``; write the run directory when ``cfg.out_dir`` is set.
 
     Files: config.json (the resolved config), metrics.jsonl (one row per algorithm and logged
-    step: {"step", "algorithm", "run_ids", "train_loss": [...], "test_loss": [...] or null}),
-    summary.json ({"runs": [per-run record], "wall_s"}), params.json (final W, b, a per run).
+    step: {"step", "algorithm", "run_ids", "train_loss": [...], "test_loss": [...] or null, and in
+    1-D "kinks", "slope_tv": [...]}), summary.json ({"runs": [per-run record], "wall_s"}),
+    params.json (final W, b, a per run), groups/<algorithm>.json (a finished group, for resume).
+    Ctrl-C (``suite.cli.GracefulInterrupt``) stops at the next safe point and raises
+    ``Interrupted`` with the finished groups saved; ``resume=True`` continues such a run.
     Returns the summary.
     """
+    from suite.cli import GracefulInterrupt, progress
+    from suite.rundir import atomic_write_text, read_json, to_json
+
     data = make_dataset(cfg)
     cfg.validate(data.n)
+    matched = matched_targets(cfg.match_losses_of) if cfg.match_losses_of else None
+    if matched is not None and cfg.algorithms != ["gd"]:
+        raise ValueError("match_losses_of: runs GD only (use --algorithms gd)")
     run_dir = None
     if cfg.out_dir is not None:
-        run_dir = create_run_dir(cfg.out_dir, dataclasses.asdict(cfg), device=cfg.device)
-    table = run_table(cfg)
-    runs, params_out = [], []
+        cfg_path = Path(cfg.out_dir) / "config.json"
+        if resume and cfg_path.exists():
+            stored = read_json(cfg_path)["config"]
+            if stored != dataclasses.asdict(cfg):
+                diff = sorted(k for k in stored if stored[k] != dataclasses.asdict(cfg).get(k))
+                raise ValueError(
+                    f"resume: {cfg.out_dir} was started with other settings ({', '.join(diff)});"
+                    " pass the same flags, or --overwrite to replace it"
+                )
+        if overwrite:
+            shutil.rmtree(Path(cfg.out_dir) / "groups", ignore_errors=True)
+            for name in ("params.json", "data.json"):
+                (Path(cfg.out_dir) / name).unlink(missing_ok=True)
+        run_dir = create_run_dir(
+            cfg.out_dir, dataclasses.asdict(cfg), device=cfg.device, resume=resume,
+            overwrite=overwrite,
+        )  # fmt: skip
+    table = run_table(cfg, matched)
+    groups = _groups(cfg, table)
+    results: dict[str, GroupResult] = {}
+    gdir = Path(cfg.out_dir) / "groups" if run_dir is not None else None
+    if resume and gdir is not None:
+        for name, _ in groups:
+            f = gdir / f"{name}.json"
+            if f.exists():
+                results[name] = GroupResult.from_json(read_json(f))
+        # metrics.jsonl holds exactly the finished groups' rows (a crash may have cut it short)
+        atomic_write_text(
+            run_dir.metrics_path,
+            "".join(
+                to_json({"algorithm": name, "run_ids": ids, **row}, None) + "\n"
+                for name, ids in groups
+                if name in results
+                for row in results[name].history
+            ),
+        )
     t0 = time.time()
-    for alg in cfg.algorithms:
-        ids = [i for i, row in enumerate(table) if row[0] == alg]
-        res = run_group(cfg, data, alg, [table[i][1] for i in ids], [table[i][2] for i in ids])
-        if run_dir is not None:
-            for row in res.history:
-                run_dir.log({"algorithm": alg, "run_ids": ids, **row})
+    todo = [(name, ids) for name, ids in groups if name not in results]
+    total = sum(len(ids) for _, ids in todo) * cfg.iterations
+    # progress() shows the bar only on a terminal, unless show_progress says otherwise
+    shown = {} if show_progress is None else {"disable": not show_progress}
+    bar = progress(total=total, unit="step", unit_scale=True, mininterval=1.0, **shown)
+    try:
+        with GracefulInterrupt() as interrupt:
+            for name, ids in todo:
+                bar.set_description(name)
+                thr = [m["train_loss"] for m in matched] if matched is not None else None
+                res = run_group(cfg, data, name, [table[i][1] for i in ids],
+                                [table[i][2] for i in ids], thr, bar, interrupt)  # fmt: skip
+                results[name] = res
+                if run_dir is not None:
+                    run_dir.write_json(f"groups/{name}.json", res.to_json())
+                    for row in res.history:
+                        run_dir.log({"algorithm": name, "run_ids": ids, **row})
+    finally:
+        bar.close()
+    runs, params_out = [], []
+    for name, ids in groups:
+        res = results[name]
         for j, i in enumerate(ids):
-            p = Params(*(t[j].detach().cpu() for t in res.params))
+            p = Params(*(t[j].detach().cpu().double() for t in res.params))
             rec = {
                 "run_id": i,
-                "algorithm": alg,
+                "algorithm": name,
                 "rho": table[i][1],
                 "seed": table[i][2],
                 "normalize": cfg.normalize,
                 "rho_schedule": cfg.rho_schedule,
-                "m": chunk_size(alg, data.n if cfg.batch_size == 0 else cfg.batch_size, cfg.m),
+                "m": chunk_size(name, data.n if cfg.batch_size == 0 else cfg.batch_size, cfg.m),
                 "iterations": res.iterations[j],
                 "stopped": res.stopped[j],
                 "diverged": res.diverged[j],
+                "diverged_at": res.iterations[j] if res.diverged[j] else None,
                 "train_loss": res.train_loss[j],
                 "test_loss": res.test_loss[j],
+                "loss_threshold": res.thresholds[j],
             }
-            if data.d == 1 and not res.diverged[j]:
+            rec.update(_tail_stats(res.history, j, cfg.iterations, res.iterations[j]))
+            if matched is not None:
+                rec["matched_run_id"] = matched[i]["run_id"]
+                rec["matched_algorithm"] = matched[i]["algorithm"]
+                rec["matched_rho"] = matched[i]["rho"]
+            if data.X_val is not None and not res.diverged[j]:
+                rec["val_loss"] = finite_or_none(
+                    float(full_loss(p, data.X_val.double(), data.y_val.double(), "mean"))
+                )
+            if not res.diverged[j] and data.d == 1:  # next to the kinks (1-D only: cost)
                 rec.update(simplicity_1d(p, data.X))
+                rec["lambda_max"] = finite_or_none(lambda_max(p, data.X, data.y, cfg.reduction))
             runs.append(rec)
             params_out.append(
                 {"run_id": i, "W": p.W.tolist(), "b": p.b.tolist(), "a": p.a.tolist()}
@@ -405,6 +742,23 @@ def train(cfg: Config) -> dict:
         run_dir.write_json("data.json", data_json)
         run_dir.write_summary(summary)
     return summary
+
+
+def _tail_stats(history: list[dict], j: int, total: int, iterations: int) -> dict:
+    """Convergence judged on the tail: the median training loss over the logged steps in the last
+    10% of the budget, and the slope of log10(loss) against log10(step) there (least squares;
+    ~0 = stalled, negative = still decreasing). A run that stopped early has no tail (None)."""
+    pts = [
+        (r["step"], r["train_loss"][j])
+        for r in history
+        if r["step"] >= 0.9 * total and r["step"] > 0 and r["train_loss"][j] is not None
+    ]
+    if len(pts) < 3 or iterations < total:
+        return {"tail_median": None, "tail_slope": None}
+    steps = np.log10([p[0] for p in pts])
+    losses = np.array([p[1] for p in pts])
+    slope = float(np.polyfit(steps, np.log10(losses), 1)[0]) if np.all(losses > 0) else None
+    return {"tail_median": float(np.median(losses)), "tail_slope": slope}
 
 
 def load_params(run_path: str | Path) -> dict[int, Params]:

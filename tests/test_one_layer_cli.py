@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -45,6 +47,17 @@ def test_cli_script_runs_and_writes_a_run(tmp_path):
             "--device",
         ),  # fmt: skip
         (["--iterations", "ten"], "--iterations"),
+        (["--task", "teacher", "--d", "0"], "--d"),
+        (["--task", "teacher", "--n_train", "0"], "--n_train"),
+        (["--task", "teacher", "--n_test", "0"], "--n_test"),
+        (["--task", "teacher", "--teacher_width", "0"], "--teacher_width"),
+        (["--rhos", "inf"], "--rhos"),
+        (["--rhos", "0.1", "nan"], "--rhos"),
+        (["--lr", "nan"], "--lr"),
+        (["--resume"], "--resume"),
+        (["--resume", "--overwrite"], "--resume"),
+        (["--algorithms", "nsam", "--match_losses_of", "."], "--match_losses_of"),
+        (["--algorithms", "sgd", "--batch_size", "4", "--backend", "c"], "--backend"),
     ],
 )
 def test_bad_flags_exit_2_with_the_flag_named(argv, message, tmp_path, capsys):
@@ -54,11 +67,57 @@ def test_bad_flags_exit_2_with_the_flag_named(argv, message, tmp_path, capsys):
     assert message in capsys.readouterr().err
 
 
-def test_existing_out_dir_is_refused(tmp_path, capsys):
-    (tmp_path / "config.json").write_text("{}")
+def test_existing_out_dir_is_refused_unless_resume_or_overwrite(tmp_path, capsys):
+    out = str(tmp_path / "r")
+    flags = ["--out_dir", out, "--iterations", "5", "--num_seeds", "1", "--width", "8"]
+    assert main(flags) == 0
     with pytest.raises(SystemExit) as e:
-        main(["--out_dir", str(tmp_path), "--iterations", "1"])
-    assert e.value.code == 2 and "already holds a run" in capsys.readouterr().err
+        main(flags)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "already holds a run" in err and "--resume" in err
+    assert main([*flags, "--overwrite", "--iterations", "7"]) == 0  # replaced, new config
+    assert json.loads((tmp_path / "r" / "config.json").read_text())["config"]["iterations"] == 7
+    assert main([*flags, "--iterations", "7", "--resume"]) == 0  # complete: nothing to redo
+    with pytest.raises(SystemExit) as e:  # resuming with other flags is refused
+        main([*flags, "--iterations", "9", "--resume"])
+    assert e.value.code == 2 and "iterations" in capsys.readouterr().err
+
+
+def test_ctrl_c_saves_finished_groups_and_resume_finishes_the_run(tmp_path):
+    """A real SIGINT to the script while the second algorithm trains: exit 130 with the first
+    algorithm saved; --resume then gives exactly the summary of an uninterrupted run."""
+    out = tmp_path / "int"
+    flags = ["--algorithms", "gd", "nsam", "--iterations", "250000", "--num_seeds", "1",
+             "--n_logs", "10"]  # fmt: skip
+    cmd = [sys.executable, str(ROOT / "one_layer_relu_nets" / "train.py"), *flags]
+    proc = subprocess.Popen([*cmd, "--out_dir", str(out)], stderr=subprocess.PIPE, text=True,
+                            cwd=tmp_path)  # fmt: skip
+    deadline = time.time() + 120
+    while not (out / "groups" / "gd.json").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "--resume" in err and not (out / "summary.json").exists()
+    assert not (out / "groups" / "nsam.json").exists()
+    res = subprocess.run([*cmd, "--out_dir", str(out), "--resume"], capture_output=True,
+                         text=True, cwd=tmp_path, timeout=300)  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    full = tmp_path / "full"
+    subprocess.run([*cmd, "--out_dir", str(full)], check=True, capture_output=True, cwd=tmp_path,
+                   timeout=300)  # fmt: skip
+    a, b = (json.loads((d / "summary.json").read_text())["runs"] for d in (out, full))
+    assert a == b
+    rows = [(out / "metrics.jsonl").read_text(), (full / "metrics.jsonl").read_text()]
+    assert rows[0] == rows[1]
+
+
+def test_diverged_run_says_at_which_step(tmp_path, capsys):
+    assert main(["--task", "teacher", "--width", "10", "--init", "standard", "--lr", "50",
+                 "--reduction", "mean", "--iterations", "200", "--num_seeds", "1",
+                 "--algorithms", "gd", "--out_dir", str(tmp_path / "d")]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert "diverged at step" in out and "None" not in out
 
 
 def test_help_documents_every_flag(capsys):
@@ -67,5 +126,8 @@ def test_help_documents_every_flag(capsys):
     text = capsys.readouterr().out
     for flag in ("--task", "--width", "--init", "--algorithms", "--rhos", "--unnormalized",
                  "--rho_schedule", "--lr", "--lr_schedule", "--iterations", "--loss_threshold",
-                 "--num_seeds", "--out_dir", "--seed", "--batch_size", "--m"):  # fmt: skip
+                 "--num_seeds", "--out_dir", "--seed", "--batch_size", "--m", "--resume",
+                 "--overwrite", "--backend", "--lr_decay_sam_only", "--match_losses_of",
+                 "--device"):  # fmt: skip
         assert flag in text
+    assert "default: 30000" in text and "1000000" in text and "default: cpu" in text

@@ -217,3 +217,28 @@ def test_stack_params_roundtrip():
     st = stack_params(ps)
     assert st.W.shape == (3, 5, 2)
     assert torch.equal(st.b[1], ps[1].b)
+
+
+@pytest.mark.parametrize(("d", "reduction"), [(1, "sum"), (3, "mean")])
+def test_loss_hessian_equals_autograd_hessian(d, reduction):
+    from one_layer_relu_nets.model import loss_hessian
+    from one_layer_relu_nets.training import lambda_max
+
+    width, n = 6, 5
+    P = _random_params(1, width, d, seed=11)
+    p = Params(*(t[0] for t in P))
+    g = torch.Generator().manual_seed(2)
+    X, y = torch.randn(n, d, dtype=F64, generator=g), torch.randn(n, dtype=F64, generator=g)
+    omega = 1.0 if reduction == "sum" else 1.0 / n
+    flat = torch.cat([p.W.reshape(-1), p.b, p.a])
+
+    def loss(v):
+        W, b, a = v[: width * d].reshape(width, d), v[width * d : width * (d + 1)], v[-width:]
+        return (omega * 0.5 * (_f(W, b, a, X) - y) ** 2).sum()
+
+    ref = torch.autograd.functional.hessian(loss, flat)
+    torch.testing.assert_close(loss_hessian(p, X, y, omega), ref, rtol=1e-12, atol=1e-12)
+    # batched over runs, and lambda_max is the top eigenvalue
+    torch.testing.assert_close(loss_hessian(P, X.unsqueeze(0), y.unsqueeze(0), omega)[0], ref)
+    lam = torch.linalg.eigvalsh(ref)[-1]
+    assert lambda_max(p, X, y, reduction) == pytest.approx(float(lam), rel=1e-12)

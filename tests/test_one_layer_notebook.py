@@ -10,7 +10,7 @@ import nbformat
 from nbclient import NotebookClient
 
 from analysis.one_layer_relu_nets import FAMILY, reproduce
-from suite.claims import _LEGACY, VERDICTS  # TRANSITION: legacy until the family is ported
+from suite.claims import CLAIM_COLUMNS, VERDICTS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -18,12 +18,15 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_tiny_reproduce_then_notebook(tmp_path, monkeypatch):
     results, figures = tmp_path / "results", tmp_path / "figures"
     reproduce("tiny", results, figures)
-    rows = list(csv.DictReader((results / FAMILY / "claims.csv").open()))
-    assert len(rows) == 6
-    assert all(
-        r["verdict"] in VERDICTS + _LEGACY and r["family"] == FAMILY and r["ours"] for r in rows
-    )
-    for name in ("fits", "simplicity", "teacher", "convergence"):
+    reader = csv.DictReader((results / FAMILY / "claims.csv").open())
+    assert tuple(reader.fieldnames) == CLAIM_COLUMNS
+    rows = list(reader)
+    # exp 1: 3 measures + their matched rows for n-SAM 0.3, kinks + matched for 1-SAM and m-SAM
+    # at 0.3 and for the 6 sweep settings; exp 2: 3; exp 3: 1 + 3 per algorithm
+    assert len(rows) == 6 + 2 * 2 + 2 * 6 + 3 + 7
+    assert all(r["verdict"] in VERDICTS and r["family"] == FAMILY and r["ours"] for r in rows)
+    assert all(r["profile"] == "tiny" and r["gap"] and r["se"] for r in rows)
+    for name in ("fits", "simplicity", "over_training", "teacher", "convergence"):
         assert (figures / f"{FAMILY}_{name}.png").stat().st_size > 5000
     # a second call reuses the complete runs (same config) instead of failing or retraining
     before = (results / FAMILY / "tiny_exp2_teacher" / "summary.json").stat().st_mtime_ns
@@ -43,4 +46,4 @@ def test_tiny_reproduce_then_notebook(tmp_path, monkeypatch):
         o.get("text", "") + str(o.get("data", {}).get("text/plain", ""))
         for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
     )  # fmt: skip
-    assert "profile: tiny" in text and "reproduced" in text  # also matches "not reproduced"
+    assert "profile: tiny" in text and "verdict" in text
