@@ -93,16 +93,20 @@ def reproduce(
     timings = read_timings(root)
     rows: list[dict] = []
     for name in only or EXPERIMENTS:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         info = run_experiment(name, profile, results_dir)
-        new = report(name, results_dir, profile, figures_dir)
-        rows += new
+        rows += report(name, results_dir, profile, figures_dir)
         info["total_seconds"] = round(time.perf_counter() - t0, 2)
-        info["seconds"] = round(info["seconds"], 2)
+        info["total_cpu_seconds"] = round(time.process_time() - c0, 2)
+        info["seconds"], info["cpu_seconds"] = (
+            round(info["seconds"], 2),
+            round(info["cpu_seconds"], 2),
+        )
         timings[name] = info
         write_timings(root, timings)
         print(f"[deep_nets] {name}: {info['trained']} runs trained, {info['reused']} reused, "
-              f"{info['total_seconds']:.1f} s", flush=True)  # fmt: skip
+              f"{info['total_seconds']:.1f} s ({info['total_cpu_seconds']:.1f} CPU s)",
+              flush=True)  # fmt: skip
     if profile != "paper":
         rows.append(paper_scale_row(profile))
     write_claims(Path(results_dir) / FAMILY / "claims.csv", rows)

@@ -137,7 +137,8 @@ def fig1_report(root: Path, profile: str, figures: Path) -> list[dict[str, Any]]
         *compare_rows(nsam, sam, claim="SAM (m = batch) beats n-SAM (n-SAM stays near ERM)",
                       paper_value="n-SAM ~5.1% (flat in rho) vs 128-SAM ~4.35%", note=note,
                       **common),
-        *compare_rows(rnd, sam, claim="SAM (m = batch) beats random perturbations (which do not help)",
+        *compare_rows(rnd, sam,
+                      claim="SAM (m = batch) beats random perturbations (which do not help)",
                       paper_value="random ~ERM (5.1%) vs 128-SAM ~4.35%", note=note, **common),
     ]  # fmt: skip
 
@@ -154,8 +155,14 @@ def msharp_report(root: Path, profile: str, figures: Path) -> list[dict[str, Any
     P = PROFILES[profile]
     erm = outcome(root, "ERM", _many(P, lambda s: method(P, s)))
     accs = sorted(P["accs"])  # ascending acc_steps = descending m
-    outs = [outcome(root, f"m-SAM (m={_m(P, a)})",
-                    _many(P, lambda s, a=a: method(P, s, rho=P["rho"], acc=a))) for a in accs]  # fmt: skip
+    outs = [
+        outcome(
+            root,
+            f"m-SAM (m={_m(P, a)})",
+            _many(P, lambda s, a=a: method(P, s, rho=P["rho"], acc=a)),
+        )
+        for a in accs
+    ]
     ms = [_m(P, a) for a in accs]
     fig = plots.error_vs_x(
         ms, {f"SAM, rho {P['rho']}": outs}, erm, figures / "deep_nets_msharpness.png",
@@ -411,6 +418,7 @@ def conv_report(root: Path, profile: str, figures: Path) -> list[dict[str, Any]]
     rows = []
     for lab in list(o)[2:]:
         final = [epoch_rows(r)[-1]["train_loss"] for r in o[lab].runs]
+        erm_final = [epoch_rows(r)[-1]["train_loss"] for r in o["ERM"].runs]
         m_, s_, k_ = mean_std(final)
         se = s_ / math.sqrt(k_) if k_ > 1 else math.nan
         rows.append(dict(
@@ -418,8 +426,8 @@ def conv_report(root: Path, profile: str, figures: Path) -> list[dict[str, Any]]
             claim=f"{lab} drives the training loss to near zero (< {NEAR_ZERO} nats at the end)",
             paper_value="m-SAM / 1-SAM reach near-zero training loss; unnormalized SAM with "
                         "constant rho converges",
-            ours=f"final train loss {fmt_mean_std(final, '.4f')} (ERM "
-                 f"{fmt_mean_std([epoch_rows(r)[-1]['train_loss'] for r in o['ERM'].runs], '.4f')})",
+            ours=f"final train loss {fmt_mean_std(final, '.4f')} "
+                 f"(ERM {fmt_mean_std(erm_final, '.4f')})",
             gap=NEAR_ZERO - m_, se=se, profile=profile, verdict=verdict(NEAR_ZERO - m_, se),
             figure=_rel(fig),
             note=f"gap = tolerance - mean final loss; {_setting(P)}. PARITY: the original's "
@@ -470,8 +478,8 @@ def look_report(root: Path, profile: str, figures: Path) -> list[dict[str, Any]]
         paper_value="ViT-S/32 ImageNet acc.: AdamW 68.1%, SAM 68.9%, LookSAM 68.8%",
         note=f"SAM: {pct(sam.last)} (last epoch); {_setting(P)}, SGD instead of AdamW",
     )  # fmt: skip
-    frac = [(c_l - c_e) / (c_s - c_e) if c_s > c_e else math.nan
-            for c_e, c_s, c_l in zip(cpu["ERM"], cpu[sam.label], cpu[look.label], strict=True)]  # fmt: skip
+    triples = zip(cpu["ERM"], cpu[sam.label], cpu[look.label], strict=True)
+    frac = [(c_l - c_e) / (c_s - c_e) if c_s > c_e else math.nan for c_e, c_s, c_l in triples]
     m_, s_, k_ = mean_std(frac)
     se = s_ / math.sqrt(k_) if k_ > 1 else math.nan
     rows.append(dict(

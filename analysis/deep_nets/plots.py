@@ -109,7 +109,7 @@ def curves(
                 if key == "test_err":
                     i = int(np.argmin(np.abs(ex - best)))
                     ax.plot([ex[i]], [_pct(ey[i], key)], "o", color=c, ms=7)
-    for ax, (key, name) in zip(axes, keys):
+    for ax, (_key, name) in zip(axes, keys):
         ax.set_title(name)
         ax.set_xlabel(x)
         ax.grid(alpha=0.3)

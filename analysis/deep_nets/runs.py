@@ -92,10 +92,11 @@ def is_finished(path: Path) -> bool:
 def ensure_runs(specs: Iterable[Spec], root: Path, *, runtime: Mapping[str, Any]) -> dict:
     """Train every spec that has no finished run under ``root`` (resuming unfinished ones);
     ``runtime`` adds flags that do not change results (workers, device). Returns
-    {"trained": n, "reused": n, "seconds": wall-clock of the training done here}."""
+    {"trained": n, "reused": n, "seconds": wall-clock of the training done here, "cpu_seconds":
+    this process's CPU time for it (robust on a shared machine)}."""
     from deep_nets.train import config_from_argv, train
 
-    t0, trained, reused = time.perf_counter(), 0, 0
+    t0, c0, trained, reused = time.perf_counter(), time.process_time(), 0, 0
     for spec in dict.fromkeys(specs):  # dedupe, keep order
         out = run_path(root, spec)
         if is_finished(out):
@@ -106,7 +107,12 @@ def ensure_runs(specs: Iterable[Spec], root: Path, *, runtime: Mapping[str, Any]
         print(f"[deep_nets] train {out.name}", flush=True)
         train(config_from_argv(to_argv(flags)))
         trained += 1
-    return {"trained": trained, "reused": reused, "seconds": time.perf_counter() - t0}
+    return {
+        "trained": trained,
+        "reused": reused,
+        "seconds": time.perf_counter() - t0,
+        "cpu_seconds": time.process_time() - c0,
+    }
 
 
 def load(root: Path, spec: Spec) -> dict:

@@ -1,7 +1,8 @@
 """full_fmnist_mlp_noisy: the full-profile noisy-label run (Fig. 12), CPU.
 
 Claim: as quick_fmnist_mlp_noisy, with 3 seeds, 20% of Fashion-MNIST and 100 epochs.
-Paper number (CIFAR-10, 60% noise, approx.): ERM best ~20-30% / last ~49%; SAM best ~10% / last ~43%.
+Paper number (CIFAR-10, 60% noise, approx.): ERM best ~20-30% / last ~49%; SAM best ~10% /
+last ~43%.
 Command: python deep_nets/train.py --config full_fmnist_mlp_noisy (SAM: --sam_rho 0.1)
 Measured here: not run yet (estimate in deep_nets/README.md).
 Deviation: MLP on 10 800 Fashion-MNIST examples, 100 epochs (piecewise), no augmentation.
