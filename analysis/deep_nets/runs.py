@@ -60,6 +60,10 @@ class Spec:
             parts.append(f"m{d.get('batch_size', 128) // d.get('acc_steps', 1)}")
         if d.get("sam_perturb_batch", "same") != "same":
             parts.append("other")
+        if d.get("sam_epoch_frac_start", 0.0) > 0:
+            parts.append(f"from{d['sam_epoch_frac_start']:g}")
+        if d.get("sam_epoch_frac_end", 1.0) < 1:
+            parts.append(f"until{d['sam_epoch_frac_end']:g}")
         if d.get("sam_no_grad_norm"):
             parts.append("unnorm")
         if d.get("p_label_noise"):
