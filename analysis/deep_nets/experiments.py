@@ -314,6 +314,14 @@ def first_epoch_below(run: dict[str, Any], key: str, level: float) -> float:
     return float(epoch_rows(run)[-1]["epoch"]) + 1  # not reached: one past the end
 
 
+def _lr_drops(flags: dict[str, Any]) -> list[tuple[float, str]]:
+    """The piecewise schedule's drops (/10 at 50%, /100 at 75% of the epochs) as figure marks."""
+    if flags.get("lr_schedule") != "piecewise":
+        return []
+    e = flags["epochs"]
+    return [(0.5 * e, " lr / 10"), (0.75 * e, " lr / 100")]
+
+
 def noisy_report(root: Path, profile: str, figures: Path) -> list[dict[str, Any]]:
     P = PROFILES[profile]
     o = {lab: outcome(root, lab, _many(P, fn)) for lab, fn in noisy_methods(P).items()}
@@ -325,7 +333,7 @@ def noisy_report(root: Path, profile: str, figures: Path) -> list[dict[str, Any]
          ("train_err_noisy", "train error on the NOISY examples (%)\n(vs their noisy labels; "
                              "0 = memorized)"),
          ("train_err_clean", "train error on the CLEAN examples (%)")],
-        figures / "deep_nets_fig12_noisy_labels.png", mark_best=True,
+        figures / "deep_nets_fig12_noisy_labels.png", mark_best=True, marks=_lr_drops(b),
         title=f"Fig. 12: {p:.0%} symmetric label noise - {_setting(P, 'noisy')} "
               "(dotted: best-validation epoch)",
     )  # fmt: skip

@@ -81,12 +81,13 @@ def curves(
     x: str = "epoch",
     logy: Sequence[bool] = (),
     mark_best: bool = False,
+    marks: Sequence[tuple[float, str]] = (),
     extra: Any = None,
 ) -> Path:
     """One panel per (metric key, panel title), one line per method (mean over seeds, thin lines
     per seed). ``mark_best``: a dotted vertical line at each method's best-validation epoch
     (mean over seeds) and a dot on the test-error curve there. ``extra(ax)`` draws one more
-    panel."""
+    panel. ``marks``: (x, text) gray dashed vertical lines, e.g. the learning-rate drops."""
     n = len(keys) + (extra is not None)
     fig, axes = plt.subplots(1, n, figsize=(4.6 * n, 3.9))
     axes = np.atleast_1d(axes)
@@ -110,6 +111,10 @@ def curves(
                     i = int(np.argmin(np.abs(ex - best)))
                     ax.plot([ex[i]], [_pct(ey[i], key)], "o", color=c, ms=7)
     for ax, (_key, name) in zip(axes, keys):
+        for xm, text in marks:
+            ax.axvline(xm, color="0.5", ls="--", lw=0.8)
+            ax.annotate(text, (xm, 1), xycoords=("data", "axes fraction"), fontsize=7,
+                        color="0.4", ha="left", va="top", rotation=90)  # fmt: skip
         ax.set_title(name)
         ax.set_xlabel(x)
         ax.grid(alpha=0.3)
