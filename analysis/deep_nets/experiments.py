@@ -92,6 +92,8 @@ class Experiment:
 def fig1_methods(P: dict[str, Any], rho: float) -> dict[str, Callable[[int], Spec]]:
     small = P["small_acc"]
     return {
+        # PARITY: the original's random baseline is a per-coordinate Gaussian of the scale
+        # --add_weight_perturb_scale (issue 9); here a random direction of norm exactly rho.
         "random": lambda s: method(P, s, rho=rho, variant="random"),
         # PARITY: needs --sam_use_prev_batch from issue 9: the original's n-SAM perturbs with the
         # previous batch; until then the independent-batch approximation (--sam_perturb_batch
@@ -290,6 +292,8 @@ def ft_report(root: Path, profile: str, figures: Path) -> list[dict[str, Any]]:
 
 # ------------------------------------------------------------------------- 4. Fig. 12: noise
 def noisy_methods(P: dict[str, Any]) -> dict[str, Callable[[int], Spec]]:
+    # PARITY: needs issue 9's noisy validation labels (the original's default; --clean_val for the
+    # oracle); this branch validates on clean labels, so "best-validation epoch" is an oracle.
     acc = P["noisy_acc"]
     return {
         "ERM": lambda s: method(P, s, base="noisy"),
@@ -395,6 +399,8 @@ def noisy_report(root: Path, profile: str, figures: Path) -> list[dict[str, Any]
 
 # ------------------------------------------------------------------------- 5. convergence
 def conv_methods(P: dict[str, Any]) -> dict[str, Callable[[int], Spec]]:
+    # PARITY: --sam_no_grad_norm becomes the original's e = rho grad(L / acc_steps) projected on
+    # the rho-ball with issue 9 (today e = rho g); the run keeps its flag, its meaning changes.
     rho, small = P["rho"], P["small_acc"]
     return {
         "ERM": lambda s: method(P, s),
