@@ -147,7 +147,8 @@ def test_interpolation_recomputes_batch_norm_statistics():
     x, y = 3 + 2 * torch.randn(256, 4), torch.randint(0, 2, (256,))
     net = nn.Sequential(nn.BatchNorm1d(4, affine=False), nn.Linear(4, 2))
     sd = {k: v.clone() for k, v in net.state_dict().items()}
-    sd["0.running_mean"].fill_(100.0)  # stale statistics must not survive
+    sd["0.running_mean"].fill_(100.0)  # stale statistics of a trained net must not survive
+    sd["0.num_batches_tracked"].fill_(1000)
     interpolate_losses(net, sd, sd, [0.5], {"train": (x, y)}, batch_size=32)
     assert torch.allclose(net[0].running_mean, x.mean(0), atol=1e-4)
     # momentum None: the running variance is the plain average of the 8 batches' unbiased variances
