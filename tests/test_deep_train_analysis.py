@@ -84,10 +84,11 @@ def test_fig1_rows_carry_the_measured_numbers(stage):
 
 def test_noisy_runs_log_the_three_curves(stage):
     results, _, _ = stage
-    run = load_run(run_path(results / "deep_nets" / "test", method(P, 0, base="noisy")))
-    assert run["config"]["config"]["p_label_noise"] == 0.6
-    for r in run["metrics"]:
-        assert r["train_err_noisy"] is not None and r["train_err_clean"] is not None
+    for spec in EXPERIMENTS["noisy"].specs(P):  # ERM, SAM and m-SAM all on the noisy data
+        run = load_run(run_path(results / "deep_nets" / "test", spec))
+        assert run["config"]["config"]["p_label_noise"] == 0.6
+        for r in run["metrics"]:
+            assert r["train_err_noisy"] is not None and r["train_err_clean"] is not None
 
 
 def test_runs_are_shared_and_reused(stage):

@@ -15,7 +15,9 @@ import numpy as np  # noqa: E402
 
 from analysis.deep_nets.runs import Outcome, epoch_rows, mean_curve  # noqa: E402
 
-COLORS = {"ERM": "C0", "SAM": "C3", "m-SAM": "C2", "n-SAM": "C1", "random": "C7", "LookSAM": "C4"}
+# by label prefix (the longest matching prefix wins)
+COLORS = {"ERM": "C0", "SAM": "C3", "m-SAM": "C2", "n-SAM": "C1", "random": "C7", "LookSAM": "C4",
+          "ERM -> SAM": "C1", "SAM -> ERM": "C9", "SAM unnormalized": "C8"}  # fmt: skip
 
 
 def _color(label: str) -> str:
