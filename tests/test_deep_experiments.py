@@ -43,7 +43,7 @@ def test_paper_configs_match_reference(name):
         assert flags[k] == v, f"{name}: {k} = {flags[k]!r}, REFERENCE.md says {v!r}"
     check_config(TrainConfig(**flags))
     doc = __import__(f"deep_nets.configs.{name}", fromlist=["x"]).__doc__
-    for field in ("Claim:", "Paper number", "Command:", "Measured here:"):
+    for field in ("Claim:", "Paper number", "Command:", "Measured here"):
         assert field in doc, f"{name}: the header lacks {field!r}"
 
 
