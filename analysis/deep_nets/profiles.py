@@ -1,0 +1,80 @@
+"""The budgets of the deep-net experiments: ``test`` (pytest), ``quick`` (``make reproduce``),
+``full`` (CPU, <= 2 hours, >= 3 seeds) and ``paper`` (the original setups, GPU + CIFAR on disk).
+
+Each profile names its base runs through the named configs of ``deep_nets/configs/`` (the header of
+each config states the claim, the paper's number, the command and what it measured here) and adds
+the sweep: seeds, the rho grid of Fig. 1, the fixed rho of the other experiments (fixed here, before
+any result is seen), the small m, the m grid, the switch fraction of Fig. 9, LookSAM's k.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from deep_nets.config import load_named_config
+
+
+def _cfg(name: str, **overrides: Any) -> dict[str, Any]:
+    return {**load_named_config(name), **overrides}
+
+
+def _common(base: dict, noisy: dict, seminar: dict, **sweep: Any) -> dict[str, Any]:
+    return dict(base=base, noisy=noisy, seminar=seminar, **sweep)
+
+
+_TEST_EVAL = dict(n_eval=200, n_eval_train=200, n_sharpness=32, sharpness_m=32)
+
+PROFILES: dict[str, dict[str, Any]] = {
+    # seconds: every experiment end to end (pytest and the notebook test)
+    "test": _common(
+        base=_cfg("quick_mnist1d_mlp", model_width=16, batch_size=32, epochs=2, frac_train=0.2,
+                  **_TEST_EVAL),
+        noisy=_cfg("quick_fmnist_mlp_noisy", model_width=16, batch_size=32, epochs=3,
+                   frac_train=0.02, **_TEST_EVAL),
+        seminar=_cfg("seminar_fmnist_cnn", model_width=4, batch_size=32, epochs=1,
+                     frac_train=0.01, **_TEST_EVAL),
+        seeds=[0], rhos=[0.1], rho=0.1, small_acc=4, accs=[1, 4], switch=0.5, rho_unnorm=0.1,
+        noisy_acc=2, looksam_k=5, workers=1,
+    ),
+    # make reproduce: all seven experiments in ~7 CPU-minutes, one thread (see deep_nets/README)
+    "quick": _common(
+        base=_cfg("quick_mnist1d_mlp"),
+        noisy=_cfg("quick_fmnist_mlp_noisy"),
+        seminar=_cfg("seminar_fmnist_cnn", model_width=16, frac_train=0.1, epochs=4, n_eval=2000,
+                     n_eval_train=1000),
+        seeds=[0, 1], rhos=[0.05, 0.1, 0.2], rho=0.1, small_acc=4, accs=[1, 2, 4],
+        switch=0.75, rho_unnorm=0.1, noisy_acc=2, looksam_k=5, workers=1,
+    ),
+    # CPU, <= 2 hours (estimate in deep_nets/README): 3 seeds and 10 000 test examples, so that
+    # a 1-point gap clears 2 standard errors
+    "full": _common(
+        base=_cfg("full_fmnist_mlp"),
+        noisy=_cfg("full_fmnist_mlp_noisy"),
+        seminar=_cfg("seminar_fmnist_cnn", frac_train=0.25),
+        seeds=[0, 1, 2], rhos=[0.05, 0.1, 0.2], rho=0.1, small_acc=8, accs=[1, 4, 8, 32],
+        switch=0.75, rho_unnorm=0.1, noisy_acc=4, looksam_k=5, workers=1,
+    ),
+}  # fmt: skip
+
+# The paper profile: the original setups (REFERENCE.md 4.1) as named configs, for a GPU with the
+# data on disk (``make reproduce PROFILE=paper``, or ``python -m analysis.deep_nets --profile
+# paper``). The experiments build the same sweeps on these bases.
+PAPER_CONFIGS = {
+    "fig1": ["fig1_resnet18_cifar10_msam", "fig1_resnet34gn_cifar100_msam"],
+    "m_sharpness": ["msharpness_resnet18_cifar10"],
+    "finetune": ["fig9_erm_to_sam_cifar10", "fig9_sam_to_erm_cifar10"],
+    "noisy": ["fig12_noisy_labels_cifar10"],
+    "convergence": ["convergence_resnet18_cifar10"],
+    "looksam": ["looksam_resnet18_cifar10"],
+    "seminar": ["seminar_fmnist_cnn"],
+}
+PROFILES["paper"] = _common(
+    base=_cfg("fig1_resnet18_cifar10_msam"),
+    noisy=_cfg("fig12_noisy_labels_cifar10"),
+    seminar=_cfg("seminar_fmnist_cnn"),
+    # Fig. 1's rho grid; m = 128 / acc_steps in {128, 64, 16, 4}; the switch at 90% of training
+    seeds=[0, 1, 2], rhos=[0.025, 0.05, 0.1, 0.2, 0.4], rho=0.1, small_acc=8, accs=[1, 2, 8, 32],
+    switch=0.9, rho_unnorm=0.1, noisy_acc=8, looksam_k=5, workers=0,
+)  # fmt: skip
+for _p in PROFILES.values():
+    _p.setdefault("seminar_rho", 0.05)

@@ -1,0 +1,26 @@
+"""full_fmnist_mlp: the base run of the full-profile deep-net experiments (CPU, <= 2 hours).
+
+Claim: as quick_mnist1d_mlp (Fig. 1, m-sharpness, Fig. 9, convergence, LookSAM), with 3 seeds and
+the 10 000 Fashion-MNIST test examples so that a gap of about one point clears 2 standard errors.
+Paper number: ResNet-18 CIFAR-10 (REFERENCE.md 4.1): ERM ~5.1%, 128-SAM 4.25-4.75%, n-SAM ~5.1%.
+Command: python deep_nets/train.py --config full_fmnist_mlp (python -m analysis.reproduce
+    --profile full --only deep_nets for the sweep)
+Measured here: not run yet (estimate in deep_nets/README.md).
+Deviation: an MLP on 20% of Fashion-MNIST (10 800 examples), 30 epochs, cosine, no augmentation.
+"""
+
+FLAGS = dict(
+    dataset="fashion_mnist",
+    model="mlp",
+    model_width=256,
+    batch_size=128,
+    epochs=30,
+    lr_max=0.05,
+    lr_schedule="cosine",
+    l2_reg=5e-4,
+    no_data_augm=True,
+    frac_train=0.2,
+    n_eval_train=2000,
+    n_sharpness=512,
+    sharpness_m=128,
+)

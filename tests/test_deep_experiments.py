@@ -1,0 +1,172 @@
+"""Deep-net experiments without training: the paper configs against REFERENCE.md's settings
+(table-driven), the claims rows' verdicts on synthetic per-seed tables, run identity, the
+interpolation measure and the small statistics the claims use."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from analysis.deep_nets import experiments as ex
+from analysis.deep_nets.interpolation import interpolate_losses
+from analysis.deep_nets.profiles import PAPER_CONFIGS, PROFILES
+from analysis.deep_nets.runs import Outcome, Spec, compare_rows, n_test, to_argv
+from deep_nets.config import TrainConfig, check_config, load_named_config
+
+# REFERENCE.md 4.1, written out by hand: the original's settings for each paper figure.
+RESNET18_C10 = dict(dataset="cifar10", model="resnet18", batch_size=128, epochs=200, lr_max=0.1,
+                    lr_schedule="piecewise", l2_reg=5e-4)  # fmt: skip
+PAPER_TABLE = {
+    "fig1_resnet18_cifar10_msam": dict(RESNET18_C10, momentum=0.9),
+    "fig1_resnet34gn_cifar100_msam": dict(RESNET18_C10, dataset="cifar100", model="resnet34_gn"),
+    "msharpness_resnet18_cifar10": dict(RESNET18_C10, momentum=0.9),
+    "fig9_erm_to_sam_cifar10": dict(RESNET18_C10, sam_epoch_frac_start=0.9,
+                                    sam_epoch_frac_end=1.0),
+    "fig9_sam_to_erm_cifar10": dict(RESNET18_C10, sam_epoch_frac_start=0.0,
+                                    sam_epoch_frac_end=0.9),
+    "fig12_noisy_labels_cifar10": dict(RESNET18_C10, epochs=1000, p_label_noise=0.6,
+                                       noise_type="sym"),
+    "convergence_resnet18_cifar10": RESNET18_C10,
+    "looksam_resnet18_cifar10": dict(RESNET18_C10, sam_variant="looksam", looksam_k=5,
+                                     looksam_alpha=0.7),
+    "seminar_fmnist_cnn": dict(dataset="fashion_mnist", model="cnn", lr_schedule="cosine"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", sorted(PAPER_TABLE))
+def test_paper_configs_match_reference(name):
+    flags = load_named_config(name)
+    for k, v in PAPER_TABLE[name].items():
+        assert flags[k] == v, f"{name}: {k} = {flags[k]!r}, REFERENCE.md says {v!r}"
+    check_config(TrainConfig(**flags))
+    doc = __import__(f"deep_nets.configs.{name}", fromlist=["x"]).__doc__
+    for field in ("Claim:", "Paper number", "Command:", "Measured here"):
+        assert field in doc, f"{name}: the header lacks {field!r}"
+
+
+def test_every_paper_config_is_in_the_table():
+    assert {c for cs in PAPER_CONFIGS.values() for c in cs} == set(PAPER_TABLE)
+
+
+def test_paper_profile_sweeps_are_the_papers():
+    P = PROFILES["paper"]
+    assert P["rhos"] == [0.025, 0.05, 0.1, 0.2, 0.4]  # Fig. 1's grid
+    assert sorted(128 // a for a in P["accs"]) == [4, 16, 64, 128]
+    assert P["base"]["batch_size"] == 128 and P["noisy"]["epochs"] == 1000
+    assert P["switch"] == 0.9 and P["seminar_rho"] == 0.05 and P["looksam_k"] == 5
+    assert len(P["seeds"]) >= 3 and len(PROFILES["full"]["seeds"]) >= 3
+
+
+def test_fig12_schedule_drops_at_500_and_750():
+    from deep_nets.train import lr_at
+
+    f = load_named_config("fig12_noisy_labels_cifar10")
+    lr = [lr_at(f["lr_schedule"], 0.1, f["epochs"], t) for t in (499.9, 500.1, 749.9, 750.1)]
+    assert lr == pytest.approx([0.1, 0.01, 0.01, 0.001])
+
+
+@pytest.mark.parametrize("profile", ["quick", "full", "paper", "test"])
+def test_every_run_of_every_profile_is_a_valid_config(profile):
+    P = PROFILES[profile]
+    specs = [s for e in ex.EXPERIMENTS.values() for s in e.specs(P)]
+    assert len({s.dirname() for s in specs}) == len(set(specs))  # distinct runs, distinct dirs
+    for s in set(specs):
+        check_config(TrainConfig(**s.as_dict))
+
+
+# ------------------------------------------------------------------ verdicts on synthetic tables
+def _rows(base, meth, n=10_000):
+    a, b = Outcome("A", [], best=base, last=base), Outcome("B", [], best=meth, last=meth)
+    return compare_rows(a, b, claim="c", paper="p", paper_value="v", profile="quick", figure="",
+                        note="", n=n)  # fmt: skip
+
+
+def test_verdicts_follow_the_gap_and_its_noise():
+    good = _rows([0.20, 0.21, 0.20], [0.10, 0.11, 0.10])
+    assert [r["verdict"] for r in good] == ["reproduced"] * 2
+    assert good[0]["gap"] == pytest.approx(100 * (0.61 - 0.31) / 3)
+    reversed_ = _rows([0.10, 0.11, 0.10], [0.20, 0.21, 0.20])
+    assert [r["verdict"] for r in reversed_] == ["contradicted"] * 2
+    tiny = _rows([0.200, 0.201, 0.199], [0.199, 0.200, 0.198])
+    assert [r["verdict"] for r in tiny] == ["within noise"] * 2
+    one_seed = _rows([0.30], [0.10])
+    assert [r["verdict"] for r in one_seed] == ["within noise"] * 2
+    # the binomial term: the same 1-point gap is noise on 100 test examples, not on 10^6
+    seeds_a, seeds_b = [0.200, 0.201, 0.199], [0.190, 0.191, 0.189]
+    assert _rows(seeds_a, seeds_b, n=100)[0]["verdict"] == "within noise"
+    assert _rows(seeds_a, seeds_b, n=10**6)[0]["verdict"] == "reproduced"
+
+
+def test_n_test_follows_the_eval_cap():
+    assert n_test(Spec.make({"dataset": "fashion_mnist"}, 0)) == 10_000
+    assert n_test(Spec.make({"dataset": "fashion_mnist", "n_eval": 2000}, 0)) == 2000
+    assert n_test(Spec.make({"dataset": "mnist1d", "n_eval": 5000}, 0)) == 1000
+
+
+# ------------------------------------------------------------------------------- run identity
+def test_spec_identity_ignores_defaults_and_runtime_flags():
+    a = Spec.make({"dataset": "mnist1d", "sam_rho": 0.0, "acc_steps": 1, "workers": 1}, 0)
+    b = Spec.make({"dataset": "mnist1d"}, 0)
+    assert a == b and a.dirname() == b.dirname() and a.dirname().startswith("erm_")
+    c = Spec.make({"dataset": "mnist1d", "sam_rho": 0.1, "acc_steps": 8}, 0)
+    assert c.dirname().startswith("sam-r0.1-m16_") and c.dirname() != b.dirname()
+    assert Spec.make({"dataset": "mnist1d"}, 1).dirname() != b.dirname()
+
+
+def test_to_argv_round_trips_through_the_trainer_cli(tmp_path):
+    from deep_nets.train import config_from_argv
+
+    flags = {"dataset": "mnist1d", "model": "mlp", "no_data_augm": True, "half_prec": False,
+             "sam_rho": 0.05, "acc_steps": 4, "model_width": None,
+             "out_dir": str(tmp_path / "r")}  # fmt: skip
+    cfg = config_from_argv(to_argv(flags))
+    assert cfg.no_data_augm and not cfg.half_prec and cfg.sam_rho == 0.05 and cfg.acc_steps == 4
+
+
+# ------------------------------------------------------------------------------ interpolation
+def test_interpolation_of_a_linear_model_is_the_loss_of_the_mixed_weights():
+    torch.manual_seed(0)
+    x, y = torch.randn(64, 5), torch.randint(0, 3, (64,))
+    net = nn.Linear(5, 3)
+    a = {k: torch.randn_like(v) for k, v in net.state_dict().items()}
+    b = {k: torch.randn_like(v) for k, v in net.state_dict().items()}
+    ts = [-0.5, 0.0, 0.3, 1.0, 1.5]
+    out = interpolate_losses(net, a, b, ts, {"train": (x, y)}, batch_size=16)
+    for t, got in zip(ts, out["train"], strict=True):
+        w = (1 - t) * a["weight"] + t * b["weight"]
+        bias = (1 - t) * a["bias"] + t * b["bias"]
+        ref = nn.functional.cross_entropy(x @ w.T + bias, y).item()
+        assert got == pytest.approx(ref, rel=1e-5)
+
+
+def test_interpolation_recomputes_batch_norm_statistics():
+    torch.manual_seed(0)
+    x, y = 3 + 2 * torch.randn(256, 4), torch.randint(0, 2, (256,))
+    net = nn.Sequential(nn.BatchNorm1d(4, affine=False), nn.Linear(4, 2))
+    sd = {k: v.clone() for k, v in net.state_dict().items()}
+    sd["0.running_mean"].fill_(100.0)  # stale statistics of a trained net must not survive
+    sd["0.num_batches_tracked"].fill_(1000)
+    interpolate_losses(net, sd, sd, [0.5], {"train": (x, y)}, batch_size=32)
+    assert torch.allclose(net[0].running_mean, x.mean(0), atol=1e-4)
+    # momentum None: the running variance is the plain average of the 8 batches' unbiased variances
+    batch_var = torch.stack([x[i : i + 32].var(0, unbiased=True) for i in range(0, 256, 32)])
+    assert torch.allclose(net[0].running_var, batch_var.mean(0), rtol=1e-4)
+
+
+def test_barrier_is_the_bump_above_the_worse_end():
+    t = [-0.5, 0.0, 0.5, 1.0, 1.5]
+    assert ex.barrier({"t": t, "train": [9.0, 0.1, 0.5, 0.2, 9.0]}) == pytest.approx(0.3)
+    assert ex.barrier({"t": t, "train": [9.0, 0.1, 0.1, 0.2, 9.0]}) == pytest.approx(0.0)
+
+
+def test_first_epoch_below_and_cpu_per_epoch():
+    rows = [{"epoch": e, "epoch_end": True, "train_err_noisy": v, "train_cpu_seconds": 2.0}
+            for e, v in ((1, 0.9), (2, 0.6), (3, 0.4), (4, 0.1))]  # fmt: skip
+    run = {"metrics": rows}
+    assert ex.first_epoch_below(run, "train_err_noisy", 0.5) == 3
+    assert ex.first_epoch_below(run, "train_err_noisy", 0.05) == 5  # never: one past the end
+    assert ex.cpu_per_epoch(run) == pytest.approx(2.0)
+    assert not math.isnan(ex.cpu_per_epoch(run))
