@@ -188,7 +188,13 @@ def run_experiments(profile: str, results_dir: Path, scale: float = 1.0) -> Path
 # ------------------------------------------------------------------------------------- reading
 def load_experiment(results_dir: Path, name: str) -> dict:
     """{"config", "summary", "series": {run index: {"iter", "train_loss", "test_loss", "l1"}}}."""
-    run = load_run(Path(results_dir) / FAMILY / name)
+    path = Path(results_dir) / FAMILY / name
+    if not (path / "config.json").exists():
+        raise FileNotFoundError(
+            f"no {FAMILY} results at {path}: run `make reproduce` (or "
+            f"`python -m analysis.reproduce --only {FAMILY}`) first"
+        )
+    run = load_run(path)
     series: dict[int, dict[str, list]] = {}
     for row in run["metrics"]:
         s = series.setdefault(row["run"], {"iter": [], "train_loss": [], "test_loss": [], "l1": []})
