@@ -27,20 +27,16 @@ the original's GD: not multiplied by gamma).
 from __future__ import annotations
 
 import ctypes
-import hashlib
-import os
-import platform
-import shutil
-import subprocess
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from suite.cbuild import load_library
+
 _SRC = Path(__file__).with_name("_kernel.c")
 # -march=native: vector instructions of this CPU (the cache key includes its flags);
 # -ffp-contract=off and no -ffast-math: plain IEEE float64, no fused or reordered arithmetic.
-_FLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fno-fast-math", "-fPIC", "-shared"]
+_FLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fno-fast-math"]
 _LIB = None
 _ERROR: str | None = None
 
@@ -60,59 +56,14 @@ class RunParams(ctypes.Structure):
     ]
 
 
-def cache_dir() -> Path:
-    """Where the compiled kernel lives: $SHARPNESS_CACHE or ~/.cache/sharpness."""
-    root = os.environ.get("SHARPNESS_CACHE") or Path.home() / ".cache" / "sharpness"
-    return Path(root)
-
-
-def _cpu_flags() -> str:
-    """This CPU's feature flags (part of the cache key, since we compile for -march=native)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next((line for line in f if line.startswith("flags")), platform.processor())
-    except OSError:
-        return platform.machine() + platform.processor()
-
-
-def _compile() -> Path:
-    src = _SRC.read_bytes()
-    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-    if cc is None:
-        raise RuntimeError("no C compiler (cc/gcc) on PATH")
-    key = hashlib.sha256(src + " ".join([cc, *_FLAGS, _cpu_flags()]).encode()).hexdigest()[:16]
-    out = cache_dir() / f"dln_kernel_{key}.so"
-    if out.exists():
-        return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    # compile to a private name, then rename: concurrent processes never load a partial file
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
-    os.close(fd)
-    try:
-        for flags in (_FLAGS, [f for f in _FLAGS if f != "-march=native"]):
-            # a compiler without -march=native (some clang targets) gets the portable build
-            proc = subprocess.run(
-                [cc, *flags, "-o", tmp, str(_SRC), "-lm"], capture_output=True, text=True
-            )
-            if proc.returncode == 0:
-                break
-        if proc.returncode != 0:
-            raise RuntimeError(f"{cc} failed: {proc.stderr.strip()[:500]}")
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return out
-
-
 def load():
     """The compiled library, or None (with ``error()`` saying why) when it cannot be built."""
     global _LIB, _ERROR
     if _LIB is not None or _ERROR is not None:
         return _LIB
     try:
-        lib = ctypes.CDLL(str(_compile()))
-    except (OSError, RuntimeError) as e:
+        lib = load_library(_SRC, _FLAGS, prefix="dln_kernel")
+    except RuntimeError as e:
         _ERROR = str(e)
         return None
     f = lib.dln_advance

@@ -10,36 +10,20 @@ back to the torch path when it did not (``--backend auto``).
 from __future__ import annotations
 
 import ctypes
-import hashlib
-import os
-import platform
-import shutil
-import subprocess
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from suite.cbuild import load_library
+
 SOURCE = Path(__file__).with_name("kernel.c")
 # -O3 without -ffast-math: no reassociation, so the sums run in a fixed order (deterministic);
 # -march=native is safe because the cache lives on the machine that compiled it.
-CFLAGS = ["-O3", "-march=native", "-fopenmp-simd", "-shared", "-fPIC", "-std=c99"]
+CFLAGS = ["-O3", "-march=native", "-fopenmp-simd", "-std=c99"]
 STATUS = {0: "running", 1: "stopped", 2: "diverged", 3: "finished"}
 
 _LIB: ctypes.CDLL | None = None
 _ERROR: str | None = None
-
-
-def _cache_dir() -> Path:
-    root = os.environ.get("XDG_CACHE_HOME") or str(Path(tempfile.gettempdir()))
-    return Path(root) / f"sharpness-suite-{os.getuid() if hasattr(os, 'getuid') else 'u'}"
-
-
-def _compiler() -> str | None:
-    for name in (os.environ.get("CC"), "cc", "gcc", "clang"):
-        if name and shutil.which(name):
-            return name
-    return None
 
 
 def _load() -> ctypes.CDLL:
@@ -49,23 +33,8 @@ def _load() -> ctypes.CDLL:
     if _ERROR is not None:
         raise RuntimeError(_ERROR)
     try:
-        cc = _compiler()
-        if cc is None:
-            raise RuntimeError("no C compiler (cc, gcc or clang) on PATH")
-        src = SOURCE.read_bytes()
-        key = hashlib.sha256(src + " ".join([cc, *CFLAGS, platform.machine()]).encode())
-        out = _cache_dir() / f"relu_kernel_{key.hexdigest()[:16]}.so"
-        if not out.exists():
-            out.parent.mkdir(parents=True, exist_ok=True)
-            tmp = out.with_suffix(f".{os.getpid()}.tmp")
-            res = subprocess.run(
-                [cc, *CFLAGS, str(SOURCE), "-o", str(tmp), "-lm"], capture_output=True, text=True
-            )
-            if res.returncode != 0:
-                raise RuntimeError(f"{cc} failed on {SOURCE.name}: {res.stderr.strip()[:500]}")
-            os.replace(tmp, out)  # atomic: concurrent first uses never load a half-written .so
-        lib = ctypes.CDLL(str(out))
-    except (OSError, RuntimeError) as e:
+        lib = load_library(SOURCE, CFLAGS, prefix="relu_kernel")
+    except RuntimeError as e:
         _ERROR = f"the C backend is unavailable: {e}"
         raise RuntimeError(_ERROR) from e
     dp, lp = ctypes.POINTER(ctypes.c_double), ctypes.POINTER(ctypes.c_long)

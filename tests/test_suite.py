@@ -1,6 +1,7 @@
 """The suite's shared infrastructure: atomic writes, run directories, seeds, devices, Ctrl-C,
 claims tables, the verdict function, and the SAM library's independence from all of it."""
 
+import ctypes
 import json
 import math
 import os
@@ -263,3 +264,29 @@ def test_sharpness_imports_with_only_torch_and_numpy():
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
+
+
+def test_cbuild_compiles_caches_and_explains_a_missing_compiler(tmp_path, monkeypatch):
+    from suite import cbuild
+
+    monkeypatch.setenv("SHARPNESS_CACHE", str(tmp_path / "cache"))
+    src = tmp_path / "k.c"
+    src.write_text("double twice(double x) { return 2.0 * x; }\n")
+    if cbuild.compiler() is None:
+        pytest.fail("no C compiler here: the suite's images install gcc")
+    lib = cbuild.load_library(src, ["-O2"], prefix="t")
+    lib.twice.restype = ctypes.c_double
+    lib.twice.argtypes = [ctypes.c_double]
+    assert lib.twice(21.0) == 42.0
+    first = cbuild.build(src, ["-O2"], prefix="t")
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
+    with pytest.raises(RuntimeError, match="no C compiler"):
+        cbuild.build(src, ["-O2"], prefix="t")
+    monkeypatch.delenv("CC")
+    assert cbuild.build(src, ["-O2"], prefix="t") == first
+    src.write_text("double twice(double x) { return 2.0 * x + 0.0; }\n")
+    assert cbuild.build(src, ["-O2"], prefix="t") != first  # new source, new object
+    src.write_text("this is not C\n")
+    with pytest.raises(RuntimeError, match="failed on k.c"):
+        cbuild.load_library(src, ["-O2"], prefix="t")
+    assert [p.suffix for p in (tmp_path / "cache").iterdir()] == [".so", ".so"]  # no temp left
