@@ -181,7 +181,7 @@ class HessianOperator:
         with torch.enable_grad(), eval_mode(self.model, self.eval_mode):
             for x, y in self._iter():
                 loss, grads = self._grads(x, y, create_graph=False)
-                tot += float(loss) * x.shape[0]
+                tot += float(loss.detach()) * x.shape[0]
                 g += flat(grads) * x.shape[0]
                 n += x.shape[0]
         return tot / n, g / n
@@ -264,9 +264,11 @@ def lanczos(
                 break
             beta.append(0.0)
             Q[j + 1] = w / wn
-        else:
-            beta.append(b)
-            Q[j + 1] = w / b
+            # no convergence check here: beta = 0 makes every residual vanish, yet copies of
+            # the eigenvalues found (multiplicities) may still be missing from the new block
+            continue
+        beta.append(b)
+        Q[j + 1] = w / b
         if callback is not None and callback(np.array(alpha), np.array(beta)):
             break
     k = len(alpha)
