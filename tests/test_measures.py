@@ -22,6 +22,7 @@ from sharpness.measures import (
     interpolate,
     lanczos,
     m_sharpness,
+    random_ball_point,
     recompute_bn_stats,
     slice_1d,
     slice_2d,
@@ -487,3 +488,39 @@ def test_batch_norm_recomputation():
     with torch.no_grad():
         assert rows[0]["loss"] == pytest.approx(float(CE(m(x), y)), rel=1e-12)
         assert rows[0]["loss"] != pytest.approx(float(CE(model(x), y)), rel=1e-6)
+
+
+class Bump(nn.Module):
+    """L(w) = -(w - 0.25)^2 for a scalar w starting at 0."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.zeros(1, dtype=D))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (-((self.w - 0.25) ** 2)).expand(x.shape[0])
+
+
+def test_worst_case_keeps_the_best_iterate():
+    """Steps of 0.6 overshoot the bump's top at 0.25: the iterates alternate 0.6, 0, 0.6, ...
+    with losses -0.1225, -0.0625, -0.1225; the estimate is the best iterate (0 = back at the
+    start), never the last one."""
+    kw = dict(m=8, rho=1.0, step_size_mult=0.6, error_fn=None)
+    for p in (2.0, math.inf):
+        one = m_sharpness(Bump(), mean_out, QX, QY, steps=1, p=p, **kw)["sharpness"]
+        assert one == pytest.approx(-0.1225 + 0.0625, abs=1e-12)
+        for k in (2, 3):
+            s = m_sharpness(Bump(), mean_out, QX, QY, steps=k, p=p, **kw)["sharpness"]
+            assert s == pytest.approx(0.0, abs=1e-9)
+
+
+def test_random_ball_points_fill_the_ball():
+    """Uniform in the L2 disc (n = 2): P(r <= rho / 2) = 1/4; uniform in the L-inf cube."""
+    gen = torch.Generator().manual_seed(0)
+    r = [
+        float(random_ball_point([torch.Size([2])], 0.3, 2.0, gen, D)[0].norm()) for _ in range(4000)
+    ]  # noqa: E501
+    assert max(r) <= 0.3 + 1e-12
+    assert np.mean(np.array(r) <= 0.15) == pytest.approx(0.25, abs=0.03)
+    u = random_ball_point([torch.Size([3, 1000])], 0.3, math.inf, gen, D)[0]
+    assert float(u.abs().max()) <= 0.3 and float(u.abs().mean()) == pytest.approx(0.15, abs=0.01)
