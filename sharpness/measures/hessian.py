@@ -150,10 +150,14 @@ class HessianOperator:
         return loss, [torch.zeros_like(p) if g is None else g for p, g in zip(self.params, gs)]
 
     def _hv(self, grads: list[Tensor], vs: list[Tensor], retain: bool) -> Tensor:
-        dot = sum((g * v).sum() for g, v in zip(grads, vs))
-        if not dot.requires_grad:  # the gradient does not depend on w: H = 0
+        # d/dw <g(w), v> as one vector-Jacobian product of g (grad_outputs = v)
+        live = [i for i, g in enumerate(grads) if g.requires_grad]
+        if not live:  # the gradient does not depend on w: H = 0
             return torch.zeros(self.dim, dtype=self.dtype, device=self.device)
-        hs = torch.autograd.grad(dot, self.params, retain_graph=retain, allow_unused=True)
+        hs = torch.autograd.grad(
+            [grads[i] for i in live], self.params, grad_outputs=[vs[i] for i in live],
+            retain_graph=retain, allow_unused=True,
+        )  # fmt: skip
         return flat([torch.zeros_like(p) if h is None else h for p, h in zip(self.params, hs)])
 
     def hvp(self, v: Tensor) -> Tensor:
