@@ -138,10 +138,14 @@ def test_landscape_and_interpolation(runs):
     assert [float(r["t"]) for r in rows] == [-0.5, 0.0, 0.5, 1.0, 1.5]
     assert float(rows[1]["loss"]) == pytest.approx(la, rel=1e-5)
     assert float(rows[3]["loss"]) == pytest.approx(lb, rel=1e-5)
+    one_d = {float(r["alpha"]): float(r["loss"]) for r in _csv(root / "a", "landscape")}
     ES.main(["--model_path", str(root / "a"), "--measure", "landscape", "--dim", "2",
-             "--name", "l2", "--n_examples", "32", "--points", "3"])  # fmt: skip
-    rows = _csv(root / "a", "l2")
-    assert len(rows) == 9 and {float(r["beta"]) for r in rows} == {-1.0, 0.0, 1.0}
+             "--name", "l2", "--split", "test", "--n_examples", "0", "--points", "3"])  # fmt: skip
+    rows = {(float(r["alpha"]), float(r["beta"])): float(r["loss"]) for r in _csv(root / "a", "l2")}
+    assert len(rows) == 9
+    for a_ in (-1.0, 0.0, 1.0):  # the first direction is the 1-D slice's (same seed)
+        assert rows[(a_, 0.0)] == pytest.approx(one_d[a_], rel=1e-6)
+    assert rows[(0.0, 1.0)] != pytest.approx(rows[(1.0, 0.0)], rel=1e-4)  # a second direction
 
 
 def test_bad_paths_and_flags_are_clear_errors(runs, tmp_path, capsys):
