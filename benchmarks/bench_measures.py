@@ -12,11 +12,13 @@ and 1024 training examples as one batch. One intra-op thread (a shared 2-core ma
 - Top-5 eigenvalues and density: ours (Lanczos, full re-orthogonalization, tol 1e-4; SLQ with
   90 steps) vs PyHessian (power iteration with deflation, its defaults maxIter 100, tol 1e-3;
   density iter 90, n_v 1). Accuracy against a float64 Lanczos run to tol 1e-10 (validated against
-  exact Hessians in tests/test_measures.py); time ratio ours / PyHessian.
+  exact Hessians in tests/test_measures.py); time ratio ours / PyHessian. PyHessian's density
+  crashes on current torch (it calls the removed ``torch.eig``); a shim supplies it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import statistics
 import time
@@ -92,6 +94,28 @@ def _pyhessian(model, x, y):
     return hessian(model, F.cross_entropy, data=(x, y), cuda=False)
 
 
+@contextlib.contextmanager
+def _torch_eig_shim():
+    """PyHessian's ``density`` calls ``torch.eig(T, eigenvectors=True)``, removed from torch
+    (1.9+): it crashes as released. Its T is symmetric, so the old API's (eigenvalues as an
+    (n, 2) real/imaginary table, eigenvectors) is supplied from ``torch.linalg.eigh`` for the
+    duration of the call."""
+    old = torch.__dict__.get("eig")
+
+    def eig(a, eigenvectors=False):
+        w, v = torch.linalg.eigh(a)
+        return torch.stack([w, torch.zeros_like(w)], 1), v
+
+    torch.eig = eig
+    try:
+        yield
+    finally:
+        if old is None:
+            del torch.eig
+        else:
+            torch.eig = old
+
+
 def bench_eigen_density(model, x, y) -> dict:
     ref_op = M.HessianOperator(model, F.cross_entropy, (x, y), dtype=torch.float64)
     ref = M.top_eigenvalues(ref_op, 5, max_iter=400, tol=1e-10, seed=0).eigenvalues
@@ -111,7 +135,8 @@ def bench_eigen_density(model, x, y) -> dict:
 
     def peer_density():
         torch.manual_seed(0)
-        return _pyhessian(model, x, y).density(iter=90, n_v=1)
+        with _torch_eig_shim():
+            return _pyhessian(model, x, y).density(iter=90, n_v=1)
 
     def timed(fn):
         t = time.perf_counter()
@@ -178,6 +203,9 @@ def main() -> str:
         f"| density: largest node / lambda_max | {e['d_top_ours'] / e['reference'][0]:.6f} | "
         f"{e['d_top_peer'] / e['reference'][0]:.6f} | |",
         f"| density: sum of weights | {e['d_wsum_ours']:.6f} | {e['d_wsum_peer']:.6f} | |",
+        "",
+        "PyHessian's `density` calls `torch.eig`, removed from torch: it crashes as released; "
+        "the benchmark supplies `torch.eig` from `torch.linalg.eigh` for it (T is symmetric).",
         "",
         "Reference top-5 (float64 Lanczos, tol 1e-10): "
         + ", ".join(f"{v:.5g}" for v in e["reference"])
