@@ -166,12 +166,14 @@ class HessianOperator:
             raise ValueError(f"v must be a flat vector of length {self.dim}, got {tuple(v.shape)}")
         vs = unflat(v.to(self.dtype), self.params)
         self.n_products += 1
-        with torch.enable_grad(), eval_mode(self.model, self.eval_mode):
-            if self._cache:
-                if self._graph is None:
+        if self._cache:
+            if self._graph is None:
+                with torch.enable_grad(), eval_mode(self.model, self.eval_mode):
                     x, y = self._batches[0]
                     self._graph = self._grads(x, y, create_graph=True)[1]
-                return self._hv(self._graph, vs, retain=True).detach()
+            # a backward through the stored graph: no forward, so no mode switches
+            return self._hv(self._graph, vs, retain=True).detach()
+        with torch.enable_grad(), eval_mode(self.model, self.eval_mode):
             total, n = torch.zeros(self.dim, dtype=self.dtype, device=self.device), 0
             for x, y in self._iter():
                 grads = self._grads(x, y, create_graph=True)[1]
