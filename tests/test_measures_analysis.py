@@ -14,6 +14,16 @@ from analysis import measures as AM
 from suite.claims import VERDICTS, compare_seeds
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: a second intra-op thread only spins on a shared machine (measured: 13 s of
+    CPU for these files with one thread, 58 s with two under load)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def test_reproduce_test_profile(tmp_path):
     AM.reproduce("test", tmp_path / "results", tmp_path / "figures")
     for fig in (AM.FIG1, AM.FIG2):

@@ -26,6 +26,16 @@ from suite.rundir import atomic_torch_save, create_run_dir
 CFG = dict(dataset="mnist1d", model="mlp", model_width=4, frac_train=0.05, seed=3)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: a second intra-op thread only spins on a shared machine (measured: 13 s of
+    CPU for these files with one thread, 58 s with two under load)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def _make_run(path, seed: int, cfg: dict = CFG):
     splits = load_dataset("mnist1d", None, seed=cfg["seed"], frac_train=cfg["frac_train"])
     torch.manual_seed(seed)
