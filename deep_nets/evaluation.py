@@ -9,13 +9,14 @@ offers the same estimate.
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sharpness import functional as SF
+from sharpness.measures import m_sharpness
 
 Autocast = Callable[[], contextlib.AbstractContextManager]
 
@@ -64,33 +65,21 @@ def logged_sharpness(
     autocast: Autocast = contextlib.nullcontext,
 ) -> Tensor:
     """One-step m-sharpness of (x, y): the sum over consecutive chunks c of m examples of
-    L_c(w + e_c) - L_c(w), with e_c = rho g_c / (||g_c||_2 + 1e-12), g_c = grad L_c(w) and L_c the
-    mean cross-entropy over the chunk (no regularizer), in eval mode (running batch-norm
-    statistics). Returns [sum of differences, number of chunks] in float64 (reduce across
-    workers, then divide); a trailing partial chunk is ignored. The weights are never modified
-    (the perturbed loss is a ``functional_call``)."""
-    was = net.training
-    net.eval()
-    names = [n for n, p in net.named_parameters() if p.requires_grad]
-    params = [p for p in net.parameters() if p.requires_grad]
-    out = torch.zeros(2, dtype=torch.float64, device=x.device)
-    for i in range(0, x.shape[0] - m + 1, m):
-        xc, yc = x[i : i + m], y[i : i + m]
-        with torch.enable_grad(), autocast():
-            loss = F.cross_entropy(net(xc).float(), yc)
-            grads = torch.autograd.grad(loss, params, allow_unused=True)
-        grads = [
-            torch.zeros_like(p) if g is None else g for p, g in zip(params, grads, strict=True)
-        ]
-        with torch.no_grad():
-            es = SF.perturbation(grads, rho)
-            moved = {n: p + e for n, p, e in zip(names, params, es, strict=True)}
-            with autocast():
-                ploss = F.cross_entropy(torch.func.functional_call(net, moved, (xc,)).float(), yc)
-        out[0] += (ploss - loss.detach()).double()
-        out[1] += 1
-    net.train(was)
-    return out
+    L_c(w + e_c) - L_c(w), with e_c = rho g_c / ||g_c||_2, g_c = grad L_c(w) and L_c the mean
+    cross-entropy over the chunk (no regularizer), in eval mode (running batch-norm statistics).
+    This is ``sharpness.measures.m_sharpness`` with one ascent step (the suite's one definition
+    of m-sharpness), measured in full precision whatever ``autocast`` the training uses. Returns
+    [sum of differences, number of chunks] in float64 (reduce across workers, then divide); a
+    trailing partial chunk is ignored. The weights are never modified."""
+    del autocast  # the measure runs in the parameters' precision (float32): see docstring
+    r = m_sharpness(net, _ce, x, y, m=m, rho=rho, steps=1, error_fn=None)
+    return torch.tensor(
+        [math.fsum(r["per_chunk"]), r["n_chunks"]], dtype=torch.float64, device=x.device
+    )
+
+
+def _ce(out: Tensor, y: Tensor) -> Tensor:
+    return F.cross_entropy(out.float(), y)
 
 
 @torch.no_grad()
