@@ -242,6 +242,11 @@ def run_experiments(profile: str, results_dir: Path) -> Path:
 def load_results(profile: str, results_dir: Path) -> dict[str, Any]:
     """{"runs": {opt: [load_run(...) per seed]}, "landscapes": {...}} of a profile."""
     root = Path(results_dir) / FAMILY / profile
+    if not (root / "landscapes.json").exists():
+        raise FileNotFoundError(
+            f"no {FAMILY} results of profile {profile} under {root}: run `make reproduce` (or "
+            f"`python -m analysis.reproduce --only {FAMILY}`) first"
+        )
     runs = {o: [load_run(root / f"{o}_seed{s}") for s in PROFILES[profile]["seeds"]] for o in OPTS}
     return {"runs": runs, "landscapes": read_json(root / "landscapes.json"), "root": root}
 

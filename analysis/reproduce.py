@@ -41,6 +41,7 @@ STAGES = [
     ("deep_nets", "analysis.deep_nets"),
     ("diagonal_linear_nets", "analysis.diagonal_linear_nets"),
     ("one_layer_relu_nets", "analysis.one_layer_relu_nets"),
+    ("measures", "analysis.measures"),
 ]
 # Relative cost of each stage's quick profile: weights the progress bar's ETA (default 1).
 STAGE_COST = {
@@ -48,6 +49,7 @@ STAGE_COST = {
     "deep_nets": 4.0,
     "diagonal_linear_nets": 2.0,
     "one_layer_relu_nets": 5.0,
+    "measures": 1.0,
 }
 PROFILES = ("quick", "full", "paper")
 JOB_RECORD = "reproduce.json"
