@@ -44,7 +44,7 @@ def test_msam_equals_average_of_per_chunk_sam_gradients():
             for p, w in zip(ps, w0):
                 p.copy_(w)
         want = [a + b / 3 for a, b in zip(want, gs)]
-    opt = SAM(ps, torch.optim.SGD, rho=0.1, lr=0.0, eps=0.0)
+    opt = SAM(ps, torch.optim.SGD, rho=0.1, lr=0.0, sam_eps=0.0)
     loss, ploss = msam_backward(opt, model, lambda a, b: loss_fn(model, a, b), x, y, 4)
     for p, w, gw in zip(ps, w0, want):
         assert torch.equal(p.detach(), w)  # weights restored exactly
@@ -76,7 +76,7 @@ def test_msam_multi_step_equals_hand_projected_ascent():
     with torch.no_grad():
         for p, w in zip(ps, w0):
             p.copy_(w)
-    opt = SAM(ps, torch.optim.SGD, rho=rho, lr=0.0, eps=0.0)
+    opt = SAM(ps, torch.optim.SGD, rho=rho, lr=0.0, sam_eps=0.0)
     msam_backward(
         opt, model, lambda a, b: loss_fn(model, a, b), x, y, 8, sam_iters=3, step_size_mult=mult
     )
