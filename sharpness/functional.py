@@ -328,7 +328,10 @@ def project(
         res = []
         for e, s in zip(es, scales):
             r = _bcast(_to(rho, e), e, batch_dims)
-            bound = torch.as_tensor(r if s is None else r * s, dtype=e.dtype, device=e.device)
+            if s is None and not isinstance(r, Tensor):
+                res.append(e.clamp(-r, r))
+                continue
+            bound = (r if s is None else r * s).to(e.dtype)
             res.append(torch.maximum(torch.minimum(e, bound), -bound))
         return _unwrap(res, single)
     unscaled = [
