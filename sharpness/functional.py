@@ -337,7 +337,12 @@ def project(
     unscaled = [
         e if s is None else e / s.clamp_min(torch.finfo(e.dtype).tiny) for e, s in zip(es, scales)
     ]
-    norm = lp_norm(unscaled, p, batch_dims, foreach=False)
+    # ||e||_p as m ||e / m||_p with m = max|e|: no overflow of |e|^p for huge e (float32
+    # squares overflow at 1e19, and an infinite norm would project e to 0).
+    m = _gather([_tensor_amax(u, batch_dims) for u in unscaled]).amax(0)
+    m = m.clamp_min(torch.finfo(m.dtype).tiny)
+    shrunk = [u / _bcast(_to(m, u), u, batch_dims) for u in unscaled]
+    norm = m * lp_norm(shrunk, p, batch_dims, foreach=False)
     factor = torch.clamp(rho / norm.clamp_min(torch.finfo(norm.dtype).tiny), max=1.0)
     return _unwrap([e * _bcast(_to(factor, e), e, batch_dims) for e in es], single)
 

@@ -303,3 +303,13 @@ def test_zero_vectors_give_zero_terms_for_eps_zero(foreach):
         assert torch.equal(a, b)  # g = 0: all of g_s is orthogonal to it
     for a, b in zip(F.looksam_reuse(g, z, 0.7, eps=0.0, foreach=foreach), g):
         assert torch.equal(a, b)  # g_v = 0 adds nothing
+
+
+def test_projection_of_a_huge_float32_perturbation_is_exact():
+    """||e||^2 overflows float32 at ||e|| ~ 1e19; the projection must not turn that into e = 0
+    (the unnormalized ascent with a huge rho goes through it, sam_iters = 1 included)."""
+    e = torch.full((10,), 1e29)
+    assert torch.equal(F.project(e, 1e31), e)
+    torch.testing.assert_close(F.project(e, 1.0), torch.full((10,), 10**-0.5))
+    tiny = torch.full((10,), 1e-30)
+    torch.testing.assert_close(F.project(tiny, 1e-31), torch.full((10,), 1e-31 * 10**-0.5))
