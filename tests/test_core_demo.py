@@ -92,3 +92,7 @@ def test_claims_verdicts_follow_the_seeds():
     assert cost["verdict"] == "reproduced"  # 1.2 vs 1.206: within 5%
     assert "1.20x" in cost["note"]  # wall time 12 s vs 10 s
     assert all(r["verdict"] == "not run" for r in claims_rows({}, "quick", 40))
+    # 1.3 passes per step is 7.8% above the paper's 1.206x: outside the 5% tolerance
+    res["looksam"] = [_run(0.8, 15.0, passes=1.3) for _ in range(3)]
+    cost = next(r for r in claims_rows(res, "full", 100) if "costs" in r["claim"])
+    assert cost["verdict"] == "contradicted"
