@@ -33,10 +33,7 @@ option (SGD has no eps).
 
 from __future__ import annotations
 
-import inspect
 import math
-import sys
-import warnings
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -45,112 +42,18 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from sharpness import functional as F
+from sharpness._options import (
+    LOOKSAM_GLOBAL_OPTIONS,
+    SAM_GLOBAL_OPTIONS,
+    base_keywords,
+    check_bool,
+    check_number,
+    legacy_option,
+    optimizer_name,
+    resolve_alias,
+)
 
 __all__ = ["SAM", "LookSAM"]
-
-# Per-group options of the wrappers (they live in the param groups shared with the base
-# optimizer, so their names must not be any optimizer's group keys) and options that apply to
-# all groups at once (refused in a param group rather than silently ignored there).
-GROUP_OPTIONS = ("sam_rho", "adaptive", "eta", "adaptive_weights_only")
-SAM_GLOBAL_OPTIONS = ("p", "normalize", "layerwise", "max_grad_norm", "sam_eps", "sam_foreach")
-LOOKSAM_GLOBAL_OPTIONS = ("k", "looksam_alpha")
-
-
-def _check_number(name: str, value: Any, positive: bool = False) -> None:
-    """A finite real number >= 0 (> 0 with ``positive``); bools are not numbers here."""
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if not ok or not (value > 0 if positive else value >= 0):
-        raise ValueError(
-            f"{name} must be a finite number {'>' if positive else '>='} 0 (got {value!r})"
-        )
-
-
-def _check_bool(name: str, value: Any) -> None:
-    if not isinstance(value, bool):
-        raise ValueError(f"{name} must be True or False (got {value!r})")
-
-
-def _base_keywords(base_optimizer: Callable[..., Optimizer]) -> tuple[frozenset[str], bool]:
-    """(the keyword names ``base_optimizer`` declares, whether it also takes **kwargs)."""
-    try:
-        sig = inspect.signature(base_optimizer)
-    except (TypeError, ValueError):  # no signature: assume it takes anything
-        return frozenset(), True
-    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-    names = frozenset(n for n, prm in sig.parameters.items() if prm.kind in kinds)
-    var_kw = any(prm.kind == inspect.Parameter.VAR_KEYWORD for prm in sig.parameters.values())
-    return names, var_kw
-
-
-def _name(base_optimizer: Any) -> str:
-    return getattr(base_optimizer, "__name__", type(base_optimizer).__name__)
-
-
-def _resolve_alias(
-    wrapper: str,
-    alias: str,
-    canonical: str,
-    alias_value: Any,
-    canonical_value: Any,
-    default: Any,
-    base_kw: frozenset[str],
-    base_name: str,
-    kwargs: dict[str, Any],
-) -> Any:
-    """The wrapper's value of ``canonical`` given the familiar ``alias`` (rho, alpha).
-
-    If the base optimizer declares ``alias`` itself, ``alias=`` alone is ambiguous and refused;
-    with ``canonical=`` given, ``alias=`` goes to the base optimizer (into ``kwargs``)."""
-    if alias in base_kw:
-        if alias_value is not None and canonical_value is None:
-            raise ValueError(
-                f"{wrapper}(..., {base_name}, {alias}=...) is ambiguous: {base_name} has its own "
-                f"{alias!r} option. Set the wrapper's with {canonical}=...; {alias}=... then goes "
-                f"to {base_name} (e.g. {wrapper}(params, {base_name}, {canonical}=..., "
-                f"{alias}=...))"
-            )
-        if alias_value is not None:
-            kwargs[alias] = alias_value
-    elif alias_value is not None:
-        if canonical_value is not None:
-            raise ValueError(f"{wrapper}: give {alias}= or {canonical}=, not both")
-        return alias_value
-    return default if canonical_value is None else canonical_value
-
-
-def _legacy_option(
-    wrapper: str,
-    legacy: str,
-    canonical: str,
-    canonical_value: Any,
-    base_kw: frozenset[str],
-    base_var_kw: bool,
-    base_name: str,
-    kwargs: dict[str, Any],
-) -> Any:
-    """``eps=`` / ``foreach=``: the base optimizer's when it takes them; otherwise (old code,
-    e.g. SGD has no eps) the wrapper's ``canonical`` option, with a FutureWarning."""
-    if legacy not in kwargs or legacy in base_kw or base_var_kw:
-        return canonical_value
-    value = kwargs.pop(legacy)
-    if canonical_value is not None:
-        raise ValueError(f"{wrapper}: give {canonical}= only ({base_name} has no {legacy!r})")
-    warnings.warn(
-        f"{wrapper}({legacy}=...) with {base_name}, which has no {legacy!r} option, sets the "
-        f"wrapper's {canonical}; write {canonical}=... (with a base optimizer that has "
-        f"{legacy!r}, {legacy}=... goes to the base optimizer)",
-        FutureWarning,
-        stacklevel=_user_stacklevel(),
-    )
-    return value
-
-
-def _user_stacklevel() -> int:
-    """The ``stacklevel`` of the first frame outside this file (the user's constructor call)."""
-    frame, level = sys._getframe(1), 1
-    while frame is not None and frame.f_code.co_filename == __file__:
-        frame, level = frame.f_back, level + 1
-    return level
 
 
 class SAM(Optimizer):
@@ -205,32 +108,32 @@ class SAM(Optimizer):
                 "base_optimizer must be an optimizer class such as torch.optim.SGD (its options go "
                 f"in **kwargs), got {type(base_optimizer).__name__}"
             )
-        base_kw, base_var_kw = _base_keywords(base_optimizer)
-        bname = _name(base_optimizer)
+        base_kw, base_var_kw = base_keywords(base_optimizer)
+        bname = optimizer_name(base_optimizer)
         route = (base_kw, bname, kwargs)
-        rho = _resolve_alias(wrapper, "rho", "sam_rho", rho, sam_rho, 0.05, *route)
+        rho = resolve_alias(wrapper, "rho", "sam_rho", rho, sam_rho, 0.05, *route)
         legacy = (base_kw, base_var_kw, bname, kwargs)
-        sam_eps = _legacy_option(wrapper, "eps", "sam_eps", sam_eps, *legacy)
-        sam_foreach = _legacy_option(wrapper, "foreach", "sam_foreach", sam_foreach, *legacy)
+        sam_eps = legacy_option(wrapper, "eps", "sam_eps", sam_eps, *legacy)
+        sam_foreach = legacy_option(wrapper, "foreach", "sam_foreach", sam_foreach, *legacy)
         sam_eps = 1e-12 if sam_eps is None else sam_eps
-        _check_number("rho", rho)
-        _check_number("eta", eta)
-        _check_number("sam_eps", sam_eps)
+        check_number("rho", rho)
+        check_number("eta", eta)
+        check_number("sam_eps", sam_eps)
         if isinstance(p, bool) or not isinstance(p, (int, float)) or not p > 1:
             raise ValueError(f"p must be a number in (1, inf] (got {p!r})")
         if max_grad_norm is not None:
-            _check_number("max_grad_norm", max_grad_norm, positive=True)
+            check_number("max_grad_norm", max_grad_norm, positive=True)
         for flag, value in (
             ("adaptive", adaptive),
             ("adaptive_weights_only", adaptive_weights_only),
             ("normalize", normalize),
             ("layerwise", layerwise),
         ):
-            _check_bool(flag, value)
+            check_bool(flag, value)
         if layerwise and not normalize:
             raise ValueError("layerwise=True needs normalize=True (trust-ratio radii of g/||g||)")
         if sam_foreach is not None:
-            _check_bool("sam_foreach", sam_foreach)
+            check_bool("sam_foreach", sam_foreach)
         self._base_kw = base_kw
         self._sam_defaults = dict(
             sam_rho=float(rho),
@@ -281,10 +184,10 @@ class SAM(Optimizer):
             group["sam_rho"] = group.pop("rho")
         for k, v in self._sam_defaults.items():
             group.setdefault(k, v)
-        _check_number("rho (sam_rho of a param group)", group["sam_rho"])
-        _check_number("eta (of a param group)", group["eta"])
-        _check_bool("adaptive (of a param group)", group["adaptive"])
-        _check_bool("adaptive_weights_only (of a param group)", group["adaptive_weights_only"])
+        check_number("rho (sam_rho of a param group)", group["sam_rho"])
+        check_number("eta (of a param group)", group["eta"])
+        check_bool("adaptive (of a param group)", group["adaptive"])
+        check_bool("adaptive_weights_only (of a param group)", group["adaptive_weights_only"])
         return group
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -372,7 +275,7 @@ class SAM(Optimizer):
         if projected:
             if isinstance(iters, bool) or not isinstance(iters, int) or iters < 1:
                 raise ValueError(f"sam_iters must be an integer >= 1 (got {iters!r})")
-            _check_number("step_size_mult", step_size_mult, positive=True)
+            check_number("step_size_mult", step_size_mult, positive=True)
             if iters > 1 and grad_at is None:
                 raise ValueError("multi-step ascent (iters > 1) needs grad_at")
         needs_projection = projected and (iters > 1 or step_size_mult > 1 or not self.normalize)
@@ -598,12 +501,12 @@ class LookSAM(SAM):
         if isinstance(base_optimizer, Optimizer) or not callable(base_optimizer):
             alpha = 0.7  # SAM.__init__ reports the bad base_optimizer
         else:
-            base_kw, _ = _base_keywords(base_optimizer)
-            route = (base_kw, _name(base_optimizer), kwargs)
-            alpha = _resolve_alias(
+            base_kw, _ = base_keywords(base_optimizer)
+            route = (base_kw, optimizer_name(base_optimizer), kwargs)
+            alpha = resolve_alias(
                 "LookSAM", "alpha", "looksam_alpha", alpha, looksam_alpha, 0.7, *route
             )
-        _check_number("alpha", alpha)
+        check_number("alpha", alpha)
         super().__init__(params, base_optimizer, rho=rho, layerwise=layerwise, **kwargs)
         self.k = k
         self.alpha = float(alpha)  # type: ignore[arg-type]

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from sharpness import SAM, LookSAM
-from sharpness.optim import GROUP_OPTIONS, LOOKSAM_GLOBAL_OPTIONS, SAM_GLOBAL_OPTIONS
+from sharpness._options import GROUP_OPTIONS, LOOKSAM_GLOBAL_OPTIONS, SAM_GLOBAL_OPTIONS
 from tests.core_utils import loss_fn, params_of, sam_train, tiny_data, tiny_model
 
 OPTIMIZERS = sorted(
