@@ -180,6 +180,11 @@ def one_process_group(tmp_path):
         dist.destroy_process_group()
 
 
+# importing torch.compile's machinery warns about torch.jit internals; not ours to fix
+NO_JIT_WARNING = pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated")
+
+
+@NO_JIT_WARNING
 def test_local_grads_looks_through_torch_compile(one_process_group):
     """torch.compile(ddp_model) used to get a do-nothing context: global SAM, silently. The DDP
     flag that ``no_sync`` switches off (and DDP's backward reads) must be off inside."""
@@ -191,6 +196,7 @@ def test_local_grads_looks_through_torch_compile(one_process_group):
         assert ddp.require_backward_grad_sync
 
 
+@NO_JIT_WARNING
 def test_local_grads_refuses_what_it_cannot_make_local(one_process_group):
     ddp = nn.parallel.DistributedDataParallel(tiny_model())
 
