@@ -541,7 +541,9 @@ class LookSAM(SAM):
                 self.zero_grad()
             return False
         ps = [p for _, p in self._params() if p.grad is not None]
-        if not self._rho_is_zero():  # keep g: its buffer becomes g_v in second_step
+        if self._rho_is_zero():  # no direction at rho = 0 (g_s = g): the base optimizer's steps
+            self._gv = {}
+        else:  # keep g: its buffer becomes g_v in second_step
             bufs = []
             for p in ps:
                 buf = self._gv.get(p)
@@ -561,8 +563,8 @@ class LookSAM(SAM):
             self._ascending = False
             self.restore()
             ps = [p for p in self._ascent_params if p.grad is not None and p in self._gv]
-            if self._rho_is_zero() or not ps:
-                self._gv = {}  # no direction: the steps in between are the base optimizer's
+            if not ps:  # rho = 0 (first_step kept no g) or no gradient
+                self._gv = {}
             else:
                 gv = [self._gv[p] for p in ps]
                 foreach = self._use_foreach(ps)

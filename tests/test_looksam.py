@@ -3,6 +3,7 @@ every loop a researcher types (issue 8, items 2, 4, 5 and LookSAM's eps, item 7)
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -141,6 +142,29 @@ def test_rho_zero_is_the_base_optimizer_bit_for_bit(loop, layerwise):
         assert torch.equal(a, b), (a - b).abs().max()
 
 
+def test_rho_set_to_zero_mid_run_gives_the_base_optimizers_steps():
+    """A rho schedule reaching 0 just before an ascent step: from then on the steps are the base
+    optimizer's, bit for bit (the direction stored by the earlier ascent must not be reused; it
+    is, by LookSAM's design, until the next ascent)."""
+    model = tiny_model()
+    opt = _looksam(model)
+    sam_train(model, opt, 6)  # ascents at steps 0 and 3: a direction is stored; 6 is an ascent
+    assert opt.ascent_due and opt._gv
+    ref = copy.deepcopy(model)
+    sgd = torch.optim.SGD(ref.parameters(), lr=LR, momentum=MOM)
+    sgd.load_state_dict(copy.deepcopy(opt.base_optimizer.state_dict()))  # a copy: not aliased
+    for g in opt.param_groups:
+        g["sam_rho"] = 0.0
+    sam_train(model, opt, 6, start=6)
+    for t in range(6, 12):
+        x, y = tiny_data(seed=100 + t)
+        sgd.zero_grad()
+        loss_fn(ref, x, y).backward()
+        sgd.step()
+    for a, b in zip(params_of(model), params_of(ref)):
+        assert torch.equal(a, b), (a - b).abs().max()
+
+
 @pytest.mark.parametrize("overflow_pass", ["first", "second"])
 def test_gradscaler_overflow_on_an_ascent_step_recovers(overflow_pass):
     """Item 5: an inf in either pass of an ascent step used to store a non-finite g_v, and the
@@ -163,6 +187,8 @@ def test_gradscaler_overflow_on_an_ascent_step_recovers(overflow_pass):
         if t == 0:
             assert scaler.get_scale() == 2.0**5  # the overflow was seen and skipped
             assert opt.ascent_due  # the ascent is retried
+            # and a checkpoint written now holds no non-finite direction
+            assert all(torch.isfinite(v).all() for v in opt.state_dict()["sam"]["g_v"].values())
         assert all(torch.isfinite(p).all() for p in model.parameters())
     assert opt.looksam_step == steps - 1
     _close(params_of(model), reference_looksam(steps - 1, eps=0.0, start=1), rtol=1e-12)

@@ -208,8 +208,9 @@ def test_local_grads_refuses_what_it_cannot_make_local(one_process_group):
     for model in (Holder(), torch.compile(Holder())):
         with pytest.raises(ValueError, match="DistributedDataParallel module itself"):
             local_grads(model)
-    with pytest.raises(ValueError, match="DataParallel"):
-        local_grads(nn.DataParallel(tiny_model()))
+    for model in (nn.DataParallel(tiny_model()), torch.compile(nn.DataParallel(tiny_model()))):
+        with pytest.raises(ValueError, match="DataParallel"):
+            local_grads(model)
     with pytest.raises(TypeError, match="nn.Module"):
         local_grads(lambda x: x)
     plain = tiny_model()
