@@ -7,8 +7,11 @@ Claims checked (SAM paper §1, REFERENCE.md §1, §5):
 3. LookSAM at k = 5 costs ~1.2x the base optimizer's forward-backward passes (paper: ViT-S/32
    5154 vs 4273 img/s) while keeping part of SAM's gain.
 
-MNIST-1D (generated offline by the ``mnist1d`` package) keeps this a CPU-seconds experiment; the
-numbers are ours, at our scale, next to the paper's.
+MNIST-1D (generated offline by the ``mnist1d`` package) keeps this a CPU-minutes experiment; the
+numbers are ours, at our scale, next to the paper's. Each claims row is judged by the suite's one
+verdict function (``suite.claims``): a gap in the paper's direction over seeds, with the seed
+spread and the test set's binomial error in its standard error; the LookSAM cost row compares a
+deterministic count with the paper's ratio at a stated tolerance.
 """
 
 from __future__ import annotations
@@ -23,11 +26,15 @@ from torch import nn
 
 from sharpness import SAM, LookSAM
 from sharpness.measures import hessian_top_eigenvalue
-from suite.claims import write_claims
+from suite.claims import compare_seeds, compare_to_paper, fmt_mean_std, verdict, write_claims
 from suite.cli import make_seeds
 from suite.rundir import create_run_dir, load_run
 
 OPTIMIZERS = ("sgd", "sam", "asam", "looksam")
+FIGURE = "core_sgd_sam_asam_looksam.png"
+# The paper's LookSAM cost: AdamW 5154 img/s vs LookSAM (k=5) 4273 img/s on ViT-S/32.
+LOOKSAM_PAPER_COST = 5154 / 4273
+LOOKSAM_COST_TOL = 0.05  # relative; fixed before the results were seen
 
 
 @dataclass
@@ -134,6 +141,7 @@ def run_one(cfg: DemoConfig, out_dir: Path) -> dict:
         "lambda_max": lam,
         "passes_per_step": passes / steps,
         "seconds": seconds,
+        "n_test": int(data.test_x.shape[0]),
     }
     run.write_summary(summary)
     return summary
@@ -141,11 +149,6 @@ def run_one(cfg: DemoConfig, out_dir: Path) -> dict:
 
 def _settings(profile: str) -> tuple[int, list[int]]:
     return (40, [0, 1, 2]) if profile == "quick" else (100, [0, 1, 2, 3, 4])
-
-
-def _mean_std(xs: list[float]) -> tuple[float, float]:
-    a = np.asarray(xs, dtype=float)
-    return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0
 
 
 def reproduce(profile: str, results_dir: Path, figures_dir: Path) -> None:
@@ -172,10 +175,6 @@ def reproduce(profile: str, results_dir: Path, figures_dir: Path) -> None:
             res[opt].append(load_run(d))
             print(f"  core: {opt} seed {s}: {res[opt][-1]['summary']}", flush=True)
 
-    stat = {
-        o: {k: _mean_std([r["summary"][k] for r in rs]) for k in rs[0]["summary"]}
-        for o, rs in res.items()
-    }
     figures_dir = Path(figures_dir)
     figures_dir.mkdir(parents=True, exist_ok=True)
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))
@@ -188,66 +187,101 @@ def reproduce(profile: str, results_dir: Path, figures_dir: Path) -> None:
         axes[1].semilogy(ep, loss.mean(0), label=o)
     axes[0].set(xlabel="epoch", ylabel="test accuracy", title="MNIST-1D, MLP (mean +- std)")
     axes[1].set(xlabel="epoch", ylabel="train loss")
-    lam = [stat[o]["lambda_max"] for o in OPTIMIZERS]
-    axes[2].bar(OPTIMIZERS, [m for m, _ in lam], yerr=[s for _, s in lam], capsize=4)
+    lam = [np.array([r["summary"]["lambda_max"] for r in res[o]]) for o in OPTIMIZERS]
+    axes[2].bar(OPTIMIZERS, [x.mean() for x in lam], yerr=[x.std() for x in lam], capsize=4)
     axes[2].set(ylabel="top Hessian eigenvalue (train loss)", title="sharpness at the end")
     axes[0].legend()
     fig.tight_layout()
-    fig.savefig(figures_dir / "core_sgd_sam_asam_looksam.png", dpi=120)
+    fig.savefig(figures_dir / FIGURE, dpi=120)
     plt.close(fig)
+    write_claims(root / "claims.csv", claims_rows(res, profile, epochs))
 
-    def fmt(o: str, k: str, scale: float = 1.0, digits: int = 3) -> str:
-        m, s = stat[o][k]
-        return f"{m * scale:.{digits}f} +- {s * scale:.{digits}f}"
 
-    n = len(seeds)
-    sgd_l, sam_l = stat["sgd"]["lambda_max"][0], stat["sam"]["lambda_max"][0]
-    sgd_a, sam_a = stat["sgd"]["test_acc"], stat["sam"]["test_acc"]
-    gap = sam_a[0] - sgd_a[0]
-    noise = (sam_a[1] ** 2 + sgd_a[1] ** 2) ** 0.5
-    look_passes = stat["looksam"]["passes_per_step"][0]
-    look_a = stat["looksam"]["test_acc"][0]
-    fig_name = "core_sgd_sam_asam_looksam.png"
-    rows = [
-        {
-            "family": "core",
-            "claim": "SAM converges to flatter minima than SGD (top Hessian eigenvalue)",
-            "paper": "WRN-40-10 CIFAR-10: lambda_max 24.2 (SGD) vs 1.0 (SAM)",
-            "ours": f"MNIST-1D MLP, {epochs} ep, {n} seeds: SGD {fmt('sgd', 'lambda_max')} vs "
-            f"SAM {fmt('sam', 'lambda_max')}; ASAM {fmt('asam', 'lambda_max')}",
-            "verdict": "reproduced"
-            if sam_l < 0.8 * sgd_l
-            else "partly"
-            if sam_l < sgd_l
-            else "not reproduced",
-            "figure": fig_name,
-        },
-        {
-            "family": "core",
-            "claim": "SAM improves test accuracy over SGD",
-            "paper": "CIFAR-10 WRN-28-10 error 2.7% (SAM) vs 3.5% (SGD)",
-            "ours": f"test acc SGD {fmt('sgd', 'test_acc', 100, 1)}% vs SAM "
-            f"{fmt('sam', 'test_acc', 100, 1)}%, ASAM {fmt('asam', 'test_acc', 100, 1)}%",
-            "verdict": "reproduced" if gap > noise else "partly" if gap > 0 else "not reproduced",
-            "figure": fig_name,
-        },
-        {
-            "family": "core",
-            "claim": "LookSAM (k=5) costs ~1.2x the base optimizer's passes and keeps part "
-            "of SAM's gain",
-            "paper": "ViT-S/32: AdamW 5154 img/s, SAM 2566, LookSAM 4273 (1.21x); "
-            "acc 68.1/68.9/68.8",
-            "ours": f"{look_passes:.2f} forward-backward passes per step (SAM "
-            f"{stat['sam']['passes_per_step'][0]:.2f}); test acc LookSAM "
-            f"{fmt('looksam', 'test_acc', 100, 1)}%; wall time vs SGD "
-            f"{stat['looksam']['seconds'][0] / stat['sgd']['seconds'][0]:.2f}x (SAM "
-            f"{stat['sam']['seconds'][0] / stat['sgd']['seconds'][0]:.2f}x)",
-            "verdict": "reproduced"
-            if abs(look_passes - 1.2) < 0.02 and look_a > sgd_a[0]
-            else "partly"
-            if abs(look_passes - 1.2) < 0.02
-            else "not reproduced",
-            "figure": fig_name,
-        },
-    ]
-    write_claims(root / "claims.csv", rows)
+def claims_rows(res: dict[str, list[dict]], profile: str, epochs: int) -> list[dict]:
+    """The core's claims rows from loaded runs (``res[optimizer]`` = one ``load_run`` dict per
+    seed; a missing optimizer gives ``not run`` rows). Errors are test error rates; the verdicts
+    come from ``suite.claims`` only."""
+
+    def vals(opt: str, key: str) -> list[float]:
+        return [float(r["summary"][key]) for r in res.get(opt, [])]
+
+    def err(opt: str) -> list[float]:
+        return [1.0 - a for a in vals(opt, "test_acc")]
+
+    def err_pct(opt: str) -> str:
+        return fmt_mean_std([100 * e for e in err(opt)], ".2f", "%")
+
+    n_tests = {
+        int(r["summary"]["n_test"]) for rs in res.values() for r in rs if "n_test" in r["summary"]
+    }
+    n_test = n_tests.pop() if len(n_tests) == 1 else None
+    n = max((len(rs) for rs in res.values()), default=0)
+    setting = (
+        f"MNIST-1D (generated), MLP width {DemoConfig.width}, {epochs} epochs, batch "
+        f"{DemoConfig.batch_size}, SGD lr {DemoConfig.lr} momentum {DemoConfig.momentum}, rho "
+        f"{DemoConfig.rho} (ASAM {DemoConfig.asam_rho}), {n} seeds, CPU: a CPU-minutes stand-in "
+        "for the paper's network and data set, so only the direction is compared"
+    )
+    base = dict(family="core", profile=profile, figure=FIGURE)
+    rows = []
+
+    flat = compare_seeds(vals("sgd", "lambda_max"), vals("sam", "lambda_max"))
+    rows.append(
+        dict(
+            base,
+            paper="SAM (Foret et al. 2021), Fig. 3 (Hessian spectrum)",
+            claim="SAM converges to flatter minima than SGD (smaller top Hessian eigenvalue)",
+            paper_value="lambda_max 24.2 (SGD) vs 1.0 (SAM), WRN-40-10 on CIFAR-10",
+            ours=f"SGD {fmt_mean_std(vals('sgd', 'lambda_max'))} vs SAM "
+            f"{fmt_mean_std(vals('sam', 'lambda_max'))}; ASAM "
+            f"{fmt_mean_std(vals('asam', 'lambda_max'))}",
+            gap=flat.gap,
+            se=flat.se,
+            verdict=flat.verdict,
+            note=f"{setting}; lambda_max of the train loss on {DemoConfig.hessian_examples} "
+            "training examples by power iteration (the paper: Lanczos on the full training set)",
+        )
+    )
+    for opt, paper, value in (
+        ("sam", "SAM (Foret et al. 2021), Table 1", "CIFAR-10 WRN-28-10 error 2.7% (SAM) vs 3.5%"),
+        ("asam", "ASAM (Kwon et al. 2021) / davda54's example", "WRN-16-8 CIFAR-10 error 2.55% "
+         "(ASAM) vs 3.20% (SGD)"),
+        ("looksam", "LookSAM (Liu et al. 2022), ViT-S/32 ImageNet table", "top-1 68.8% "
+         "(LookSAM) vs 68.1% (AdamW), SAM 68.9%"),
+    ):  # fmt: skip
+        g = compare_seeds(err("sgd"), err(opt), n_test=n_test)
+        rows.append(
+            dict(
+                base,
+                paper=paper,
+                claim=f"{opt.upper() if opt != 'looksam' else 'LookSAM (k=5)'} lowers the test "
+                "error below SGD's",
+                paper_value=value,
+                ours=f"test error SGD {err_pct('sgd')} vs {opt} {err_pct(opt)}",
+                gap=g.gap,
+                se=g.se,
+                verdict=g.verdict,
+                note=f"{setting}; gap in error rate, SE from the seeds and the test set "
+                f"({n_test} examples)",
+            )
+        )
+    passes = vals("looksam", "passes_per_step")
+    ratio = float(np.mean(passes)) if passes else None
+    gap, se = compare_to_paper(ratio, LOOKSAM_PAPER_COST, rel_tol=LOOKSAM_COST_TOL)
+    wall = [a / b for a, b in zip(vals("looksam", "seconds"), vals("sgd", "seconds"))]
+    rows.append(
+        dict(
+            base,
+            paper="LookSAM (Liu et al. 2022), ViT-S/32 ImageNet table",
+            claim="LookSAM (k=5) costs about 1.2x the base optimizer (a second pass 1 in k steps)",
+            paper_value=f"{LOOKSAM_PAPER_COST:.3f}x (AdamW 5154 img/s vs LookSAM 4273 img/s)",
+            ours=f"{fmt_mean_std(passes, '.3f')} forward-backward passes per step",
+            gap=gap,
+            se=se,
+            verdict=verdict(gap, se),
+            note=f"{setting}; passes counted (deterministic), within {LOOKSAM_COST_TOL:.0%} of "
+            f"the paper's throughput ratio counts as reproduced; wall time vs SGD here "
+            f"{fmt_mean_std(wall, '.2f', 'x')} (a loaded shared CPU)",
+        )
+    )
+    return rows

@@ -11,13 +11,15 @@ where L_c is the mean loss over chunk c. m = batch is SAM; small m generalizes b
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from sharpness.optim import SAM
+from sharpness.optim import SAM, LookSAM
 
 __all__ = ["frozen_bn_stats", "local_grads", "msam_backward"]
 
@@ -43,16 +45,52 @@ def frozen_bn_stats(model: nn.Module) -> Iterator[None]:
             m.track_running_stats = True
 
 
+def _unwrap_compiled(model: Any) -> Any:
+    """The module under ``torch.compile`` wrappers (OptimizedModule keeps it in ``_orig_mod``)."""
+    # A compiled module exists only if dynamo was imported: no import of it here (it is slow).
+    compiled = getattr(sys.modules.get("torch._dynamo.eval_frame"), "OptimizedModule", ())
+    while isinstance(model, compiled):
+        model = model._orig_mod
+    return model
+
+
+def _has_no_sync(m: nn.Module) -> bool:
+    return isinstance(m, nn.parallel.DistributedDataParallel) or callable(
+        getattr(m, "no_sync", None)
+    )
+
+
 def local_grads(model: nn.Module) -> contextlib.AbstractContextManager:
-    """``model.no_sync()`` for DistributedDataParallel (else a null context).
+    """``model.no_sync()`` for DistributedDataParallel (and any wrapper with the same
+    ``no_sync()``, e.g. FSDP), a null context for a model that is not distributed.
 
     The paper's per-accelerator SAM: each worker's first backward (the ascent gradient) stays
     local, so each worker perturbs with its own batch shard; the second backward, outside this
     context, is all-reduced as usual, averaging the per-worker SAM gradients.
+
+    ``torch.compile`` wrappers are looked through (``torch.compile(ddp_model)``). A model this
+    function cannot make local raises instead of silently giving global SAM: ``DataParallel``
+    (one process sums the replicas' gradients in backward), and a module that holds a
+    DistributedDataParallel somewhere inside (pass the DDP module itself).
     """
-    no_sync = getattr(model, "no_sync", None)
-    if isinstance(model, nn.parallel.DistributedDataParallel) and no_sync is not None:
-        return no_sync()
+    m = _unwrap_compiled(model)
+    if not isinstance(m, nn.Module):
+        raise TypeError(f"local_grads needs an nn.Module, got {type(model).__name__}")
+    if isinstance(m, nn.DataParallel):
+        raise ValueError(
+            "local_grads: DataParallel sums the replicas' gradients inside backward, so the "
+            "per-worker ascent is impossible; use DistributedDataParallel (one process per "
+            "device), or call the two passes without local_grads for global SAM"
+        )
+    if _has_no_sync(m):
+        return m.no_sync()
+    inner = [type(s).__name__ for s in m.modules() if s is not m and _has_no_sync(s)]
+    if inner:
+        raise ValueError(
+            f"local_grads({type(model).__name__}): the model wraps a {inner[0]} inside; its "
+            "gradient all-reduce can only be switched off on that module: pass the "
+            "DistributedDataParallel module itself"
+        )
     return contextlib.nullcontext()
 
 
@@ -72,8 +110,10 @@ def msam_backward(
 
     The batch is cut into C = batch/m chunks of m *consecutive* examples (the original
     ``--acc_steps`` semantics). For each chunk: g_c = grad of ``compute_loss(x_c, y_c)`` at w (under
-    ``local_grads``: never all-reduced), w <- w + e(g_c) through ``optimizer.perturb`` (so rho, p,
-    ASAM, normalization and ``sam_iters`` projected ascent steps are the optimizer's), then
+    ``local_grads``: never all-reduced), w <- w + e(g_c) through ``optimizer.perturb`` with
+    ``iters=sam_iters`` (so rho, p, ASAM and normalization are the optimizer's, and the ascent is
+    the original's projected one: ``sam_iters`` steps of radius rho * ``step_size_mult``, each
+    projected onto the rho-ball, as its ``weight_ascent_step``), then
     ``compute_loss(x_c, y_c) / C`` is back-propagated at w + e_c into p.grad and w is restored.
     Under DDP only the last chunk's backward is all-reduced (gradient accumulation), so the update
     averages every worker's every chunk.
@@ -82,6 +122,12 @@ def msam_backward(
     ``compute_loss`` must return the *mean* loss over its chunk (regularizers included).
     Returns the mean chunk losses at w and at the perturbed weights (detached).
     """
+    if isinstance(optimizer, LookSAM) or not isinstance(optimizer, SAM):
+        raise ValueError(
+            f"msam_backward needs a sharpness.SAM optimizer, got {type(optimizer).__name__}: "
+            "m-SAM takes a SAM gradient every step and LookSAM's reuse rule is not defined per "
+            "chunk (LookSAM: use first_step/second_step)"
+        )
     n = inputs.shape[0]
     if isinstance(m, bool) or not isinstance(m, int) or m < 1 or n % m:
         raise ValueError(

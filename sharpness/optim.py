@@ -12,14 +12,28 @@ The calling convention is the one researchers know from the popular wrapper:
 or ``opt.step(closure)`` after the first backward, with a closure that runs the second
 forward-backward. Differences from that wrapper, each a reported defect there:
 ``state_dict()`` carries the base optimizer's state (momentum), so a resumed run continues exactly;
-``rho=0`` reproduces the base optimizer bit for bit; the weights are restored by copying from one
-preallocated buffer; gradient clipping (``max_grad_norm``) applies only to the gradient used for
-the update (clipping the ascent gradient is meaningless: the ascent is normalized); one
+``rho=0`` reproduces the base optimizer bit for bit (LookSAM too); the weights are restored by
+copying from one preallocated buffer; gradient clipping (``max_grad_norm``) applies only to the
+gradient used for the update (clipping the ascent gradient is meaningless: the ascent is
+normalized); one
 ``torch._foreach_*`` path and a per-tensor loop path (the ground truth in tests).
+
+Keywords. Every keyword the base optimizer accepts goes to it unchanged
+(``SAM(params, torch.optim.Adam, lr=1e-3, eps=1e-6)`` sets Adam's eps). The wrappers' own options
+have names no ``torch.optim`` optimizer uses (``sam_rho``, ``p``, ``adaptive``, ``eta``,
+``adaptive_weights_only``, ``normalize``, ``layerwise``, ``max_grad_norm``, ``sam_eps``,
+``sam_foreach``; LookSAM: ``k``, ``looksam_alpha``), with two familiar aliases: ``rho`` is SAM's
+radius and LookSAM's ``alpha`` its reuse weight, unless the base optimizer has an option of the
+same name (Adadelta's ``rho``; RMSprop's and ASGD's ``alpha``): then the short name is ambiguous
+and refused, and ``sam_rho=`` / ``looksam_alpha=`` set the wrapper's value while ``rho=`` /
+``alpha=`` go to the base optimizer. For backward compatibility ``eps=`` and ``foreach=`` still
+set ``sam_eps`` / ``sam_foreach`` (with a FutureWarning) when the base optimizer has no such
+option (SGD has no eps).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -28,23 +42,31 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from sharpness import functional as F
+from sharpness._options import (
+    LOOKSAM_GLOBAL_OPTIONS,
+    SAM_GLOBAL_OPTIONS,
+    base_keywords,
+    check_bool,
+    check_number,
+    legacy_option,
+    optimizer_name,
+    resolve_alias,
+)
 
 __all__ = ["SAM", "LookSAM"]
-
-
-def _check_nonneg_number(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-        raise ValueError(f"{name} must be a number >= 0 (got {value!r})")
 
 
 class SAM(Optimizer):
     """Sharpness-Aware Minimization around ``base_optimizer`` (a class, built with ``**kwargs``).
 
     Args:
-        params: parameters or parameter groups (groups may set their own ``rho``, ``adaptive``,
-            ``eta``, ``adaptive_weights_only`` next to the base optimizer's options).
+        params: parameters or parameter groups (groups may set their own ``sam_rho`` (or ``rho``
+            when the base optimizer has no rho), ``adaptive``, ``eta``, ``adaptive_weights_only``
+            next to the base optimizer's options).
         base_optimizer: the optimizer class that takes the update step, e.g. ``torch.optim.SGD``.
-        rho: radius of the ascent (per group). ``rho=0`` is exactly the base optimizer.
+        rho: radius of the ascent (per group), the familiar alias of ``sam_rho``; refused as
+            ambiguous when the base optimizer has its own rho (Adadelta): then use ``sam_rho=``
+            for the radius and ``rho=`` for Adadelta's. ``rho=0`` is exactly the base optimizer.
         p: the ball's norm, in (1, inf]; ``float('inf')`` gives e = rho sign(g). Global over groups.
         adaptive: ASAM, e = T * ascent(T g) with T = |w| + eta (p=2: rho T^2 g / ||T g||).
         eta: ASAM's offset (0.01 as in the official code; 0 as in the popular port).
@@ -54,16 +76,19 @@ class SAM(Optimizer):
         layerwise: per-tensor norms with a trust ratio, e_l = rho ||w_l|| g_l / ||g_l|| (the
             Look-LayerSAM perturbation of LookSAM's paper).
         max_grad_norm: clip the *update* gradient (at w + e) to this global 2-norm.
-        eps: added to norms in denominators (a zero gradient gives a zero perturbation).
-        foreach: use ``torch._foreach_*`` kernels (default: when all parameters share a device).
-        **kwargs: the base optimizer's options (lr, momentum, weight_decay, ...).
+        sam_rho: the radius, unambiguous with any base optimizer (default 0.05).
+        sam_eps: added to norms in denominators (``functional``'s eps rule; default 1e-12).
+        sam_foreach: use ``torch._foreach_*`` kernels (default: when all parameters share a
+            device).
+        **kwargs: the base optimizer's options (lr, momentum, weight_decay, eps, foreach, ...),
+            passed to it unchanged.
     """
 
     def __init__(
         self,
         params: Iterable[Tensor] | Iterable[dict],
         base_optimizer: Callable[..., Optimizer],
-        rho: float = 0.05,
+        rho: float | None = None,
         p: float = 2.0,
         adaptive: bool = False,
         eta: float = 0.01,
@@ -71,35 +96,52 @@ class SAM(Optimizer):
         normalize: bool = True,
         layerwise: bool = False,
         max_grad_norm: float | None = None,
-        eps: float = 1e-12,
-        foreach: bool | None = None,
+        *,
+        sam_rho: float | None = None,
+        sam_eps: float | None = None,
+        sam_foreach: bool | None = None,
         **kwargs: Any,
     ) -> None:
-        _check_nonneg_number("rho", rho)
-        _check_nonneg_number("eta", eta)
-        if isinstance(p, bool) or not isinstance(p, (int, float)) or not p > 1:
-            raise ValueError(f"p must be a number in (1, inf] (got {p!r})")
-        if max_grad_norm is not None:
-            _check_nonneg_number("max_grad_norm", max_grad_norm)
-            if max_grad_norm == 0:
-                raise ValueError("max_grad_norm must be > 0 (or None for no clipping)")
-        _check_nonneg_number("eps", eps)
+        wrapper = type(self).__name__
         if isinstance(base_optimizer, Optimizer) or not callable(base_optimizer):
             raise ValueError(
                 "base_optimizer must be an optimizer class such as torch.optim.SGD (its options go "
                 f"in **kwargs), got {type(base_optimizer).__name__}"
             )
-        defaults = dict(
-            rho=float(rho),
-            adaptive=bool(adaptive),
+        base_kw, base_var_kw = base_keywords(base_optimizer)
+        bname = optimizer_name(base_optimizer)
+        route = (base_kw, bname, kwargs)
+        rho = resolve_alias(wrapper, "rho", "sam_rho", rho, sam_rho, 0.05, *route)
+        legacy = (base_kw, base_var_kw, bname, kwargs)
+        sam_eps = legacy_option(wrapper, "eps", "sam_eps", sam_eps, *legacy)
+        sam_foreach = legacy_option(wrapper, "foreach", "sam_foreach", sam_foreach, *legacy)
+        sam_eps = 1e-12 if sam_eps is None else sam_eps
+        check_number("rho", rho)
+        check_number("eta", eta)
+        check_number("sam_eps", sam_eps)
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not p > 1:
+            raise ValueError(f"p must be a number in (1, inf] (got {p!r})")
+        if max_grad_norm is not None:
+            check_number("max_grad_norm", max_grad_norm, positive=True)
+        for flag, value in (
+            ("adaptive", adaptive),
+            ("adaptive_weights_only", adaptive_weights_only),
+            ("normalize", normalize),
+            ("layerwise", layerwise),
+        ):
+            check_bool(flag, value)
+        if layerwise and not normalize:
+            raise ValueError("layerwise=True needs normalize=True (trust-ratio radii of g/||g||)")
+        if sam_foreach is not None:
+            check_bool("sam_foreach", sam_foreach)
+        self._base_kw = base_kw
+        self._sam_defaults = dict(
+            sam_rho=float(rho),
+            adaptive=adaptive,
             eta=float(eta),
-            adaptive_weights_only=bool(adaptive_weights_only),
-            **kwargs,
+            adaptive_weights_only=adaptive_weights_only,
         )
-        super().__init__(params, defaults)
-        for g in self.param_groups:
-            _check_nonneg_number("rho (param group)", g["rho"])
-            _check_nonneg_number("eta (param group)", g["eta"])
+        super().__init__(params, {**self._sam_defaults, **kwargs})
         base = base_optimizer(self.param_groups, **kwargs)
         if not isinstance(base, Optimizer):
             raise ValueError(
@@ -112,15 +154,51 @@ class SAM(Optimizer):
         self.state = base.state
         self.defaults.update(base.defaults)
         self.p = float(p)
-        self.normalize = bool(normalize)
-        self.layerwise = bool(layerwise)
+        self.normalize = normalize
+        self.layerwise = layerwise
         self.max_grad_norm = max_grad_norm
-        self.eps = float(eps)
-        self.foreach = foreach
+        self.eps = float(sam_eps)
+        self.foreach = sam_foreach
         self._backup: dict[Tensor, Tensor] = {}  # scratch: w while perturbed; not in state_dict
         self._buffer_cache: tuple[tuple, list[Tensor]] = ((), [])
         self._foreach_cache: dict[tuple, bool] = {}
         self._perturbed: list[Tensor] = []
+
+    # ------------------------------------------------------------------------------ param groups
+    def _global_group_keys(self) -> set[str]:
+        return set(SAM_GLOBAL_OPTIONS)
+
+    def _sam_group(self, param_group: dict[str, Any]) -> dict[str, Any]:
+        """The group with the wrapper's per-group options filled in and validated."""
+        group = dict(param_group)
+        wrapper = type(self).__name__
+        bad = sorted(set(group) & self._global_group_keys())
+        if bad:
+            raise ValueError(
+                f"{bad} apply to all parameter groups at once: set them in {wrapper}(...), not in "
+                "a param group"
+            )
+        if "rho" in group and "rho" not in self._base_kw:  # the base has no rho: it is ours
+            if "sam_rho" in group:
+                raise ValueError("a param group sets both rho and sam_rho")
+            group["sam_rho"] = group.pop("rho")
+        for k, v in self._sam_defaults.items():
+            group.setdefault(k, v)
+        check_number("rho (sam_rho of a param group)", group["sam_rho"])
+        check_number("eta (of a param group)", group["eta"])
+        check_bool("adaptive (of a param group)", group["adaptive"])
+        check_bool("adaptive_weights_only (of a param group)", group["adaptive_weights_only"])
+        return group
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a group to both this wrapper and its base optimizer (they share the list), with
+        the wrapper's per-group options validated like the constructor's."""
+        group = self._sam_group(param_group)
+        base = self.__dict__.get("base_optimizer")
+        if base is None:  # inside __init__: the base optimizer does not exist yet
+            super().add_param_group(group)
+        else:
+            base.add_param_group(group)
 
     # ------------------------------------------------------------------------------ internals
     def _params(self) -> list[tuple[dict, Tensor]]:
@@ -171,20 +249,36 @@ class SAM(Optimizer):
         grads: Sequence[Tensor | None] | None = None,
         *,
         grad_at: Callable[[], Sequence[Tensor | None]] | None = None,
-        iters: int = 1,
+        iters: int | None = None,
         step_size_mult: float = 1.0,
         rho_scale: float = 1.0,
     ) -> None:
         """w <- w + e(g), saving w. ``grads`` (one entry per parameter, in param-group order)
         default to ``p.grad``; parameters without a gradient are not perturbed.
 
-        ``iters > 1`` is multi-step projected ascent (``functional.multi_step_perturbation``):
-        ``grad_at()`` must return the gradients at the current (perturbed) weights.
+        ``iters=None`` (``first_step``): the single ascent e(g) of radius rho, no projection
+        (for ``normalize=False`` the theory's e = rho g, which may leave the rho-ball).
+
+        ``iters=k >= 1`` (m-SAM's ``--sam_iters``): the original's projected ascent,
+        ``functional.multi_step_perturbation``: k steps of radius rho * ``step_size_mult``, each
+        followed by the projection onto the rho-ball, so ``iters=1, step_size_mult=2`` gives
+        ||e|| = rho and the unnormalized ascent is clipped to the ball. ``grad_at()`` must return
+        the gradients at the current (perturbed) weights when k > 1. When the projection cannot
+        act (one normalized step with step_size_mult <= 1 stays inside the ball) it is skipped.
+
         ``rho_scale`` multiplies every group's rho (used to undo a GradScaler's loss scale for the
-        unnormalized ascent).
+        unnormalized ascent; single ascent only).
         """
         if self._perturbed:
             raise RuntimeError("SAM.perturb called twice without restore(): call second_step first")
+        projected = iters is not None
+        if projected:
+            if isinstance(iters, bool) or not isinstance(iters, int) or iters < 1:
+                raise ValueError(f"sam_iters must be an integer >= 1 (got {iters!r})")
+            check_number("step_size_mult", step_size_mult, positive=True)
+            if iters > 1 and grad_at is None:
+                raise ValueError("multi-step ascent (iters > 1) needs grad_at")
+        needs_projection = projected and (iters > 1 or step_size_mult > 1 or not self.normalize)
         entries = self._params()
         if grads is None:
             grads = [p.grad for _, p in entries]
@@ -193,12 +287,24 @@ class SAM(Optimizer):
         sel = [(g, p, gr) for (g, p), gr in zip(entries, grads) if gr is not None]
         if not sel:
             return
+        rhos = [grp["sam_rho"] * rho_scale for grp, _, _ in sel]
+        rho: float | list[float] = rhos[0] if len(set(rhos)) == 1 else rhos
+        if needs_projection:
+            if self.layerwise:
+                raise ValueError(
+                    "projected ascent (sam_iters > 1, step_size_mult > 1 or normalize=False) has "
+                    "one rho-ball; layerwise=True has per-tensor radii"
+                )
+            if isinstance(rho, list):
+                raise ValueError(
+                    "projected ascent (m-SAM's sam_iters) needs one rho for all groups"
+                )
+            if rho_scale != 1.0:
+                raise ValueError("rho_scale applies to the single ascent only (iters=None)")
         params = [p for _, p, _ in sel]
         gs = [gr for _, _, gr in sel]
         backup = self._buffers(params)
         self._copy(backup, params)
-        rhos = [grp["rho"] * rho_scale for grp, _, _ in sel]
-        rho: float | list[float] = rhos[0] if len(set(rhos)) == 1 else rhos
         scale = None
         if any(grp["adaptive"] for grp, _, _ in sel):
             scale = [
@@ -207,32 +313,32 @@ class SAM(Optimizer):
                 else None
                 for (grp, _, _), w in zip(sel, backup)
             ]
-        kw = dict(
-            normalize=self.normalize,
-            scale=scale,
-            layerwise_weights=backup if self.layerwise else None,
-            eps=self.eps,
-            foreach=self._use_foreach(params),
-        )
+        kw = dict(normalize=self.normalize, scale=scale, eps=self.eps)
+        foreach = self._use_foreach(params)
         self._perturbed = params
-        if iters == 1:
-            F.perturbation(gs, rho, self.p, out=params, **kw)  # params now hold e
+        if not needs_projection:
+            if projected and step_size_mult != 1.0:  # one step of radius rho * mult <= rho
+                m = step_size_mult
+                rho = [r * m for r in rho] if isinstance(rho, list) else rho * m
+            lw = backup if self.layerwise else None
+            # params now hold e
+            F.perturbation(gs, rho, self.p, out=params, layerwise_weights=lw, foreach=foreach, **kw)
         else:
-            if isinstance(rho, list):
-                raise ValueError("multi-step ascent (sam_iters > 1) needs one rho for all groups")
             index = {id(p): i for i, (_, p) in enumerate(entries)}
 
             def grad_at_e(e: list[Tensor]) -> list[Tensor]:
                 self._copy(params, backup)
                 self._add(params, e)
                 with torch.enable_grad():
-                    new = grad_at()
+                    new = grad_at()  # type: ignore[misc]
                 return [
                     torch.zeros_like(p) if new[index[id(p)]] is None else new[index[id(p)]]
                     for p in params
                 ]
 
-            e = F.multi_step_perturbation(grad_at_e, gs, rho, iters, step_size_mult, self.p, **kw)
+            e = F.multi_step_perturbation(
+                grad_at_e, gs, rho, iters, step_size_mult, self.p, foreach=foreach, **kw
+            )
             self._copy(params, e)
         self._add(params, backup)
 
@@ -315,6 +421,15 @@ class SAM(Optimizer):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:  # type: ignore[override]
         sd = dict(state_dict)
         extra = sd.pop("sam", {})
+        # Checkpoints written before the radius was renamed sam_rho keep it under "rho" (only
+        # when the base optimizer has no rho of its own could it have been SAM's).
+        if "rho" not in self._base_kw and any(
+            "sam_rho" not in g and "rho" in g for g in sd.get("param_groups", [])
+        ):
+            sd["param_groups"] = [
+                {("sam_rho" if k == "rho" else k): v for k, v in g.items()}
+                for g in sd["param_groups"]
+            ]
         self.base_optimizer.load_state_dict(sd)
         # Optimizer.load_state_dict rebuilds the group dicts and the state: share them again.
         self.param_groups = self.base_optimizer.param_groups
@@ -332,8 +447,8 @@ class SAM(Optimizer):
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(base={type(self.base_optimizer).__name__}, "
-            f"rho={self.param_groups[0]['rho']}, p={self.p}, normalize={self.normalize}, "
-            f"adaptive={self.param_groups[0]['adaptive']})"
+            f"sam_rho={self.param_groups[0]['sam_rho']}, p={self.p}, "
+            f"normalize={self.normalize}, adaptive={self.param_groups[0]['adaptive']})"
         )
 
 
@@ -345,65 +460,134 @@ class LookSAM(SAM):
     On the other steps only one forward-backward is run, and the update uses
     g + alpha (||g|| / ||g_v||) g_v. Norms and inner products are global (the paper's vector form),
     or per tensor with ``layerwise=True``, which also switches the ascent to the trust-ratio
-    (Look-LayerSAM) perturbation e_l = rho ||w_l|| g_l / ||g_l||.
+    (Look-LayerSAM) perturbation e_l = rho ||w_l|| g_l / ||g_l||. ``sam_eps`` enters every
+    denominator as in ``functional`` (added to the norms).
 
-    The skipped steps really skip the second pass: ``first_step`` returns False and leaves the
-    gradients untouched (``zero_grad`` is ignored then), and ``step(closure)`` does not call the
-    closure. ``k=1`` is SAM.
+    The skipped steps really skip the second pass: ``first_step`` returns False, and
+    ``step(closure)`` does not call the closure. Both loops are correct:
+
+    - LookSAM-aware: ``if opt.first_step(zero_grad=True): <second backward>``, then
+      ``second_step``;
+    - the familiar SAM loop with an unconditional second backward: on a skipped step,
+      ``first_step`` keeps the first pass's gradients aside (and clears ``p.grad`` with
+      ``zero_grad=True``), and ``second_step`` puts them back, ignoring what the extra backward
+      (a second gradient at the same w) accumulated.
+
+    ``rho=0`` is the base optimizer bit for bit (no direction is stored). With a GradScaler, an
+    ascent step whose gradients overflow stores no direction and does not count: the next step
+    is an ascent step again (the scaler skips the update and lowers the scale, as with SAM).
+
+    Args (besides SAM's):
+        k: the period (an ascent every k steps); ``k=1`` is SAM.
+        alpha: the reuse weight, a finite number >= 0 (the paper uses 0.7), the familiar alias of
+            ``looksam_alpha``; refused as ambiguous when the base optimizer has its own alpha
+            (RMSprop, ASGD): then ``looksam_alpha=`` is LookSAM's and ``alpha=`` the base's.
     """
 
     def __init__(
         self,
         params: Iterable[Tensor] | Iterable[dict],
         base_optimizer: Callable[..., Optimizer],
-        rho: float = 0.05,
+        rho: float | None = None,
         k: int = 5,
-        alpha: float = 0.7,
+        alpha: float | None = None,
         layerwise: bool = False,
+        *,
+        looksam_alpha: float | None = None,
         **kwargs: Any,
     ) -> None:
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise ValueError(f"k must be an integer >= 1 (got {k!r})")
-        _check_nonneg_number("alpha", alpha)
+        if isinstance(base_optimizer, Optimizer) or not callable(base_optimizer):
+            alpha = 0.7  # SAM.__init__ reports the bad base_optimizer
+        else:
+            base_kw, _ = base_keywords(base_optimizer)
+            route = (base_kw, optimizer_name(base_optimizer), kwargs)
+            alpha = resolve_alias(
+                "LookSAM", "alpha", "looksam_alpha", alpha, looksam_alpha, 0.7, *route
+            )
+        check_number("alpha", alpha)
         super().__init__(params, base_optimizer, rho=rho, layerwise=layerwise, **kwargs)
         self.k = k
-        self.alpha = float(alpha)
+        self.alpha = float(alpha)  # type: ignore[arg-type]
         self.looksam_step = 0
         self._gv: dict[Tensor, Tensor] = {}  # g during an ascent step, then g_v
         self._ascent_params: list[Tensor] = []
+        self._ascending = False  # between first_step and second_step of an ascent step
+        self._stash: list[tuple[Tensor, Tensor | None]] | None = None  # a skipped step's grads
+
+    def _global_group_keys(self) -> set[str]:
+        keys = super()._global_group_keys() | set(LOOKSAM_GLOBAL_OPTIONS)
+        if "alpha" not in self._base_kw:
+            keys.add("alpha")  # LookSAM's alpha is one value for all groups
+        return keys
 
     @property
     def ascent_due(self) -> bool:
         """Whether the next step computes the SAM gradient (needs the second forward-backward)."""
         return self.looksam_step % self.k == 0
 
+    def _rho_is_zero(self) -> bool:
+        return all(g["sam_rho"] == 0 for g in self.param_groups)
+
     @torch.no_grad()
     def first_step(self, zero_grad: bool = False, scaler: Any = None) -> bool:
+        """On an ascent step: keep g, then SAM's first step (returns True). On the other steps:
+        keep the gradients aside for ``second_step`` (clearing ``p.grad`` with ``zero_grad``) and
+        return False: no second backward is needed, and one run anyway is ignored."""
         if not self.ascent_due:
+            self._stash = [(p, p.grad) for _, p in self._params()]
+            if zero_grad:
+                self.zero_grad()
             return False
         ps = [p for _, p in self._params() if p.grad is not None]
-        for p in ps:  # keep g: the buffer becomes g_v in second_step
-            buf = self._gv.get(p)
-            if buf is None or buf.shape != p.shape:
-                buf = self._gv[p] = torch.empty_like(p)
-        self._copy([self._gv[p] for p in ps], [p.grad for p in ps])
+        if self._rho_is_zero():  # no direction at rho = 0 (g_s = g): the base optimizer's steps
+            self._gv = {}
+        else:  # keep g: its buffer becomes g_v in second_step
+            bufs = []
+            for p in ps:
+                buf = self._gv.get(p)
+                if buf is None or buf.shape != p.shape or buf.dtype != p.dtype:
+                    buf = torch.empty_like(p)
+                bufs.append(buf)
+            self._copy(bufs, [p.grad for p in ps])
+            self._gv = dict(zip(ps, bufs))
         self._ascent_params = ps
+        self._ascending = True
         return super().first_step(zero_grad, scaler)
 
     @torch.no_grad()
     def second_step(self, zero_grad: bool = False, scaler: Any = None) -> None:
-        if self._perturbed:
+        advance = True
+        if self._ascending:
+            self._ascending = False
             self.restore()
-            ps = [p for p in self._ascent_params if p.grad is not None]
-            gv = [self._gv[p] for p in ps]
-            F.looksam_orthogonal(
-                gv,
-                [p.grad for p in ps],
-                per_tensor=self.layerwise,
-                out=gv,
-                foreach=self._use_foreach(ps),
-            )
+            ps = [p for p in self._ascent_params if p.grad is not None and p in self._gv]
+            if not ps:  # rho = 0 (first_step kept no g) or no gradient
+                self._gv = {}
+            else:
+                gv = [self._gv[p] for p in ps]
+                foreach = self._use_foreach(ps)
+                F.looksam_orthogonal(
+                    gv,
+                    [p.grad for p in ps],
+                    per_tensor=self.layerwise,
+                    eps=self.eps,
+                    out=gv,
+                    foreach=foreach,
+                )
+                self._gv = dict(zip(ps, gv))
+                if scaler is not None and scaler.is_enabled():
+                    # An overflow in either pass makes g_v non-finite: keep no direction and
+                    # retry the ascent next step (the scaler skips this update).
+                    if not torch.isfinite(F.lp_norm(gv, math.inf, foreach=foreach)).item():
+                        self._gv = {}
+                        advance = False
         else:
+            if self._stash is not None:  # the first pass's gradients, whatever came since
+                for p, g in self._stash:
+                    p.grad = g
+                self._stash = None
             ps = [p for _, p in self._params() if p.grad is not None and p in self._gv]
             if ps:
                 gs = [p.grad for p in ps]
@@ -412,11 +596,13 @@ class LookSAM(SAM):
                     [self._gv[p] for p in ps],
                     self.alpha,
                     per_tensor=self.layerwise,
+                    eps=self.eps,
                     out=gs,
                     foreach=self._use_foreach(ps),
                 )
         self.update(scaler)
-        self.looksam_step += 1
+        if advance:
+            self.looksam_step += 1
         if zero_grad:
             self.zero_grad()
 

@@ -183,3 +183,133 @@ def test_looksam_rules_foreach_equal_loop():
     r2 = F.looksam_reuse(g, a, 0.7, foreach=False)
     for x, y in zip(r1, r2):
         torch.testing.assert_close(x, y, rtol=1e-13, atol=1e-15)
+
+
+# ------------------------------------------------------------------ issue 8: projected ascent
+def original_weight_ascent(grad, w, rho, iters, mult, normalize):
+    """The original code's ``perturb_weights_sam`` / ``weight_ascent_step``, written out:
+    delta += step * g / (||g|| + 1e-12) (or step * g without normalization), then
+    delta *= rho / ||delta|| if ||delta|| > rho, for every one of ``iters`` steps."""
+    step = rho * mult
+    delta = torch.zeros_like(w)
+    for _ in range(iters):
+        g = grad(w + delta)
+        delta = delta + (step / (g.norm() + 1e-12) * g if normalize else step * g)
+        if delta.norm() > rho:
+            delta = delta * rho / delta.norm()
+    return delta
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+@pytest.mark.parametrize("iters, mult", [(1, 2.0), (1, 0.5), (1, 3.0), (2, 0.7), (3, 1.5)])
+@pytest.mark.parametrize("curvature", [1.0, 0.01])  # unnormalized: outside / inside the ball
+def test_multi_step_is_the_originals_projected_ascent(iters, mult, normalize, curvature):
+    """Item 3: iters = 1 used to skip the projection (--sam_iters 1 --sam_step_size_mult 2 gave
+    ||e|| = 2 rho; the unnormalized step was never clipped)."""
+    A = curvature * torch.diag(torch.tensor([1.0, 4.0, 9.0], dtype=D))
+    w = torch.tensor([1.0, -1.0, 0.5], dtype=D)
+
+    def grad(x):
+        return A @ x
+
+    rho = 0.1
+    e = F.multi_step_perturbation(
+        lambda e: grad(w + e), grad(w), rho, iters, mult, normalize=normalize, eps=1e-12
+    )
+    want = original_weight_ascent(grad, w, rho, iters, mult, normalize)
+    torch.testing.assert_close(e, want, rtol=1e-13, atol=0)
+    assert e.norm().item() <= rho * (1 + 1e-12)
+    if normalize and mult >= 1:
+        assert e.norm().item() == pytest.approx(rho, rel=1e-12)
+
+
+# ------------------------------------------------------------------ issue 8: p close to 1
+def _scaled_reference(g: torch.Tensor, rho: float, p: float) -> torch.Tensor:
+    """rho sign(g)|g|^(q-1) / ||g||_q^(q-1) in float64 on g / max|g| (the rule is invariant to
+    that scaling; float64 alone overflows for |g| = 1e30 and q = 101)."""
+    q = p / (p - 1)
+    u = g.double() / g.double().abs().max()
+    return rho * u.sign() * u.abs() ** (q - 1) / torch.linalg.vector_norm(u, q) ** (q - 1)
+
+
+@pytest.mark.parametrize("p", [1.01, 1.1, 1.5, 3.0, 10.0, 100.0])
+@pytest.mark.parametrize("magnitude", [1e-30, 1e-4, 1.0, 1e4, 1e30])
+def test_general_p_is_accurate_in_float32_at_the_edges(p, magnitude):
+    """Item 6: p = 1.1 with |g| ~ 1e-4 gave e = 0 and p = 1.01 with |g| ~ 1e4 gave NaN in float32.
+    The supported range: any p in (1, inf), any finite nonzero float32 gradient. eps = 0 at the
+    extreme magnitudes (eps is added to ||g||_q, so 1e-12 would dominate |g| ~ 1e-30)."""
+    gen = torch.Generator().manual_seed(int(p * 100))
+    g = [magnitude * torch.randn(40, generator=gen), magnitude * torch.randn(3, 5, generator=gen)]
+    eps = 1e-12 if 1e-6 <= magnitude <= 1e6 else 0.0
+    rho = 0.05
+    for layerwise in (False, True):
+        if layerwise:
+            w = [torch.ones_like(x) for x in g]
+            e = F.perturbation(g, rho, p, eps=eps, layerwise_weights=w)
+            ref = [_scaled_reference(x, rho, p) * x.numel() ** 0.5 for x in g]
+        else:
+            e = F.perturbation(g, rho, p, eps=eps)
+            flat = _scaled_reference(_flat(g), rho, p)
+            ref = [flat[:40], flat[40:].reshape(3, 5)]
+        for a, b in zip(e, ref):
+            assert a.dtype == torch.float32 and torch.isfinite(a).all()
+            torch.testing.assert_close(a.double(), b, rtol=2e-4, atol=1e-7 * rho)
+    fe = _flat(F.perturbation(g, rho, p, eps=eps)).double()
+    assert torch.linalg.vector_norm(fe, p).item() == pytest.approx(rho, rel=1e-4)
+
+
+# ------------------------------------------------------------------ issue 8: one eps convention
+EPS = 0.5  # large enough that adding it to ||g|| vs ||g||^2 vs ||g||^(q-1) differs visibly
+
+
+def test_eps_is_added_to_the_norm_before_any_power():
+    """Item 7: the module docstring's rule, against closed forms, for every function and both
+    the loop and the foreach path."""
+    g, gs = _g(20), _g(21)
+    fg, fs = _flat(g), _flat(gs)
+    n2 = fg.norm()
+    for foreach in (False, True):
+        e = _flat(F.perturbation(g, 0.1, 2.0, eps=EPS, foreach=foreach))
+        torch.testing.assert_close(e, 0.1 * fg / (n2 + EPS), rtol=1e-14, atol=0)
+        gv = _flat(F.looksam_orthogonal(g, gs, eps=EPS, foreach=foreach))
+        want_v = fs - (fg @ fs) / (n2 + EPS) ** 2 * fg
+        torch.testing.assert_close(gv, want_v, rtol=1e-13, atol=1e-15)
+        r = _flat(F.looksam_reuse(g, gs, 0.7, eps=EPS, foreach=foreach))
+        torch.testing.assert_close(r, fg + 0.7 * n2 / (fs.norm() + EPS) * fs, rtol=1e-13, atol=0)
+    q = 1.5  # p = 3
+    e3 = _flat(F.perturbation(g, 0.1, 3.0, eps=EPS))
+    want3 = (
+        0.1 * fg.sign() * fg.abs() ** (q - 1) / (torch.linalg.vector_norm(fg, q) + EPS) ** (q - 1)
+    )
+    torch.testing.assert_close(e3, want3, rtol=1e-13, atol=0)
+    w = _g(22)
+    el = F.perturbation(g, 0.1, 2.0, eps=EPS, layerwise_weights=w)
+    for a, x, ww in zip(el, g, w):
+        torch.testing.assert_close(a, 0.1 * ww.norm() * x / (x.norm() + EPS), rtol=1e-14, atol=0)
+    per = F.looksam_orthogonal(g, gs, eps=EPS, per_tensor=True)
+    for a, x, s in zip(per, g, gs):
+        want = s - (x * s).sum() / (x.norm() + EPS) ** 2 * x
+        torch.testing.assert_close(a, want, rtol=1e-13, atol=1e-15)
+
+
+@pytest.mark.parametrize("foreach", [False, True])
+def test_zero_vectors_give_zero_terms_for_eps_zero(foreach):
+    z = [torch.zeros(3, 4, dtype=D), torch.zeros(5, dtype=D)]
+    g = _g(23)
+    for p in (2.0, 3.0, float("inf")):
+        for x in F.perturbation(z, 0.1, p, eps=0.0, foreach=foreach):
+            assert torch.equal(x, torch.zeros_like(x))
+    for a, b in zip(F.looksam_orthogonal(z, g, eps=0.0, foreach=foreach), g):
+        assert torch.equal(a, b)  # g = 0: all of g_s is orthogonal to it
+    for a, b in zip(F.looksam_reuse(g, z, 0.7, eps=0.0, foreach=foreach), g):
+        assert torch.equal(a, b)  # g_v = 0 adds nothing
+
+
+def test_projection_of_a_huge_float32_perturbation_is_exact():
+    """||e||^2 overflows float32 at ||e|| ~ 1e19; the projection must not turn that into e = 0
+    (the unnormalized ascent with a huge rho goes through it, sam_iters = 1 included)."""
+    e = torch.full((10,), 1e29)
+    assert torch.equal(F.project(e, 1e31), e)
+    torch.testing.assert_close(F.project(e, 1.0), torch.full((10,), 10**-0.5))
+    tiny = torch.full((10,), 1e-30)
+    torch.testing.assert_close(F.project(tiny, 1e-31), torch.full((10,), 1e-31 * 10**-0.5))

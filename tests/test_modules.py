@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from sharpness import SAM, frozen_bn_stats, msam_backward
+from sharpness import SAM, LookSAM, frozen_bn_stats, local_grads, msam_backward
 from tests.core_utils import loss_fn, params_of, sam_train, tiny_data, tiny_model
 
 
@@ -44,7 +44,7 @@ def test_msam_equals_average_of_per_chunk_sam_gradients():
             for p, w in zip(ps, w0):
                 p.copy_(w)
         want = [a + b / 3 for a, b in zip(want, gs)]
-    opt = SAM(ps, torch.optim.SGD, rho=0.1, lr=0.0, eps=0.0)
+    opt = SAM(ps, torch.optim.SGD, rho=0.1, lr=0.0, sam_eps=0.0)
     loss, ploss = msam_backward(opt, model, lambda a, b: loss_fn(model, a, b), x, y, 4)
     for p, w, gw in zip(ps, w0, want):
         assert torch.equal(p.detach(), w)  # weights restored exactly
@@ -52,20 +52,28 @@ def test_msam_equals_average_of_per_chunk_sam_gradients():
     assert ploss > loss  # the ascent raised the loss
 
 
-def test_msam_multi_step_equals_hand_projected_ascent():
+@pytest.mark.parametrize(
+    "iters, mult, normalize",
+    [(3, 0.6, True), (1, 0.5, True), (1, 2.0, True), (1, 3.0, False), (2, 0.7, False)],
+)
+def test_msam_ascent_equals_the_originals_projected_ascent(iters, mult, normalize):
+    """The original's weight_ascent_step by hand: delta += rho*mult * g/(||g|| + 1e-12) (or
+    rho*mult * g unnormalized), then projection onto the rho-ball, for every one of sam_iters
+    steps. Item 3: with sam_iters = 1 the step size and the projection were ignored."""
     model = tiny_model()
     ps = list(model.parameters())
     x, y = tiny_data(8)
     w0 = params_of(model)
-    rho, mult = 0.1, 0.6
+    rho = 0.1
     e = [torch.zeros_like(p) for p in ps]
-    for _ in range(3):
+    for _ in range(iters):
         with torch.no_grad():
             for p, w, ei in zip(ps, w0, e):
                 p.copy_(w + ei)
         g = torch.autograd.grad(loss_fn(model, x, y), ps)
         norm = torch.sqrt(sum((gi**2).sum() for gi in g))
-        e = [ei + rho * mult * gi / norm for ei, gi in zip(e, g)]
+        c = rho * mult / (norm + 1e-12) if normalize else rho * mult
+        e = [ei + c * gi for ei, gi in zip(e, g)]
         en = torch.sqrt(sum((ei**2).sum() for ei in e))
         if en > rho:
             e = [ei * rho / en for ei in e]
@@ -76,12 +84,24 @@ def test_msam_multi_step_equals_hand_projected_ascent():
     with torch.no_grad():
         for p, w in zip(ps, w0):
             p.copy_(w)
-    opt = SAM(ps, torch.optim.SGD, rho=rho, lr=0.0, eps=0.0)
+    opt = SAM(ps, torch.optim.SGD, rho=rho, lr=0.0, sam_eps=1e-12, normalize=normalize)
     msam_backward(
-        opt, model, lambda a, b: loss_fn(model, a, b), x, y, 8, sam_iters=3, step_size_mult=mult
+        opt, model, lambda a, b: loss_fn(model, a, b), x, y, 8, sam_iters=iters, step_size_mult=mult
     )
     for p, gw in zip(ps, want):
         torch.testing.assert_close(p.grad, gw, rtol=1e-12, atol=1e-15)
+
+
+def test_msam_refuses_looksam_and_non_sam_optimizers():
+    """Item 9: msam_backward with a LookSAM used to take SAM gradients every step, silently."""
+    model = tiny_model()
+    x, y = tiny_data(8)
+    for opt in (
+        LookSAM(model.parameters(), torch.optim.SGD, lr=0.1),
+        torch.optim.SGD(model.parameters(), lr=0.1),
+    ):
+        with pytest.raises(ValueError, match="msam_backward needs a sharpness.SAM"):
+            msam_backward(opt, model, lambda a, b: loss_fn(model, a, b), x, y, 4)
 
 
 def test_msam_rejects_m_not_dividing_batch():
@@ -145,3 +165,54 @@ def test_msam_unused_parameter_gets_no_gradient_and_no_error():
     msam_backward(opt, model, lambda a, b: loss_fn(model, a, b), x, y, 4)
     opt.update()
     assert extra.grad is None and torch.equal(extra.detach(), torch.zeros(3, dtype=torch.float64))
+
+
+# ------------------------------------------------------------------ local_grads (issue 8, item 8)
+@pytest.fixture
+def one_process_group(tmp_path):
+    """A real gloo process group of one rank, so that DistributedDataParallel can be built."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+# importing torch.compile's machinery warns about torch.jit internals; not ours to fix
+NO_JIT_WARNING = pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated")
+
+
+@NO_JIT_WARNING
+def test_local_grads_looks_through_torch_compile(one_process_group):
+    """torch.compile(ddp_model) used to get a do-nothing context: global SAM, silently. The DDP
+    flag that ``no_sync`` switches off (and DDP's backward reads) must be off inside."""
+    ddp = nn.parallel.DistributedDataParallel(tiny_model())
+    for model in (ddp, torch.compile(ddp)):
+        assert ddp.require_backward_grad_sync
+        with local_grads(model):
+            assert not ddp.require_backward_grad_sync
+        assert ddp.require_backward_grad_sync
+
+
+@NO_JIT_WARNING
+def test_local_grads_refuses_what_it_cannot_make_local(one_process_group):
+    ddp = nn.parallel.DistributedDataParallel(tiny_model())
+
+    class Holder(nn.Module):  # a user's wrapper around the DDP module
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = ddp
+
+    for model in (Holder(), torch.compile(Holder())):
+        with pytest.raises(ValueError, match="DistributedDataParallel module itself"):
+            local_grads(model)
+    for model in (nn.DataParallel(tiny_model()), torch.compile(nn.DataParallel(tiny_model()))):
+        with pytest.raises(ValueError, match="DataParallel"):
+            local_grads(model)
+    with pytest.raises(TypeError, match="nn.Module"):
+        local_grads(lambda x: x)
+    plain = tiny_model()
+    with local_grads(plain), local_grads(torch.compile(plain)):  # one process: nothing to do
+        pass

@@ -23,7 +23,7 @@ def test_one_step_on_quadratic_equals_closed_form():
     A = torch.diag(torch.tensor([1.0, 3.0, 10.0], dtype=D))
     w0 = torch.tensor([1.0, -2.0, 0.5], dtype=D)
     w = nn.Parameter(w0.clone())
-    opt = SAM([w], torch.optim.SGD, rho=0.1, lr=0.05, eps=0.0)
+    opt = SAM([w], torch.optim.SGD, rho=0.1, lr=0.05, sam_eps=0.0)
     (0.5 * w @ A @ w).backward()
     opt.step(lambda: (0.5 * w @ A @ w).backward())
     g = A @ w0
@@ -86,8 +86,8 @@ def test_rho_zero_equals_base_optimizer_bit_for_bit(closure_api):
 )
 def test_foreach_equals_loop_over_20_steps(kwargs):
     m1, m2 = tiny_model(), tiny_model()
-    o1 = SAM(m1.parameters(), torch.optim.SGD, lr=0.1, momentum=0.9, foreach=True, **kwargs)
-    o2 = SAM(m2.parameters(), torch.optim.SGD, lr=0.1, momentum=0.9, foreach=False, **kwargs)
+    o1 = SAM(m1.parameters(), torch.optim.SGD, lr=0.1, momentum=0.9, sam_foreach=True, **kwargs)
+    o2 = SAM(m2.parameters(), torch.optim.SGD, lr=0.1, momentum=0.9, sam_foreach=False, **kwargs)
     sam_train(m1, o1, 20)
     sam_train(m2, o2, 20)
     for a, b in zip(params_of(m1), params_of(m2)):
@@ -97,7 +97,7 @@ def test_foreach_equals_loop_over_20_steps(kwargs):
 def test_sam_matches_hand_written_sam_over_steps():
     """An independent plain-PyTorch SAM with momentum SGD, written out here."""
     m1, m2 = tiny_model(), tiny_model()
-    opt = SAM(m1.parameters(), torch.optim.SGD, rho=0.05, lr=0.1, momentum=0.9, eps=0.0)
+    opt = SAM(m1.parameters(), torch.optim.SGD, rho=0.05, lr=0.1, momentum=0.9, sam_eps=0.0)
     sam_train(m1, opt, 10)
     bufs = [torch.zeros_like(p) for p in m2.parameters()]
     ps = list(m2.parameters())
@@ -150,7 +150,9 @@ def test_looksam_runs_closure_once_in_k_steps():
 def test_looksam_reuse_step_follows_the_rule():
     """Step 1 (ascent) stores g_v; step 2 must update with g + alpha ||g||/||g_v|| g_v."""
     model = tiny_model()
-    opt = LookSAM(model.parameters(), torch.optim.SGD, rho=0.05, k=2, alpha=0.7, lr=0.1, eps=0.0)
+    opt = LookSAM(
+        model.parameters(), torch.optim.SGD, rho=0.05, k=2, alpha=0.7, lr=0.1, sam_eps=0.0
+    )
     ps = list(model.parameters())
     x, y = tiny_data(seed=0)
     w0 = params_of(model)
@@ -329,7 +331,7 @@ def test_bf16_autocast_step_keeps_float32_weights():
         (dict(eta=-1.0), "eta"),
         (dict(max_grad_norm=0.0), "max_grad_norm"),
         (dict(max_grad_norm=-1.0), "max_grad_norm"),
-        (dict(eps=-1.0), "eps"),
+        (dict(sam_eps=-1.0), "sam_eps"),
     ],
 )
 def test_invalid_sam_arguments(kwargs, name):
@@ -362,8 +364,8 @@ def test_base_optimizer_instance_and_missing_closure_are_errors():
 def test_looksam_foreach_equals_loop_over_20_steps(layerwise):
     m1, m2 = tiny_model(), tiny_model()
     kw = dict(rho=0.05, k=3, alpha=0.7, layerwise=layerwise, lr=0.1, momentum=0.9)
-    o1 = LookSAM(m1.parameters(), torch.optim.SGD, foreach=True, **kw)
-    o2 = LookSAM(m2.parameters(), torch.optim.SGD, foreach=False, **kw)
+    o1 = LookSAM(m1.parameters(), torch.optim.SGD, sam_foreach=True, **kw)
+    o2 = LookSAM(m2.parameters(), torch.optim.SGD, sam_foreach=False, **kw)
     sam_train(m1, o1, 20)
     sam_train(m2, o2, 20)
     for a, b in zip(params_of(m1), params_of(m2)):
