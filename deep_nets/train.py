@@ -678,7 +678,7 @@ class Trainer:
                     for grp in self.opt.param_groups:
                         grp["lr"] = lr
                         if cfg.sam_lr_mult > 0:
-                            grp["rho"] = rho
+                            grp["sam_rho"] = rho
                     x, y = self.batch_at(perm, it)
                     x = self.prepare(x, gen)
                     if st.prev_x is not None:

@@ -190,6 +190,16 @@ class SAM(Optimizer):
         check_bool("adaptive_weights_only (of a param group)", group["adaptive_weights_only"])
         return group
 
+    def _group_rho(self, group: dict[str, Any]) -> float:
+        """The group's radius. Writing ``group["rho"] = ...`` during training is how SAM loops
+        schedule rho (davda54-style code does it): when the base optimizer has no ``rho`` of its
+        own, such a write is the radius, moved into ``sam_rho`` here (never silently ignored; a
+        later read of ``group["rho"]`` then fails loudly instead of returning a stale value)."""
+        if "rho" in group and "rho" not in self._base_kw:
+            group["sam_rho"] = group.pop("rho")
+            check_number("rho (of a param group)", group["sam_rho"])
+        return group["sam_rho"]
+
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group to both this wrapper and its base optimizer (they share the list), with
         the wrapper's per-group options validated like the constructor's."""
@@ -287,7 +297,7 @@ class SAM(Optimizer):
         sel = [(g, p, gr) for (g, p), gr in zip(entries, grads) if gr is not None]
         if not sel:
             return
-        rhos = [grp["sam_rho"] * rho_scale for grp, _, _ in sel]
+        rhos = [self._group_rho(grp) * rho_scale for grp, _, _ in sel]
         rho: float | list[float] = rhos[0] if len(set(rhos)) == 1 else rhos
         if needs_projection:
             if self.layerwise:
@@ -528,7 +538,7 @@ class LookSAM(SAM):
         return self.looksam_step % self.k == 0
 
     def _rho_is_zero(self) -> bool:
-        return all(g["sam_rho"] == 0 for g in self.param_groups)
+        return all(self._group_rho(g) == 0 for g in self.param_groups)
 
     @torch.no_grad()
     def first_step(self, zero_grad: bool = False, scaler: Any = None) -> bool:

@@ -163,7 +163,7 @@ def test_rho_tied_to_the_learning_rate():
     model = tiny_net()
     opt = build_optimizer(cfg, model)
     for g in opt.param_groups:
-        g["rho"] = cfg.lr_max * cfg.sam_lr_mult  # what the loop sets every step
+        g["sam_rho"] = cfg.lr_max * cfg.sam_lr_mult  # what the loop sets every step
     ctx = StepContext(cfg, opt, model, make_loss(cfg, model, model), cfg.m,
                       list(model.parameters()), torch.Generator(), lambda: (x, y),
                       contextlib.nullcontext)  # fmt: skip

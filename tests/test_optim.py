@@ -370,3 +370,36 @@ def test_looksam_foreach_equals_loop_over_20_steps(layerwise):
     sam_train(m2, o2, 20)
     for a, b in zip(params_of(m1), params_of(m2)):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+
+
+def test_a_rho_written_into_a_param_group_during_training_is_the_radius():
+    """davda54-style loops schedule rho by writing group["rho"]; with the radius stored as
+    sam_rho that write must still act (a silently ignored schedule is the bug this pins)."""
+    torch.manual_seed(0)
+    x, y = torch.randn(16, 5, dtype=torch.float64), torch.randn(16, 1, dtype=torch.float64)
+
+    def run(set_rho):
+        torch.manual_seed(1)
+        net = torch.nn.Linear(5, 1).double()
+        opt = SAM(net.parameters(), torch.optim.SGD, rho=0.05, lr=0.1)
+        for _ in range(3):
+            set_rho(opt)
+            loss = torch.nn.functional.mse_loss(net(x), y)
+            loss.backward()
+            opt.first_step(zero_grad=True)
+            torch.nn.functional.mse_loss(net(x), y).backward()
+            opt.second_step(zero_grad=True)
+        return net.weight.detach().clone()
+
+    def write(key, value):
+        def f(opt):
+            for g in opt.param_groups:
+                g[key] = value
+
+        return f
+
+    big = run(write("sam_rho", 0.5))
+    assert torch.equal(run(write("rho", 0.5)), big)  # the familiar key acts like sam_rho
+    assert not torch.equal(run(write("rho", 0.05)), big)
+    with pytest.raises(ValueError, match="rho"):
+        run(write("rho", float("nan")))
