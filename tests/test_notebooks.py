@@ -28,7 +28,6 @@ COMMANDS = ("make reproduce", "python -m analysis.reproduce")
 # that names none). strict: when a family fixes its notebook this test reports XPASS -> FAIL, and
 # the entry must go.
 NO_COMMAND_YET = {
-    "deep_nets.ipynb": "FileNotFoundError 'no finished deep_nets runs for profile quick'",
     "diagonal_linear_nets.ipynb": "FileNotFoundError '.../curves is not a run directory'",
 }
 
