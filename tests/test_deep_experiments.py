@@ -126,6 +126,25 @@ def test_n_test_reads_the_data_provenance_and_the_eval_cap():
         n_test(_run(100))
 
 
+def test_runs_of_the_trainer_before_issue_9_are_refused(tmp_path):
+    from analysis.deep_nets.runs import ensure_runs, load, run_path
+    from suite.rundir import atomic_write_json
+
+    spec = Spec.make({"dataset": "mnist1d", "model": "mlp", "epochs": 1}, 0)
+    path = run_path(tmp_path, spec)
+    path.mkdir(parents=True)
+    old = {"config": spec.as_dict, "data": {"sizes": {"test": 1000}, "noise": {"p": 0.0}}}
+    atomic_write_json(path / "config.json", old)
+    atomic_write_json(path / "summary.json", {"status": "finished"})
+    for call in (lambda: load(tmp_path, spec), lambda: ensure_runs([spec], tmp_path, runtime={})):
+        with pytest.raises(ValueError, match="older trainer.*delete this run directory"):
+            call()
+    old["data"]["noise"]["noisy_val"] = False  # what the current trainer writes
+    atomic_write_json(path / "config.json", old)
+    assert load(tmp_path, spec)["summary"]["status"] == "finished"
+    assert ensure_runs([spec], tmp_path, runtime={})["reused"] == 1
+
+
 def test_metric_rows_tolerate_the_epoch_0_row():
     def row(epoch, step, end, err):
         return {"epoch": epoch, "step": step, "epoch_end": end, "test_err": err}

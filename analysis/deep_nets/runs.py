@@ -94,6 +94,19 @@ def is_finished(path: Path) -> bool:
     return s.exists() and (load_run(path)["summary"] or {}).get("status") == "finished"
 
 
+def check_current(path: Path) -> None:
+    """Refuse a run written by the trainer before issue 9 (its config.json has no data provenance
+    with the validation-noise record): its flags name the same run, but the behaviour differed
+    (clean validation labels, the old unnormalized step and switch count)."""
+    conf = load_run(path)["config"]
+    if "noisy_val" not in ((conf.get("data") or {}).get("noise") or {}):
+        raise ValueError(
+            f"{path}: written by an older trainer (no data provenance with the validation-noise "
+            "record in config.json); its results do not follow the current flags' behaviour: "
+            "delete this run directory (or use a fresh results folder) and run again"
+        )
+
+
 def ensure_runs(specs: Iterable[Spec], root: Path, *, runtime: Mapping[str, Any]) -> dict:
     """Train every spec that has no finished run under ``root`` (resuming unfinished ones);
     ``runtime`` adds flags that do not change results (workers, device). Returns
@@ -105,6 +118,7 @@ def ensure_runs(specs: Iterable[Spec], root: Path, *, runtime: Mapping[str, Any]
     for spec in dict.fromkeys(specs):  # dedupe, keep order
         out = run_path(root, spec)
         if is_finished(out):
+            check_current(out)
             reused += 1
             continue
         flags = {**spec.as_dict, **runtime, "seed": spec.seed, "out_dir": str(out)}
@@ -128,6 +142,7 @@ def load(root: Path, spec: Spec) -> dict:
             f"{path}: no finished run for {spec.dirname()}; run the experiment first "
             "(python -m analysis.reproduce --only deep_nets, or the experiment's function)"
         )
+    check_current(path)
     return load_run(path)
 
 
