@@ -124,6 +124,9 @@ def test_n_test_reads_the_data_provenance_and_the_eval_cap():
     assert n_test(_run(summary_size=500, config_size=777)) == 500
     with pytest.raises(ValueError, match="runs/x: no test-set size.*run the experiment again"):
         n_test(_run(100))
+    assert ex._train_size(_run(summary_size=10)) == 9  # the noisy-subset count uses it
+    with pytest.raises(ValueError, match="runs/x: no training-set size"):
+        ex._train_size(_run(100))
 
 
 def test_runs_of_the_trainer_before_issue_9_are_refused(tmp_path):

@@ -241,6 +241,16 @@ def ft_specs(P: dict[str, Any]) -> list[Spec]:
     return [sp for fn in ft_methods(P).values() for sp in _many(P, fn)]
 
 
+def _train_size(run: dict[str, Any]) -> int:
+    """Training-set size the run trained on (its data provenance; a clear error if absent)."""
+    data = (run.get("summary") or {}).get("data") or run["config"].get("data") or {}
+    size = (data.get("sizes") or {}).get("train")
+    if not size:
+        raise ValueError(f"{run['path']}: no training-set size in the data provenance of "
+                         "summary.json or config.json; run the experiment again")  # fmt: skip
+    return int(size)
+
+
 def _switch_epoch(P: dict[str, Any]) -> int:
     """The 1-based epoch where the switch lands: the first e with e / epochs >= switch."""
     return math.ceil(P["switch"] * P["base"]["epochs"] - 1e-9)
@@ -408,7 +418,10 @@ def noisy_report(root: Path, profile: str, figures: Path) -> list[dict[str, Any]
     # memorization: ERM fits the noisy labels; SAM does so later
     noisy_end = [epoch_rows(r)[-1]["train_err_noisy"] for r in erm.runs]
     m_, s_, k_ = mean_std(noisy_end)
-    n_noisy = max(1, round(p * b.get("n_eval_train", 10000)))
+    # noisy examples in the evaluated training subset: p * min(--n_eval_train, training set size
+    # from the data provenance)
+    n_sub = min(b.get("n_eval_train", 10000), _train_size(erm.runs[0]))
+    n_noisy = max(1, round(p * n_sub))
     se = math.hypot(s_ / math.sqrt(k_) if k_ > 1 else math.nan,
                     math.sqrt(max(m_ * (1 - m_), 0.0) / n_noisy))  # fmt: skip
     rows.append(dict(
