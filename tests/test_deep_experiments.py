@@ -202,6 +202,18 @@ def test_switch_epoch_is_counted_as_the_original():
     assert e == 45  # 75% of 60 epochs
 
 
+@pytest.mark.parametrize("profile", ["test", "quick", "full", "paper"])
+def test_switch_runs_really_switch(profile):
+    """Each switch run has ERM epochs and SAM epochs (the original's count includes both ends)."""
+    from deep_nets.train import sam_active
+
+    P = PROFILES[profile]
+    for label in ("ERM -> SAM", "SAM -> ERM"):
+        cfg = TrainConfig(**ex.ft_methods(P)[label](0).as_dict)
+        on = [sam_active(cfg, e) for e in range(cfg.epochs)]
+        assert any(on) and not all(on), f"{profile}: {label} is SAM in epochs {on}"
+
+
 # ------------------------------------------------------------------------------- run identity
 def test_spec_identity_ignores_defaults_and_runtime_flags():
     a = Spec.make({"dataset": "mnist1d", "sam_rho": 0.0, "acc_steps": 1, "workers": 1}, 0)
