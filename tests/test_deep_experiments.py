@@ -13,7 +13,16 @@ from torch import nn
 from analysis.deep_nets import experiments as ex
 from analysis.deep_nets.interpolation import interpolate_losses
 from analysis.deep_nets.profiles import PAPER_CONFIGS, PROFILES
-from analysis.deep_nets.runs import Outcome, Spec, compare_rows, n_test, to_argv
+from analysis.deep_nets.runs import (
+    Outcome,
+    Spec,
+    compare_rows,
+    curve_rows,
+    epoch_rows,
+    mean_curve,
+    n_test,
+    to_argv,
+)
 from deep_nets.config import TrainConfig, check_config, load_named_config
 
 # REFERENCE.md 4.1, written out by hand: the original's settings for each paper figure.
@@ -100,10 +109,109 @@ def test_verdicts_follow_the_gap_and_its_noise():
     assert _rows(seeds_a, seeds_b, n=10**6)[0]["verdict"] == "reproduced"
 
 
-def test_n_test_follows_the_eval_cap():
-    assert n_test(Spec.make({"dataset": "fashion_mnist"}, 0)) == 10_000
-    assert n_test(Spec.make({"dataset": "fashion_mnist", "n_eval": 2000}, 0)) == 2000
-    assert n_test(Spec.make({"dataset": "mnist1d", "n_eval": 5000}, 0)) == 1000
+def _run(n_eval=0, *, summary_size=None, config_size=None):
+    data = lambda n: {"sizes": {"train": 9, "val": 1, "test": n}}  # noqa: E731
+    summary = {"status": "finished", **({"data": data(summary_size)} if summary_size else {})}
+    conf = {"config": {"n_eval": n_eval}, **({"data": data(config_size)} if config_size else {})}
+    return {"path": "runs/x", "config": conf, "summary": summary, "metrics": []}
+
+
+def test_n_test_reads_the_data_provenance_and_the_eval_cap():
+    assert n_test(_run(summary_size=10_000)) == 10_000
+    assert n_test(_run(2000, summary_size=10_000)) == 2000
+    assert n_test(_run(5000, summary_size=1000)) == 1000
+    assert n_test(_run(config_size=777)) == 777  # config.json when summary.json lacks it
+    assert n_test(_run(summary_size=500, config_size=777)) == 500
+    with pytest.raises(ValueError, match="runs/x: no test-set size.*run the experiment again"):
+        n_test(_run(100))
+    assert ex._train_size(_run(summary_size=10)) == 9  # the noisy-subset count uses it
+    with pytest.raises(ValueError, match="runs/x: no training-set size"):
+        ex._train_size(_run(100))
+
+
+def test_runs_of_the_trainer_before_issue_9_are_refused(tmp_path):
+    from analysis.deep_nets.runs import ensure_runs, load, run_path
+    from suite.rundir import atomic_write_json
+
+    spec = Spec.make({"dataset": "mnist1d", "model": "mlp", "epochs": 1}, 0)
+    path = run_path(tmp_path, spec)
+    path.mkdir(parents=True)
+    old = {"config": spec.as_dict, "data": {"sizes": {"test": 1000}, "noise": {"p": 0.0}}}
+    atomic_write_json(path / "config.json", old)
+    atomic_write_json(path / "summary.json", {"status": "finished"})
+    for call in (lambda: load(tmp_path, spec), lambda: ensure_runs([spec], tmp_path, runtime={})):
+        with pytest.raises(ValueError, match="older trainer.*delete this run directory"):
+            call()
+    old["data"]["noise"]["noisy_val"] = False  # what the current trainer writes
+    atomic_write_json(path / "config.json", old)
+    assert load(tmp_path, spec)["summary"]["status"] == "finished"
+    assert ensure_runs([spec], tmp_path, runtime={})["reused"] == 1
+
+
+def test_metric_rows_tolerate_the_epoch_0_row():
+    def row(epoch, step, end, err):
+        return {"epoch": epoch, "step": step, "epoch_end": end, "test_err": err}
+
+    a = {"metrics": [row(0.0, 0, False, 0.9), row(0.5, 5, False, 0.7), row(1.0, 10, True, 0.5),
+                     row(2.0, 20, True, 0.3)]}  # fmt: skip
+    b = {"metrics": [row(0.0, 0, False, 0.7), row(1.0, 10, True, 0.3), row(2.0, 20, True, 0.1)]}
+    assert [r["epoch"] for r in epoch_rows(a)] == [1.0, 2.0]  # neither epoch 0 nor mid-epoch
+    assert [[r["epoch"] for r in rs] for rs in curve_rows([a, b])] == [[0.0, 1.0, 2.0]] * 2
+    x, y = mean_curve([a, b], "test_err")
+    assert x.tolist() == [0.0, 1.0, 2.0] and y == pytest.approx([0.8, 0.4, 0.2])
+    old = {"metrics": b["metrics"][1:]}  # a run from before the epoch-0 row: curves stay aligned
+    x, y = mean_curve([a, old], "test_err")
+    assert x.tolist() == [1.0, 2.0] and y == pytest.approx([0.4, 0.2])
+    # the memorization epoch and the CPU per epoch ignore the epoch-0 row
+    assert ex.first_epoch_below(a, "test_err", 0.95) == 1.0
+    a["metrics"][0]["train_cpu_seconds"] = 0.0
+    for r in a["metrics"][1:]:
+        r["train_cpu_seconds"] = 1.0
+    assert ex.cpu_per_epoch(a) == pytest.approx(1.5)
+
+
+def test_fig1_uses_the_originals_n_sam_and_random_baseline():
+    P = PROFILES["quick"]
+    m = ex.fig1_methods(P, 0.1)
+    nsam, rnd = m["n-SAM"](0).as_dict, m["random"](0).as_dict
+    assert nsam["sam_use_prev_batch"] is True and nsam["sam_rho"] == 0.1
+    assert "sam_perturb_batch" not in nsam  # the default, "same"
+    assert "sam_rho" not in rnd and "sam_variant" not in rnd  # SAM off: weight noise only
+    # s = rho / sqrt(d), d counted on the model the trainer builds (an MLP on mnist1d)
+    from deep_nets.models import build_model, count_parameters
+
+    net = build_model(P["base"]["model"], in_channels=1, num_classes=10, input_shape=(1, 40),
+                      width=P["base"].get("model_width"))  # fmt: skip
+    d = count_parameters(net)
+    assert rnd["add_weight_perturb_scale"] == pytest.approx(0.1 / math.sqrt(d), rel=1e-5)
+    assert m["random"](0).dirname().startswith("gauss-")
+    assert m["n-SAM"](0).dirname().startswith("sam-r0.1-m128-prev_")
+
+
+def test_switch_epoch_is_counted_as_the_original():
+    from deep_nets.train import sam_active
+
+    P = PROFILES["quick"]
+    e = ex._switch_epoch(P)
+    for flags in (
+        ex.ft_methods(P)["ERM -> SAM"](0).as_dict,
+        ex.ft_methods(P)["SAM -> ERM"](0).as_dict,
+    ):
+        cfg = TrainConfig(**flags)
+        assert sam_active(cfg, e - 1)  # the switch epoch (1-based e) is a SAM epoch in both
+    assert e == 45  # 75% of 60 epochs
+
+
+@pytest.mark.parametrize("profile", ["test", "quick", "full", "paper"])
+def test_switch_runs_really_switch(profile):
+    """Each switch run has ERM epochs and SAM epochs (the original's count includes both ends)."""
+    from deep_nets.train import sam_active
+
+    P = PROFILES[profile]
+    for label in ("ERM -> SAM", "SAM -> ERM"):
+        cfg = TrainConfig(**ex.ft_methods(P)[label](0).as_dict)
+        on = [sam_active(cfg, e) for e in range(cfg.epochs)]
+        assert any(on) and not all(on), f"{profile}: {label} is SAM in epochs {on}"
 
 
 # ------------------------------------------------------------------------------- run identity

@@ -139,3 +139,30 @@ def test_notebook_runs_on_the_stage_results(stage, tmp_path, monkeypatch):
         for o in c.outputs
     )
     assert "within noise" in outputs and "fig1" in outputs
+
+
+def test_notebook_without_results_stops_at_once_naming_the_command(tmp_path, monkeypatch):
+    """On an empty results folder the notebook stops in its setup cell with
+    ``analysis.report.missing_results``'s sentence (not later, on the first missing run)."""
+    from nbclient.exceptions import CellExecutionError
+
+    from analysis.report import missing_results
+
+    results = tmp_path / "results"
+    results.mkdir()
+    monkeypatch.setenv("SHARPNESS_RESULTS", str(results))
+    monkeypatch.setenv("SHARPNESS_FIGURES", str(tmp_path / "figs"))
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))
+    src = nbformat.read(ROOT / "notebooks" / "deep_nets.ipynb", as_version=4)
+    client = NotebookClient(
+        src, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}
+    )
+    with pytest.raises(CellExecutionError):
+        client.execute()
+    errors = [(i, o) for i, c in enumerate(src.cells) if c.cell_type == "code"
+              for o in c.get("outputs", []) if o.get("output_type") == "error"]  # fmt: skip
+    assert len(errors) == 1
+    i, err = errors[0]
+    assert i == 1 and err["ename"] == "FileNotFoundError"  # the setup cell
+    assert err["evalue"] == missing_results(results, "deep_nets")
+    assert "python -m analysis.reproduce --only deep_nets" in err["evalue"]

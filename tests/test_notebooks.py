@@ -24,12 +24,6 @@ from nbclient.exceptions import CellExecutionError
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 COMMANDS = ("make reproduce", "python -m analysis.reproduce")
-# Family notebooks that do not yet say which command makes missing results (they raise an error
-# that names none). strict: when a family fixes its notebook this test reports XPASS -> FAIL, and
-# the entry must go.
-NO_COMMAND_YET = {
-    "deep_nets.ipynb": "FileNotFoundError 'no finished deep_nets runs for profile quick'",
-}
 
 
 async def _execute(path: Path, results: Path, figures: Path) -> tuple[Any, str]:
@@ -126,16 +120,7 @@ def test_no_stored_outputs(path):
             assert c.get("execution_count") is None, f"{path.name} cell {i}: execution count"
 
 
-@pytest.mark.parametrize(
-    "path",
-    [
-        pytest.param(p, marks=pytest.mark.xfail(strict=True, reason=NO_COMMAND_YET[p.name]))
-        if p.name in NO_COMMAND_YET
-        else p
-        for p in NOTEBOOKS
-    ],
-    ids=lambda p: p.name,
-)
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_missing_results_name_the_command(path, executed):
     _, text = executed["empty"][path.name]
     assert any(cmd in text for cmd in COMMANDS), text[-1500:]

@@ -13,6 +13,7 @@ in percentage points, positive in the paper's direction, with the standard error
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections.abc import Callable
@@ -49,16 +50,20 @@ def method(
     rho: float = 0.0,
     acc: int = 1,
     variant: str = "sam",
-    other: bool = False,
+    prev: bool = False,
     unnorm: bool = False,
     start: float = 0.0,
     end: float = 1.0,
+    gauss: float = 0.0,
 ) -> Spec:
     """The run of one method on the profile's ``base`` config (SAM flags set explicitly so that
-    a paper base config's own SAM settings never leak into the ERM run)."""
+    a paper base config's own SAM settings never leak into the ERM run). ``prev``: the original's
+    n-SAM (``--sam_use_prev_batch``); ``gauss``: the original's random baseline
+    (``--add_weight_perturb_scale``, Gaussian per coordinate, SAM off)."""
     flags = {**P[base], "sam_rho": rho, "acc_steps": acc, "sam_variant": variant,
-             "sam_perturb_batch": "other" if other else "same", "sam_no_grad_norm": unnorm,
-             "sam_epoch_frac_start": start, "sam_epoch_frac_end": end}  # fmt: skip
+             "sam_perturb_batch": "same", "sam_use_prev_batch": prev, "sam_no_grad_norm": unnorm,
+             "sam_epoch_frac_start": start, "sam_epoch_frac_end": end,
+             "add_weight_perturb_scale": gauss, "mul_weight_perturb_scale": 0.0}  # fmt: skip
     if variant == "looksam":
         flags["looksam_k"] = P["looksam_k"]
     return Spec.make(flags, seed)
@@ -89,16 +94,40 @@ class Experiment:
 
 
 # ------------------------------------------------------------------------- 1. Fig. 1: rho sweep
+# Input shapes as deep_nets.data loads them (N, *shape), for counting a model's parameters.
+INPUT_SHAPES = {"mnist1d": (1, 40), "fashion_mnist": (1, 28, 28), "cifar10": (3, 32, 32),
+                "cifar100": (3, 32, 32), "svhn": (3, 32, 32)}  # fmt: skip
+
+
+@functools.cache
+def _n_params(model: str, width: int | None, dataset: str) -> int:
+    from deep_nets.data import NUM_CLASSES
+    from deep_nets.models import build_model, count_parameters
+
+    shape = INPUT_SHAPES[dataset]
+    net = build_model(model, in_channels=shape[0], num_classes=NUM_CLASSES[dataset], width=width,
+                      input_shape=shape)  # fmt: skip
+    return count_parameters(net)
+
+
+def gauss_scale(P: dict[str, Any], rho: float, base: str = "base") -> float:
+    """Per-coordinate std s of the random baseline at radius rho: s = rho / sqrt(d) (d = the
+    model's parameter count), so that the Gaussian perturbation's norm is ~ rho (E||s n||^2 =
+    s^2 d = rho^2), the same radius as SAM's ascent."""
+    b = P[base]
+    d = _n_params(b.get("model", "resnet18"), b.get("model_width"), b.get("dataset", "cifar10"))
+    return float(f"{rho / math.sqrt(d):.6g}")  # rounded: a stable run identity
+
+
 def fig1_methods(P: dict[str, Any], rho: float) -> dict[str, Callable[[int], Spec]]:
     small = P["small_acc"]
     return {
-        # PARITY: the original's random baseline is a per-coordinate Gaussian of the scale
-        # --add_weight_perturb_scale (issue 9); here a random direction of norm exactly rho.
-        "random": lambda s: method(P, s, rho=rho, variant="random"),
-        # PARITY: needs --sam_use_prev_batch from issue 9: the original's n-SAM perturbs with the
-        # previous batch; until then the independent-batch approximation (--sam_perturb_batch
-        # other) stands in.
-        "n-SAM": lambda s: method(P, s, rho=rho, other=True),
+        # the original's random baseline: the gradient at w + s n, n ~ N(0, I) per coordinate
+        # (--add_weight_perturb_scale s), s = rho / sqrt(d); our exact-norm variant
+        # (--sam_variant random) is not run
+        "random": lambda s: method(P, s, gauss=gauss_scale(P, rho)),
+        # the original's n-SAM: the ascent on the previous batch (--sam_use_prev_batch)
+        "n-SAM": lambda s: method(P, s, rho=rho, prev=True),
         f"SAM (m={_m(P, 1)})": lambda s: method(P, s, rho=rho),
         f"m-SAM (m={_m(P, small)})": lambda s: method(P, s, rho=rho, acc=small),
     }
@@ -125,12 +154,14 @@ def fig1_report(root: Path, profile: str, figures: Path) -> list[dict[str, Any]]
         title=f"Fig. 1: test error vs rho ({_setting(P)})",
     )  # fmt: skip
     at = {lab: series[lab][P["rhos"].index(P["rho"])] for lab in labels}
-    n = n_test(erm.specs[0])
+    n = n_test(erm.runs[0])
     rnd, nsam, sam, msam = (at[lab] for lab in labels)
     common = dict(paper=f"{PAPER}, Fig. 1", profile=profile, figure=_rel(fig), n=n)
     note = (f"rho = {P['rho']} fixed before the runs; {_setting(P)} instead of ResNet-18 / "
-            "CIFAR-10 (CPU budget). n-SAM = ascent on an independent batch (the original uses "
-            "the previous batch: issue 9)")  # fmt: skip
+            "CIFAR-10 (CPU budget). n-SAM = ascent on the previous batch (--sam_use_prev_batch, "
+            "the original's); random = the original's Gaussian weight perturbation "
+            "(--add_weight_perturb_scale rho / sqrt(#params): norm ~ rho; the paper does not "
+            "state its scale)")  # fmt: skip
     return [
         *compare_rows(erm, sam, claim="SAM with m = batch (the paper's 128-SAM) beats ERM",
                       paper_value="ERM ~5.1%, 128-SAM ~4.35% at rho 0.1", note=note, **common),
@@ -171,7 +202,7 @@ def msharp_report(root: Path, profile: str, figures: Path) -> list[dict[str, Any
         xlabel="m (examples per ascent)", title=f"m-sharpness: test error vs m ({_setting(P)})",
     )  # fmt: skip
     big, small = outs[0], outs[-1]
-    n = n_test(erm.specs[0])
+    n = n_test(erm.runs[0])
     note = f"rho = {P['rho']}, m in {ms}; {_setting(P)} (CPU budget)"
     rows = compare_rows(
         big, small, claim=f"smaller m generalizes better (m = {ms[-1]} vs m = {ms[0]})",
@@ -208,6 +239,21 @@ def ft_methods(P: dict[str, Any]) -> dict[str, Callable[[int], Spec]]:
 
 def ft_specs(P: dict[str, Any]) -> list[Spec]:
     return [sp for fn in ft_methods(P).values() for sp in _many(P, fn)]
+
+
+def _train_size(run: dict[str, Any]) -> int:
+    """Training-set size the run trained on (its data provenance; a clear error if absent)."""
+    data = (run.get("summary") or {}).get("data") or run["config"].get("data") or {}
+    size = (data.get("sizes") or {}).get("train")
+    if not size:
+        raise ValueError(f"{run['path']}: no training-set size in the data provenance of "
+                         "summary.json or config.json; run the experiment again")  # fmt: skip
+    return int(size)
+
+
+def _switch_epoch(P: dict[str, Any]) -> int:
+    """The 1-based epoch where the switch lands: the first e with e / epochs >= switch."""
+    return math.ceil(P["switch"] * P["base"]["epochs"] - 1e-9)
 
 
 INTERP_T = [round(-0.5 + 0.1 * i, 2) for i in range(21)]  # -0.5 .. 1.5
@@ -263,10 +309,12 @@ def ft_report(root: Path, profile: str, figures: Path) -> list[dict[str, Any]]:
         title=f"Fig. 9: ERM <-> SAM switches at {P['switch']:.0%} of training ({_setting(P)})",
         extra=interp_panel,
     )  # fmt: skip
-    n = n_test(o["ERM"].specs[0])
+    n = n_test(o["ERM"].runs[0])
     note = (f"switch at {P['switch']:.0%} of the epochs, rho {P['rho']}, m = batch; "
-            f"{_setting(P)} (CPU budget). PARITY: the switch epoch as the original counts it "
-            "comes with issue 9")  # fmt: skip
+            f"{_setting(P)} (CPU budget). The switch as the original counts it: SAM on in the "
+            "1-based epochs e with e / epochs >= switch (ERM -> SAM) or <= switch (SAM -> ERM), "
+            f"so epoch {_switch_epoch(P)} is a SAM epoch in both; curves start at the epoch-0 "
+            "evaluation")  # fmt: skip
     common = dict(paper=f"{PAPER}, Fig. 9", profile=profile, figure=_rel(fig), n=n, note=note)
     rows = [
         *compare_rows(o["ERM"], o["ERM -> SAM"], claim="switching ERM -> SAM late improves",
@@ -292,8 +340,8 @@ def ft_report(root: Path, profile: str, figures: Path) -> list[dict[str, Any]]:
 
 # ------------------------------------------------------------------------- 4. Fig. 12: noise
 def noisy_methods(P: dict[str, Any]) -> dict[str, Callable[[int], Spec]]:
-    # PARITY: needs issue 9's noisy validation labels (the original's default; --clean_val for the
-    # oracle); this branch validates on clean labels, so "best-validation epoch" is an oracle.
+    # the validation labels are noisy like the training labels (the trainer's default, as the
+    # original): the best-validation epoch is a realistic early stopping, not an oracle
     acc = P["noisy_acc"]
     return {
         "ERM": lambda s: method(P, s, base="noisy"),
@@ -342,11 +390,11 @@ def noisy_report(root: Path, profile: str, figures: Path) -> list[dict[str, Any]
               "(dotted: best-validation epoch)",
     )  # fmt: skip
     erm, sam, msam = o.values()
-    n = n_test(erm.specs[0])
+    n = n_test(erm.runs[0])
     note = (
         f"{_setting(P, 'noisy')}, rho {P['rho']} (CPU budget; the paper: ResNet / CIFAR-10, "
-        "1000 epochs). PARITY: validation labels are clean on this branch (oracle early "
-        "stopping); issue 9 makes them noisy as in the original (--clean_val for today's)"
+        "1000 epochs). Best-validation epoch on the noisy validation labels (the original's "
+        "realistic early stopping; --clean_val would be an oracle)"
     )
     common = dict(paper=f"{PAPER}, Fig. 12", profile=profile, figure=_rel(fig), n=n, note=note)
     rows = [
@@ -370,7 +418,10 @@ def noisy_report(root: Path, profile: str, figures: Path) -> list[dict[str, Any]
     # memorization: ERM fits the noisy labels; SAM does so later
     noisy_end = [epoch_rows(r)[-1]["train_err_noisy"] for r in erm.runs]
     m_, s_, k_ = mean_std(noisy_end)
-    n_noisy = max(1, round(p * b.get("n_eval_train", 10000)))
+    # noisy examples in the evaluated training subset: p * min(--n_eval_train, training set size
+    # from the data provenance)
+    n_sub = min(b.get("n_eval_train", 10000), _train_size(erm.runs[0]))
+    n_noisy = max(1, round(p * n_sub))
     se = math.hypot(s_ / math.sqrt(k_) if k_ > 1 else math.nan,
                     math.sqrt(max(m_ * (1 - m_), 0.0) / n_noisy))  # fmt: skip
     rows.append(dict(
@@ -399,8 +450,8 @@ def noisy_report(root: Path, profile: str, figures: Path) -> list[dict[str, Any]
 
 # ------------------------------------------------------------------------- 5. convergence
 def conv_methods(P: dict[str, Any]) -> dict[str, Callable[[int], Spec]]:
-    # PARITY: --sam_no_grad_norm becomes the original's e = rho grad(L / acc_steps) projected on
-    # the rho-ball with issue 9 (today e = rho g); the run keeps its flag, its meaning changes.
+    # --sam_no_grad_norm is the original's unnormalized ascent: e = P_rho(rho grad(L_chunk /
+    # acc_steps)), the step rho * g projected onto the rho-ball (so = rho g / ||g|| once ||g|| > 1)
     rho, small = P["rho"], P["small_acc"]
     return {
         "ERM": lambda s: method(P, s),
@@ -444,9 +495,9 @@ def conv_report(root: Path, profile: str, figures: Path) -> list[dict[str, Any]]
                  f"(ERM {fmt_mean_std(erm_final, '.4f')})",
             gap=NEAR_ZERO - m_, se=se, profile=profile, verdict=verdict(NEAR_ZERO - m_, se),
             figure=_rel(fig),
-            note=f"gap = tolerance - mean final loss; {_setting(P)}. PARITY: the original's "
-                 "unnormalized ascent (rho * grad(L/acc_steps), projected on the rho-ball) comes "
-                 "with issue 9; here e = rho * g",
+            note=f"gap = tolerance - mean final loss; {_setting(P)}. Unnormalized SAM = the "
+                 "original's --sam_no_grad_norm: e = P_rho(rho * grad(L/acc_steps)), the step "
+                 "projected onto the rho-ball (normalized SAM whenever ||grad|| > 1)",
         ))  # fmt: skip
     return rows
 
@@ -485,7 +536,7 @@ def look_report(root: Path, profile: str, figures: Path) -> list[dict[str, Any]]
         figures / "deep_nets_looksam.png", ylabels=["test error (%)", "CPU s / epoch"],
         title=f"LookSAM vs SAM vs ERM, rho {P['rho']} ({_setting(P)})",
     )  # fmt: skip
-    n = n_test(erm.specs[0])
+    n = n_test(erm.runs[0])
     rows = compare_rows(
         erm, look, claim=f"{look.label} keeps SAM's gain: beats ERM", n=n, profile=profile,
         paper="Liu et al. 2022 (LookSAM), Table 1", figure=_rel(fig),
@@ -543,7 +594,7 @@ def sem_report(root: Path, profile: str, figures: Path) -> list[dict[str, Any]]:
         figures / "deep_nets_seminar.png", ylabels=["test accuracy"],
         title=f"The seminar's table: {_setting(P, 'seminar')}, rho {P['seminar_rho']}",
     )  # fmt: skip
-    n = n_test(sgd.specs[0])
+    n = n_test(sgd.runs[0])
     full = profile in ("full", "paper")
     note = (f"{_setting(P, 'seminar')}; the deck does not state epochs / batch / lr / "
             "architecture" + ("" if full else "; quick subsamples, so the accuracies are "

@@ -13,7 +13,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from analysis.deep_nets.runs import Outcome, epoch_rows, mean_curve  # noqa: E402
+from analysis.deep_nets.runs import Outcome, curve_rows, mean_curve  # noqa: E402
 
 # by label prefix (the longest matching prefix wins)
 COLORS = {"ERM": "C0", "SAM": "C3", "m-SAM": "C2", "n-SAM": "C1", "random": "C7", "LookSAM": "C4",
@@ -87,8 +87,9 @@ def curves(
     extra: Any = None,
 ) -> Path:
     """One panel per (metric key, panel title), one line per method (mean over seeds, thin lines
-    per seed). ``mark_best``: a dotted vertical line at each method's best-validation epoch
-    (mean over seeds) and a dot on the test-error curve there. ``extra(ax)`` draws one more
+    per seed), from the epoch-0 row (the starting point) on. ``mark_best``: a dotted vertical
+    line at each method's best-validation epoch (mean over seeds) and a dot on the test-error
+    curve there. ``extra(ax)`` draws one more
     panel. ``marks``: (x, text) gray dashed vertical lines, e.g. the learning-rate drops."""
     n = len(keys) + (extra is not None)
     fig, axes = plt.subplots(1, n, figsize=(4.6 * n, 3.9))
@@ -96,13 +97,12 @@ def curves(
     for o in outcomes:
         c = _color(o.label)
         for ax, (key, _), ly in zip(axes, keys, list(logy) + [False] * len(keys)):
-            for run in o.runs:
-                rows = epoch_rows(run)
+            for rows in curve_rows(o.runs):
                 xs = [r[x] for r in rows]
                 ax.plot(xs, [_pct(r.get(key), key) for r in rows], color=c, alpha=0.25, lw=0.7)
             ex, ey = mean_curve(o.runs, key)
             if x == "step":
-                ex = np.array([r["step"] for r in epoch_rows(o.runs[0])][: len(ey)])
+                ex = np.array([r["step"] for r in curve_rows(o.runs)[0]][: len(ey)])
             ax.plot(ex, _pct(ey, key), color=c, lw=2, label=o.label)
             if ly:
                 ax.set_yscale("log")

@@ -33,7 +33,9 @@ PROFILES: dict[str, dict[str, Any]] = {
                    frac_train=0.02, **_TEST_EVAL),
         seminar=_cfg("seminar_fmnist_cnn", model_width=4, batch_size=32, epochs=1,
                      frac_train=0.01, **_TEST_EVAL),
-        seeds=[0], rhos=[0.1], rho=0.1, small_acc=4, accs=[1, 4], switch=0.5, rho_unnorm=0.1,
+        # switch 0.75: with 2 epochs and the original's count (both ends included) ERM -> SAM is
+        # SAM in epoch 2 only, SAM -> ERM in epoch 1 only (0.5 would make ERM -> SAM all SAM)
+        seeds=[0], rhos=[0.1], rho=0.1, small_acc=4, accs=[1, 4], switch=0.75, rho_unnorm=0.1,
         noisy_acc=2, looksam_k=5, workers=1,
     ),
     # make reproduce: all seven experiments in ~7 CPU-minutes, one thread (see deep_nets/README)

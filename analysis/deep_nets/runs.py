@@ -23,10 +23,6 @@ from suite.claims import compare_seeds, fmt_mean_std
 from suite.rundir import config_hash, load_run
 
 FAMILY = "deep_nets"
-# Test-set sizes of the data sets as the loader reads them (mnist1d: the package's default
-# 5000 examples, 20% test). Used for the binomial part of the standard error.
-# PARITY: issue 9 writes the data sizes into summary.json; read them from there once it lands.
-TEST_SIZES = {"mnist1d": 1000, "fashion_mnist": 10000, "cifar10": 10000, "cifar100": 10000}
 # Flags that do not change the results: left out of the run's identity.
 _FREE = ("workers", "device", "out_dir", "resume", "stop_after_epoch", "seed")
 
@@ -60,6 +56,11 @@ class Spec:
             parts.append(f"m{d.get('batch_size', 128) // d.get('acc_steps', 1)}")
         if d.get("sam_perturb_batch", "same") != "same":
             parts.append("other")
+        if d.get("sam_use_prev_batch"):
+            parts.append("prev")
+        if d.get("add_weight_perturb_scale"):
+            parts[0] = "gauss"
+            parts.append(f"s{d['add_weight_perturb_scale']:.3g}")
         if d.get("sam_epoch_frac_start", 0.0) > 0:
             parts.append(f"from{d['sam_epoch_frac_start']:g}")
         if d.get("sam_epoch_frac_end", 1.0) < 1:
@@ -93,6 +94,19 @@ def is_finished(path: Path) -> bool:
     return s.exists() and (load_run(path)["summary"] or {}).get("status") == "finished"
 
 
+def check_current(path: Path) -> None:
+    """Refuse a run written by the trainer before issue 9 (its config.json has no data provenance
+    with the validation-noise record): its flags name the same run, but the behaviour differed
+    (clean validation labels, the old unnormalized step and switch count)."""
+    conf = load_run(path)["config"]
+    if "noisy_val" not in ((conf.get("data") or {}).get("noise") or {}):
+        raise ValueError(
+            f"{path}: written by an older trainer (no data provenance with the validation-noise "
+            "record in config.json); its results do not follow the current flags' behaviour: "
+            "delete this run directory (or use a fresh results folder) and run again"
+        )
+
+
 def ensure_runs(specs: Iterable[Spec], root: Path, *, runtime: Mapping[str, Any]) -> dict:
     """Train every spec that has no finished run under ``root`` (resuming unfinished ones);
     ``runtime`` adds flags that do not change results (workers, device). Returns
@@ -104,6 +118,7 @@ def ensure_runs(specs: Iterable[Spec], root: Path, *, runtime: Mapping[str, Any]
     for spec in dict.fromkeys(specs):  # dedupe, keep order
         out = run_path(root, spec)
         if is_finished(out):
+            check_current(out)
             reused += 1
             continue
         flags = {**spec.as_dict, **runtime, "seed": spec.seed, "out_dir": str(out)}
@@ -127,19 +142,45 @@ def load(root: Path, spec: Spec) -> dict:
             f"{path}: no finished run for {spec.dirname()}; run the experiment first "
             "(python -m analysis.reproduce --only deep_nets, or the experiment's function)"
         )
+    check_current(path)
     return load_run(path)
 
 
 def epoch_rows(run: Mapping[str, Any]) -> list[dict]:
+    """The end-of-epoch rows (``epoch_end`` true): epochs 1, 2, ...; neither the epoch-0 row
+    (the starting point, logged before any step) nor the ``--eval_iter_freq`` rows."""
     return [r for r in run["metrics"] if r.get("epoch_end")]
 
 
-def n_test(spec: Spec) -> int:
-    """Test examples each error rate was measured on (``--n_eval`` caps the test set)."""
-    d = spec.as_dict
-    size = TEST_SIZES[d.get("dataset", "cifar10")]
-    n = d.get("n_eval", 0)
-    return min(n, size) if n else size
+def start_row(run: Mapping[str, Any]) -> dict | None:
+    """The epoch-0 row (evaluated before any step: a fine-tuning run's starting error), or None
+    for a run written before the trainer logged it."""
+    return next((r for r in run["metrics"] if not r.get("epoch_end") and r.get("step") == 0), None)
+
+
+def curve_rows(runs: Sequence[Mapping[str, Any]]) -> list[list[dict]]:
+    """Per run, the rows a curve draws: the epoch-0 row (when every run has one, so that the
+    runs stay aligned) followed by the end-of-epoch rows."""
+    starts = [start_row(r) for r in runs]
+    with_start = all(s is not None for s in starts)
+    return [([s] if with_start else []) + epoch_rows(r) for s, r in zip(starts, runs, strict=True)]
+
+
+def n_test(run: Mapping[str, Any]) -> int:
+    """Test examples each error rate of ``run`` was measured on: the test-set size the trainer
+    recorded in the data provenance (``summary.json`` "data", else ``config.json`` "data",
+    ``sizes.test``), capped by the run's ``--n_eval``."""
+    summary, conf = run.get("summary") or {}, run.get("config") or {}
+    data = summary.get("data") or conf.get("data") or {}
+    size = (data.get("sizes") or {}).get("test")
+    if not size:
+        raise ValueError(
+            f"{run.get('path')}: no test-set size in the data provenance of summary.json or "
+            "config.json ('data' -> 'sizes' -> 'test'); the run predates the trainer that writes "
+            "it: delete the run directory and run the experiment again"
+        )
+    n = int((conf.get("config") or {}).get("n_eval") or 0)
+    return min(n, int(size)) if n > 0 else int(size)
 
 
 @dataclass
@@ -159,9 +200,10 @@ class Outcome:
 def outcome(root: Path, label: str, specs: Sequence[Spec]) -> Outcome:
     """Test error at the best-validation epoch and at the last epoch, per seed.
 
-    PARITY: the validation labels are clean on this branch (issue 9 makes them noisy by default,
-    as in the original, with ``--clean_val`` for today's behaviour); with label noise the
-    best-validation epoch is then an oracle choice. Switch nothing here: the summary field stays.
+    The best-validation epoch is the trainer's ``summary.json`` choice among the end-of-epoch
+    rows (the epoch-0 row is not a candidate). With label noise the validation labels are noisy
+    like the training labels (the trainer's default, as the original): a realistic early stopping;
+    ``--clean_val`` would make it an oracle.
     """
     o = Outcome(label, list(specs))
     for s in specs:
@@ -217,8 +259,9 @@ def compare_rows(
 
 
 def mean_curve(runs: Sequence[Mapping[str, Any]], key: str) -> tuple[np.ndarray, np.ndarray]:
-    """(epochs, mean over runs of ``key`` per epoch-end row); runs of unequal length are cut."""
-    rows = [epoch_rows(r) for r in runs]
+    """(epochs, mean over runs of ``key`` per row of ``curve_rows``: the epoch-0 row, then the
+    end-of-epoch rows); runs of unequal length are cut."""
+    rows = curve_rows(runs)
     n = min(len(r) for r in rows)
     x = np.array([rows[0][i]["epoch"] for i in range(n)], dtype=float)
     vals = np.array(

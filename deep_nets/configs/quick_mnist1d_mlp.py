@@ -6,7 +6,8 @@ do not; ERM -> SAM improves; m-SAM still fits the training set; LookSAM keeps SA
 shown on a CPU in minutes; the quick profile shows the pipeline, the full profile settles claims.
 Paper number: ResNet-18 CIFAR-10 (REFERENCE.md 4.1): ERM ~5.1%, 128-SAM 4.25-4.75%, n-SAM ~5.1%.
 Command: python deep_nets/train.py --config quick_mnist1d_mlp (ERM); the sweep adds --sam_rho,
-    --acc_steps, --sam_variant, --sam_perturb_batch (python -m analysis.reproduce --only deep_nets)
+    --acc_steps, --sam_variant, --sam_use_prev_batch, --add_weight_perturb_scale
+    (python -m analysis.reproduce --only deep_nets)
 Measured here: see results/deep_nets/claims.csv and deep_nets/README.md (Experiments).
 Deviation: a 2-layer MLP on mnist1d (3600 training, 1000 test examples; generated offline) instead
 of ResNet-18 on CIFAR-10, 60 epochs with a cosine schedule, no augmentation (the MLP interpolates
