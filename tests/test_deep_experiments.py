@@ -257,11 +257,21 @@ def test_interpolation_recomputes_batch_norm_statistics():
     sd = {k: v.clone() for k, v in net.state_dict().items()}
     sd["0.running_mean"].fill_(100.0)  # stale statistics of a trained net must not survive
     sd["0.num_batches_tracked"].fill_(1000)
-    interpolate_losses(net, sd, sd, [0.5], {"train": (x, y)}, batch_size=32)
-    assert torch.allclose(net[0].running_mean, x.mean(0), atol=1e-4)
-    # momentum None: the running variance is the plain average of the 8 batches' unbiased variances
+    out = interpolate_losses(net, sd, sd, [0.5], {"train": (x, y)}, batch_size=32)
+    # reference: the same net with the statistics set by hand (momentum None: the running mean
+    # and variance are the plain averages over the 8 batches of 32), evaluated in eval mode
+    ref = nn.Sequential(nn.BatchNorm1d(4, affine=False), nn.Linear(4, 2))
+    ref.load_state_dict(sd)
     batch_var = torch.stack([x[i : i + 32].var(0, unbiased=True) for i in range(0, 256, 32)])
-    assert torch.allclose(net[0].running_var, batch_var.mean(0), rtol=1e-4)
+    ref[0].running_mean.copy_(x.mean(0))
+    ref[0].running_var.copy_(batch_var.mean(0))
+    ref.eval()
+    want = torch.nn.functional.cross_entropy(ref(x), y).item()
+    assert out["train"][0] == pytest.approx(want, rel=1e-5)
+    stale = nn.Sequential(nn.BatchNorm1d(4, affine=False), nn.Linear(4, 2))
+    stale.load_state_dict(sd)
+    stale.eval()
+    assert torch.nn.functional.cross_entropy(stale(x), y).item() != pytest.approx(want, rel=1e-3)
 
 
 def test_barrier_is_the_bump_above_the_worse_end():

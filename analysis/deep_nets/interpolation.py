@@ -1,9 +1,5 @@
-"""Linear interpolation of the train and test loss between two trained networks (Fig. 9).
-
-TODO(lead): point ``interpolate_losses`` at ``sharpness.measures`` once the measures issue lands
-there (this branch's ``sharpness.measures`` has no interpolation yet); this module is the one
-place to switch.
-"""
+"""Linear interpolation of the train and test loss between two trained networks (Fig. 9),
+through ``sharpness.measures.interpolate`` (the suite's one definition of the measure)."""
 
 from __future__ import annotations
 
@@ -11,23 +7,14 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
+from sharpness.measures import interpolate
 
-def _recompute_bn_stats(net: nn.Module, x: Tensor, batch_size: int) -> None:
-    """Batch-norm running statistics of the interpolated weights, from scratch: reset, then one
-    pass over ``x`` in train mode with cumulative averaging (momentum None)."""
-    bns = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if not bns:
-        return
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None
-    net.train()
-    with torch.no_grad():
-        for i in range(0, x.shape[0], batch_size):
-            net(x[i : i + batch_size])
-    net.eval()
+
+def _batches(x: Tensor, y: Tensor, batch_size: int) -> list[tuple[Tensor, Tensor]]:
+    return [(x[i : i + batch_size], y[i : i + batch_size]) for i in range(0, len(x), batch_size)]
 
 
 def interpolate_losses(
@@ -44,21 +31,14 @@ def interpolate_losses(
     entries of the state dicts are interpolated; batch-norm running statistics are then recomputed
     on ``data["train"]`` for every t (interpolated statistics do not describe w(t)); integer
     buffers are taken from ``state_a``. Returns {"t": ts, name: losses for each data name}."""
-    from deep_nets.train import evaluate
-
+    bn = _batches(*data["train"], batch_size)
     out: dict[str, list[float]] = {"t": [float(t) for t in ts]}
-    for name in data:
-        out[name] = []
-    for t in ts:
-        sd = {
-            k: ((1 - t) * a + t * state_b[k]) if a.is_floating_point() else a
-            for k, a in state_a.items()
-        }
-        net.load_state_dict(sd)
-        _recompute_bn_stats(net, data["train"][0], batch_size)
-        for name, (x, y) in data.items():
-            s = evaluate(net, x, y, batch_size)
-            out[name].append(float(s[0] / s[2]))
+    for name, (x, y) in data.items():
+        rows = interpolate(
+            net, state_a, state_b, ts, F.cross_entropy, _batches(x, y, batch_size),
+            error_fn=None, bn_data=bn,
+        )  # fmt: skip
+        out[name] = [r["loss"] for r in rows]
     return out
 
 
