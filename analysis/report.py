@@ -20,7 +20,7 @@ from typing import Any
 import pandas as pd
 
 from suite.captions import read_captions
-from suite.claims import _LEGACY, CLAIM_COLUMNS, VERDICTS, verdict
+from suite.claims import CLAIM_COLUMNS, VERDICTS, verdict
 from suite.rundir import atomic_write_text, read_json
 
 JOB_RECORD = "reproduce.json"
@@ -86,7 +86,7 @@ def _float(x: Any) -> float | None:
 def _check_verdict(row: pd.Series) -> str:
     """A note when a row's verdict is not what ``suite.claims.verdict`` gives for its gap/SE."""
     v = row["verdict"]
-    if v in _LEGACY or v not in VERDICTS:
+    if v not in VERDICTS:
         return f"verdict {v!r} is not one of the suite's ({', '.join(VERDICTS)})"
     gap, se = _float(row["gap"]), _float(row["se"])
     if gap is not None and se is not None and se >= 0 and verdict(gap, se) != v:

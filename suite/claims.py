@@ -42,8 +42,6 @@ CLAIM_COLUMNS = (
     "note",  # deviations from the paper's setting and why
 )
 VERDICTS = ("reproduced", "within noise", "contradicted", "not run")
-# TRANSITION: verdicts of the old per-family rules, accepted until every family uses ``verdict``.
-_LEGACY = ("partly", "not reproduced", "n/a")
 THRESHOLD = 2.0  # standard errors; fixed before results are seen
 
 
@@ -154,7 +152,7 @@ def write_claims(path: str | os.PathLike, rows: Iterable[Mapping[str, Any]]) -> 
     w = csv.DictWriter(buf, fieldnames=CLAIM_COLUMNS, lineterminator="\n")
     w.writeheader()
     for r in rows:
-        if r.get("verdict") not in VERDICTS + _LEGACY:
+        if r.get("verdict") not in VERDICTS:
             raise ValueError(f"verdict must be one of {VERDICTS}, got {r.get('verdict')!r}")
         extra = set(r) - set(CLAIM_COLUMNS)
         if extra:
