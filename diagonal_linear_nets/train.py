@@ -80,6 +80,7 @@ class TrainConfig:
     loss_derivative_only: bool = False
     theory: bool = False
     engine: str = "auto"
+    overwrite: bool = False  # replace a run already in out_dir (not part of the experiment)
 
     def rhos(self, algo: str) -> list[float]:
         """The suite-convention rho values of ``algo`` (GD: none; SGD: none unless given)."""
@@ -132,7 +133,8 @@ def train(config: TrainConfig) -> Path:
     for r in runs:
         r.validate(cfg.n)
     cfg.validate()
-    rd = create_run_dir(config.out_dir, asdict(config))
+    flags = {k: v for k, v in asdict(config).items() if k != "overwrite"}
+    rd = create_run_dir(config.out_dir, flags, overwrite=config.overwrite)
     logs = log_schedule(config.iters, config.log_points)
     if config.switch != "none":  # the state at the switch is part of the experiment
         logs = np.union1d(logs, [config.switch_at])
@@ -374,6 +376,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="track alpha_inf and solve the hyperbolic-entropy prediction (default: off)",
     )
     a(
+        "--overwrite",
+        action="store_true",
+        help="replace the run already in --out_dir (default: refuse; runs take seconds to "
+        "minutes and are not resumed mid-run: an interrupted run is rerun with --overwrite)",
+    )
+    a(
         "--engine",
         choices=ENGINES,
         default="auto",
@@ -456,6 +464,7 @@ def config_from_args(argv: list[str] | None = None) -> TrainConfig:
         loss_derivative_only=args.loss_derivative_only,
         theory=args.theory,
         engine=args.engine,
+        overwrite=args.overwrite,
     )
 
 
@@ -463,9 +472,20 @@ def main(argv: list[str] | None = None) -> int:
     config = config_from_args(argv)
     try:
         path = train(config)
-    except FileExistsError as e:
-        print(f"error: --out_dir: {e}", file=sys.stderr)
+    except FileExistsError:
+        print(
+            f"error: --out_dir {config.out_dir} already holds a run: pass --overwrite to replace "
+            "it, or choose another --out_dir",
+            file=sys.stderr,
+        )
         return 2
+    except KeyboardInterrupt:
+        print(
+            f"interrupted: {config.out_dir} holds an incomplete run (no summary.json); rerun "
+            "the command with --overwrite",
+            file=sys.stderr,
+        )
+        return 130
     except RuntimeError as e:  # e.g. --engine c without a C compiler
         print(f"error: --engine: {e}", file=sys.stderr)
         return 2

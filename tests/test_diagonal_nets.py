@@ -17,7 +17,7 @@ from diagonal_linear_nets.simulator import (
     simulate,
 )
 from diagonal_linear_nets.theory import hyperbolic_entropy, predict_interpolator
-from diagonal_linear_nets.train import TrainConfig, config_from_args, train
+from diagonal_linear_nets.train import TrainConfig, config_from_args, main, train
 
 ORIG_GRID = [0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 0.9]
 
@@ -212,6 +212,12 @@ def test_train_writes_run_format(tmp_path):
     assert len(summ["runs"][1]["beta"]) == 30 and "alpha_inf_flow" in summ["runs"][1]
     with pytest.raises(FileExistsError):
         train(cfg)
+    assert main(["--algo", "gd", "--iters", "5", "--out_dir", str(path)]) == 2  # refused
+    assert main(["--algo", "gd", "--iters", "7", "--out_dir", str(path), "--overwrite"]) == 0
+    conf = json.loads((path / "config.json").read_text())
+    assert conf["config"]["algo"] == ["gd"] and conf["config"]["iters"] == 7
+    rows = [json.loads(x) for x in (path / "metrics.jsonl").read_text().splitlines()]
+    assert {r["run"] for r in rows} == {0} and rows[-1]["iter"] == 7  # old metrics gone
 
 
 def test_per_algorithm_rho_and_gamma_and_original_convention():
