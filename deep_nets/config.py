@@ -25,6 +25,8 @@ import pkgutil
 from dataclasses import dataclass
 from typing import Any
 
+from suite.cli import finite_float
+
 # The original's schedules (utils_train.get_lr_schedule) that the SAM papers use.
 LR_SCHEDULES = (
     "piecewise",
@@ -383,20 +385,6 @@ def _field_type(f: dataclasses.Field) -> type:
     raise TypeError(f"TrainConfig.{f.name}: unsupported type {ann}")
 
 
-def _finite(name: str):
-    def parse(text: str) -> float:
-        try:
-            x = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-        if not math.isfinite(x):
-            raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
-        return x
-
-    parse.__name__ = name
-    return parse
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The command line, generated from ``TrainConfig``'s field metadata (one flag per field)."""
     p = argparse.ArgumentParser(
@@ -415,7 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
         default = "none" if f.default is None else "%(default)s"
         g.add_argument(
             f"--{f.name}",
-            type=_finite("float") if t is float else t,
+            type=finite_float if t is float else t,
             choices=_choices(f),
             default=f.default,
             help=f"{text} (default: {default})",

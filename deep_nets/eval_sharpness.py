@@ -345,18 +345,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument(
         "--rho",
-        type=finite_float("--rho"),
+        type=finite_float,
         nargs="+",
         default=[0.05],
         help="radius, one or more (default 0.05)",
     )
     s.add_argument("--norm", type=_norm, default=2.0, help="2 or inf (default 2)")
     s.add_argument("--adaptive", action="store_true", help="T = |w| + eta (adaptive sharpness)")
-    s.add_argument("--eta", type=finite_float("--eta"), default=0.0, help="adaptive eta (0)")
+    s.add_argument("--eta", type=finite_float, default=0.0, help="adaptive eta (0)")
     s.add_argument("--steps", type=_positive_int("--steps"), default=20, help="ascent steps")
     s.add_argument(
         "--step_size_mult",
-        type=finite_float("--step_size_mult"),
+        type=finite_float,
         default=1.0,
         help="ascent step = rho * this (default 1.0, as the trainer's --sam_iters)",
     )
@@ -377,7 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     h.add_argument(
         "--tol",
-        type=finite_float("--tol"),
+        type=finite_float,
         default=1e-4,
         help="relative residual tolerance of the top-k Ritz pairs (default 1e-4)",
     )
@@ -386,15 +386,15 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--density_steps", type=_positive_int("--density_steps"), default=90)
     h.add_argument(
         "--density_sigma",
-        type=finite_float("--density_sigma"),
+        type=finite_float,
         default=0.01,
         help="Gaussian width as a fraction of the spectrum's range",
     )
     h.add_argument("--float64", action="store_true", help="measure a float64 copy")
     lg = ap.add_argument_group("landscape / interpolate")
     lg.add_argument("--dim", type=int, default=1, choices=(1, 2))
-    lg.add_argument("--alpha_min", type=finite_float("--alpha_min"), default=-1.0)
-    lg.add_argument("--alpha_max", type=finite_float("--alpha_max"), default=1.0)
+    lg.add_argument("--alpha_min", type=finite_float, default=-1.0)
+    lg.add_argument("--alpha_max", type=finite_float, default=1.0)
     lg.add_argument(
         "--points",
         type=_positive_int("--points"),
@@ -402,8 +402,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="grid points per axis (or t values)",
     )
     lg.add_argument("--other_path", type=str, default=None, help="interpolate: the second model")
-    lg.add_argument("--t_min", type=finite_float("--t_min"), default=-0.5)
-    lg.add_argument("--t_max", type=finite_float("--t_max"), default=1.5)
+    lg.add_argument("--t_min", type=finite_float, default=-0.5)
+    lg.add_argument("--t_max", type=finite_float, default=1.5)
     lg.add_argument(
         "--recompute_bn",
         action="store_true",

@@ -231,7 +231,10 @@ def _per_algo(tokens: list[str], flag: str) -> tuple[list[float], dict[str, list
             raise argparse.ArgumentTypeError(
                 f"{flag}: {tok!r}: the part before '=' must be one of {ALGOS}"
             )
-        x = finite_float(flag)(val)
+        try:
+            x = finite_float(val)
+        except argparse.ArgumentTypeError as e:  # parsed outside argparse: name the flag here
+            raise argparse.ArgumentTypeError(f"{flag}: {e}") from None
         (own.setdefault(algo, []) if sep else shared).append(x)
     return shared, own
 
@@ -269,7 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     a(
         "--alpha",
-        type=finite_float("--alpha"),
+        type=finite_float,
         nargs="+",
         default=[0.1],
         help="initialization scales alpha (u0 = alpha, v0 = 0); > 0 (default: 0.1)",
@@ -310,7 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--n_test", type=int, default=1000, help="test examples (default: 1000)")
     a(
         "--noise",
-        type=finite_float("--noise"),
+        type=finite_float,
         default=0.0,
         help="label noise std sigma >= 0 (default: 0)",
     )
@@ -343,13 +346,13 @@ def build_parser() -> argparse.ArgumentParser:
     a("--switch_at", type=int, default=0, help="iteration of the switch (default: 0)")
     a(
         "--wd",
-        type=finite_float("--wd"),
+        type=finite_float,
         default=0.0,
         help="weight decay as in the original GD: w -= wd*w each step (default: 0)",
     )
     a(
         "--balancedness",
-        type=finite_float("--balancedness"),
+        type=finite_float,
         default=0.0,
         help="the original GD's balancedness term (default: 0)",
     )

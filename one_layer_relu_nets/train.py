@@ -104,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument(
         "--init_scale",
-        type=finite_float("--init_scale"),
+        type=finite_float,
         default=d.init_scale,
         help=f"multiplies every initial weight (default: {d.init_scale})",
     )
@@ -121,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument(
         "--rhos",
-        type=finite_float("--rhos"),
+        type=finite_float,
         nargs="+",
         default=d.rhos,
         help=f"SAM radii, one run per value and seed (default: {d.rhos})",
@@ -147,9 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
         "0 < batch_size < n for sgd; gd always uses all) (default: 0)",
     )
     g = p.add_argument_group("optimization")
-    g.add_argument(
-        "--lr", type=finite_float("--lr"), default=d.lr, help=f"learning rate (default: {d.lr})"
-    )
+    g.add_argument("--lr", type=finite_float, default=d.lr, help=f"learning rate (default: {d.lr})")
     g.add_argument(
         "--lr_schedule",
         type=str,
@@ -173,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument(
         "--loss_threshold",
-        type=finite_float("--loss_threshold"),
+        type=finite_float,
         default=d.loss_threshold,
         help="a run stops once its full training loss is <= this; 0 = never "
         f"(default: {d.loss_threshold})",

@@ -125,19 +125,16 @@ def common_parser() -> argparse.ArgumentParser:
     return p
 
 
-def finite_float(name: str):
-    """argparse ``type=`` for a float flag that must be finite: ``--rho nan`` is an error."""
-
-    def parse(text: str) -> float:
-        try:
-            x = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name}: {text!r} is not a number") from None
-        if not math.isfinite(x):
-            raise argparse.ArgumentTypeError(f"{name}: must be a finite number, got {text}")
-        return x
-
-    return parse
+def finite_float(text: str) -> float:
+    """argparse ``type=`` for a float flag that must be finite: ``--rho nan`` is an error (argparse
+    prefixes the message with the flag's name)."""
+    try:
+        x = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(x):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return x
 
 
 def finite_or_none(x: float | None) -> float | None:
