@@ -139,6 +139,7 @@ class Display:
         self.stage, self.index, self.n_stages, self.weight = "", 0, 0, 1.0
         self.runs, self.runs_done, self._done_weight = 0, 0, 0.0
         self.counts: dict[str, int] = {}
+        self.launched = 0  # runs that went through suite.launch.run_all (the whole job)
 
     def line(self, text: str) -> None:
         """A line for the person watching (and the log)."""
@@ -176,6 +177,7 @@ class Display:
     # suite.launch reporter protocol
     def runs_planned(self, stage: str, runs: list) -> None:
         self.runs += len(runs)
+        self.launched += len(runs)
         self._advance(0)
 
     def run_started(self, run: Any) -> None:
@@ -433,6 +435,13 @@ def main(argv: list[str] | None = None) -> int:
             ):
                 stage_records, interrupted = run_stages(
                     stages, args.profile, results_dir, figures_dir, display
+                )
+            if (args.force or args.launcher != "local") and display.launched == 0:
+                # a stage that keeps its own reuse logic never sees these options: say so
+                display.line(
+                    f"note: no stage sent its runs through suite.launch, so --force / --launcher "
+                    f"{args.launcher} applied to none of them (the stages reused or resumed their "
+                    "runs themselves); delete results/<family>/ to retrain a family"
                 )
         finally:
             launch.set_reporter(old)

@@ -159,6 +159,11 @@ def test_reproduce_isolates_a_crash_logs_epochs_and_writes_the_report(tmp_path, 
     capfd.readouterr()
     st = {s["name"]: s for s in read_json(res / "reproduce.json")["stages"]}
     assert st["good"]["runs"] == {"trained": 2}
+    note = "applied to none of them"
+    assert note not in (res / "reproduce.log").read_text()
+    # a stage with its own reuse logic never sees --force: the job says so instead of ignoring it
+    assert reproduce.main([*argv, "--only", "crash", "--force"]) == 1
+    assert note in capfd.readouterr().err and note in (res / "reproduce.log").read_text()
 
 
 def _claims(path: Path, rows: list[dict]) -> None:
