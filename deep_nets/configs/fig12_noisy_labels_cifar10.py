@@ -7,14 +7,11 @@ Command: python deep_nets/train.py --config fig12_noisy_labels_cifar10 (ERM: --s
 Measured here: not run (1000 epochs on a GPU).
 """
 
+from deep_nets.configs._resnet18_cifar10 import RESNET18_CIFAR10
+
 FLAGS = dict(
-    dataset="cifar10",
-    model="resnet18",
-    batch_size=128,
+    RESNET18_CIFAR10,
     epochs=1000,
-    lr_max=0.1,
-    lr_schedule="piecewise",
-    l2_reg=5e-4,
     sam_rho=0.1,
     p_label_noise=0.6,
     noise_type="sym",

@@ -8,14 +8,10 @@ Command: python deep_nets/train.py --config fig9_erm_to_sam_cifar10
 Measured here: not run (GPU-days).
 """
 
+from deep_nets.configs._resnet18_cifar10 import RESNET18_CIFAR10
+
 FLAGS = dict(
-    dataset="cifar10",
-    model="resnet18",
-    batch_size=128,
-    epochs=200,
-    lr_max=0.1,
-    lr_schedule="piecewise",
-    l2_reg=5e-4,
+    RESNET18_CIFAR10,
     sam_rho=0.1,
     sam_epoch_frac_start=0.9,
     sam_epoch_frac_end=1.0,

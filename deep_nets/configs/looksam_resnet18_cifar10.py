@@ -8,14 +8,10 @@ Measured here: not run (GPU-days). Deviation: CIFAR-10 ResNet-18 with SGD instea
 with AdamW; alpha 0.7 (the public code's default).
 """
 
+from deep_nets.configs._resnet18_cifar10 import RESNET18_CIFAR10
+
 FLAGS = dict(
-    dataset="cifar10",
-    model="resnet18",
-    batch_size=128,
-    epochs=200,
-    lr_max=0.1,
-    lr_schedule="piecewise",
-    l2_reg=5e-4,
+    RESNET18_CIFAR10,
     sam_rho=0.1,
     sam_variant="looksam",
     looksam_k=5,

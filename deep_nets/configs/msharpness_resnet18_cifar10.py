@@ -8,15 +8,10 @@ Command: python deep_nets/train.py --config msharpness_resnet18_cifar10 --acc_st
 Measured here: not run (GPU-days). m = 1 is left out: batch norm in train mode needs > 1 example.
 """
 
+from deep_nets.configs._resnet18_cifar10 import RESNET18_CIFAR10
+
 FLAGS = dict(
-    dataset="cifar10",
-    model="resnet18",
-    batch_size=128,
-    epochs=200,
-    lr_max=0.1,
-    lr_schedule="piecewise",
-    momentum=0.9,
-    l2_reg=5e-4,
+    RESNET18_CIFAR10,
     sam_rho=0.1,
     acc_steps=8,
 )
