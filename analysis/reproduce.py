@@ -344,6 +344,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="local: runs in this process (default); slurm: one SLURM job per run (submitit); "
         "submitit-local: one subprocess job per run on this machine",
     )
+    ap.add_argument(
+        "--jobs",
+        type=int,
+        default=None,
+        help="local launcher: runs trained at once in worker processes (default: one per CPU "
+        "core for the CPU profiles quick/full, 1 for paper: one GPU)",
+    )
     g = ap.add_argument_group("slurm (with --launcher slurm)")
     g.add_argument("--partition", type=str, default=None, help="SLURM partition")
     g.add_argument("--timeout_min", type=int, default=240, help="time limit per job (minutes)")
@@ -394,6 +401,9 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(f"--only {f}: unknown family; choose from {', '.join(names)}")
     if args.launcher == "slurm" and not args.partition:
         ap.error("--launcher slurm needs --partition (the SLURM partition to submit to)")
+    if args.jobs is not None and args.jobs < 1:
+        ap.error(f"--jobs {args.jobs}: give the number of runs to train at once (>= 1)")
+    jobs = args.jobs or (1 if args.profile == "paper" else launch.cpu_count())
     try:
         params = slurm_params(args)
     except ValueError as e:
@@ -414,6 +424,7 @@ def main(argv: list[str] | None = None) -> int:
         "started": _now(),
         "command": " ".join(["python -m analysis.reproduce", *(argv or sys.argv[1:])]),
         "launcher": args.launcher,
+        "jobs": jobs,
         "environment": environment(),
     }
     total = sum(STAGE_COST.get(f, 1.0) for f, _ in stages)
@@ -423,7 +434,9 @@ def main(argv: list[str] | None = None) -> int:
         display = Display(term, log, total, use_bar)
         display.line(
             f"make reproduce: profile {args.profile}, {len(stages)} stages, launcher "
-            f"{args.launcher}; details in {results_dir / LOG}"
+            f"{args.launcher}"
+            + (f" ({jobs} parallel runs)" if args.launcher == "local" else "")
+            + f"; details in {results_dir / LOG}"
         )
         old = launch.set_reporter(display)
         try:
@@ -432,6 +445,7 @@ def main(argv: list[str] | None = None) -> int:
                 force=args.force,
                 folder=results_dir / ".submitit",
                 slurm=params,
+                jobs=jobs,
             ):
                 stage_records, interrupted = run_stages(
                     stages, args.profile, results_dir, figures_dir, display

@@ -21,7 +21,14 @@ For each run, ``run_state`` decides from the directory alone:
 
 Launchers (``configure(launcher=...)``):
 
-- ``local`` (default): in this process, one run after the other.
+- ``local`` (default): on this machine. ``jobs=1``: in this process, one run after the other;
+  ``jobs=N``: N worker processes (spawned, each with cores / N torch threads), each taking the
+  next run when its current one ends: the way to use every core of a CPU machine for a sweep of
+  single-threaded runs. Results are the same as serial ones (every run is deterministic given its
+  config; each worker process starts fresh). A Ctrl-C reaches the workers' trainers (same
+  process group): each saves its checkpoint, the queued runs are dropped, ``run_all`` raises
+  KeyboardInterrupt; the next call resumes them. As with any spawned worker, a script that calls
+  ``run_all`` with ``jobs > 1`` needs the ``if __name__ == "__main__":`` guard.
 - ``slurm``: one SLURM job per run through submitit (``slurm_partition``, ``timeout_min``, GPUs...
   from ``configure(slurm=...)``). A job that is preempted or reaches its time limit receives
   submitit's signal, requeues itself (submitit's checkpointing protocol) and, when it starts again,
@@ -37,6 +44,7 @@ Progress: ``run_all`` reports each run to the reporter installed by ``set_report
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -77,12 +85,14 @@ class Outcome:
     seconds: float = 0.0
     error: str | None = None
     note: str | None = None
+    cpu_seconds: float | None = None  # CPU time of the process that ran it (None: not measured)
 
 
 @dataclass
 class _Settings:
     launcher: str = "local"
     force: bool = False
+    jobs: int = 1
     folder: Path = Path("results/.submitit")
     slurm: dict[str, Any] = field(default_factory=dict)
     poll_s: float = 2.0
@@ -101,8 +111,10 @@ def configure(
     folder: str | Path | None = None,
     slurm: Mapping[str, Any] | None = None,
     poll_s: float = 2.0,
+    jobs: int = 1,
 ) -> Iterator[None]:
-    """Set the launcher and --force for the ``run_all`` calls inside the block.
+    """Set the launcher, --force and the local launcher's parallel ``jobs`` for the ``run_all``
+    calls inside the block.
 
     ``folder``: where submitit keeps its job files and logs (default results/.submitit).
     ``slurm``: executor parameters, e.g. {"slurm_partition": "gpu", "timeout_min": 240,
@@ -110,6 +122,8 @@ def configure(
     global _settings
     if launcher not in LAUNCHERS:
         raise ValueError(f"--launcher {launcher!r}: choose from {', '.join(LAUNCHERS)}")
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ValueError(f"--jobs {jobs!r}: give a whole number of parallel runs >= 1")
     old = _settings
     _settings = _Settings(
         launcher=launcher,
@@ -117,6 +131,7 @@ def configure(
         folder=Path(folder) if folder is not None else old.folder,
         slurm=dict(slurm or {}),
         poll_s=poll_s,
+        jobs=jobs,
     )
     try:
         yield
@@ -233,19 +248,102 @@ def run_all(runs: Sequence[Run], *, stage: str = "") -> list[Outcome]:
     if len(set(names)) != len(names) or len({str(r.out_dir) for r in runs}) != len(runs):
         raise ValueError(f"stage {stage}: runs must have distinct names and directories")
     _report("runs_planned", stage, list(runs))
-    if _settings.launcher == "local":
-        return [_run_local(r) for r in runs]
-    return _run_submitit(runs, stage)
+    if _settings.launcher != "local":
+        return _run_submitit(runs, stage)
+    todo = [r for r in runs if plan(r, _settings.force) != "skip"]
+    if _settings.jobs > 1 and len(todo) > 1:
+        return _run_pool(runs, min(_settings.jobs, len(todo)))
+    return [_run_local(r) for r in runs]
+
+
+def _timed_execute(run: Run, force: bool) -> tuple[str, float, float]:
+    """``execute`` with its wall-clock and this process's CPU seconds."""
+    t0, c0 = time.perf_counter(), time.process_time()
+    action = execute(run, force)
+    return action, time.perf_counter() - t0, time.process_time() - c0
 
 
 def _run_local(run: Run) -> Outcome:
     _report("run_started", run)
     note = _stale_note(run)
-    t0 = time.perf_counter()
-    action = execute(run, _settings.force)
-    out = Outcome(run.name, Path(run.out_dir), action, time.perf_counter() - t0, note=note)
+    action, wall, cpu = _timed_execute(run, _settings.force)
+    out = Outcome(run.name, Path(run.out_dir), action, wall, note=note, cpu_seconds=cpu)
     _report("run_ended", out)
     return out
+
+
+def _worker_init(threads: int) -> None:
+    """A pool worker: its share of the cores, and Ctrl-C left to the trainer it runs (a trainer
+    installs its own handler, saves and stops; an idle worker must not die of it)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - the suite always has torch
+        return
+    torch.set_num_threads(threads)
+
+
+def cpu_count() -> int:
+    """The CPU cores this process may use (its affinity mask, not the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def _run_pool(runs: Sequence[Run], jobs: int) -> list[Outcome]:
+    """The local launcher with ``jobs`` worker processes (module docstring). Runs are handed out
+    in order, one per free worker; the first failure stops handing out and is raised once the
+    running ones have ended."""
+    import concurrent.futures as cf
+    import multiprocessing as mp
+
+    outcomes: dict[str, Outcome] = {}
+    queue: list[tuple[Run, str | None]] = []
+    for r in runs:
+        if plan(r, _settings.force) == "skip":
+            outcomes[r.name] = Outcome(r.name, Path(r.out_dir), "skipped", cpu_seconds=0.0)
+            _report("run_ended", outcomes[r.name])
+        else:
+            queue.append((r, _stale_note(r)))
+    # spawn, not fork: forking a process whose torch thread pools are running is unsafe
+    pool = cf.ProcessPoolExecutor(
+        max_workers=jobs,
+        mp_context=mp.get_context("spawn"),
+        initializer=_worker_init,
+        initargs=(max(1, cpu_count() // jobs),),
+    )
+    running: dict[Any, tuple[Run, str | None]] = {}
+    error: BaseException | None = None
+    try:
+        while queue or running:
+            while queue and len(running) < jobs and error is None:
+                r, note = queue.pop(0)
+                _report("run_started", r)
+                running[pool.submit(_timed_execute, r, _settings.force)] = (r, note)
+            if not running:
+                break
+            done, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
+            for fut in done:
+                r, note = running.pop(fut)
+                try:
+                    action, wall, cpu = fut.result()
+                except BaseException as e:  # noqa: BLE001 - raised below, after the others end
+                    error = error or e
+                    continue
+                outcomes[r.name] = Outcome(r.name, Path(r.out_dir), action, wall, note=note,
+                                           cpu_seconds=cpu)  # fmt: skip
+                _report("run_ended", outcomes[r.name])
+    except KeyboardInterrupt:
+        # the workers' trainers got the same Ctrl-C: let them save, drop what is queued
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
+    if error is not None:
+        raise error
+    return [outcomes[r.name] for r in runs]
 
 
 class RunJob:

@@ -130,13 +130,15 @@ def test_n_test_reads_the_data_provenance_and_the_eval_cap():
 
 
 def test_runs_of_the_trainer_before_issue_9_are_refused(tmp_path):
-    from analysis.deep_nets.runs import ensure_runs, load, run_path
+    from analysis.deep_nets.runs import ensure_runs, load, make_run, run_path
     from suite.rundir import atomic_write_json
 
     spec = Spec.make({"dataset": "mnist1d", "model": "mlp", "epochs": 1}, 0)
     path = run_path(tmp_path, spec)
     path.mkdir(parents=True)
-    old = {"config": spec.as_dict, "data": {"sizes": {"test": 1000}, "noise": {"p": 0.0}}}
+    # the full config the trainer stores: the launcher takes the run as finished with these flags
+    config = make_run(spec, tmp_path, {}).config
+    old = {"config": config, "data": {"sizes": {"test": 1000}, "noise": {"p": 0.0}}}
     atomic_write_json(path / "config.json", old)
     atomic_write_json(path / "summary.json", {"status": "finished"})
     for call in (lambda: load(tmp_path, spec), lambda: ensure_runs([spec], tmp_path, runtime={})):

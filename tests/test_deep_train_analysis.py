@@ -17,7 +17,7 @@ from analysis.deep_nets.profiles import PROFILES
 from analysis.deep_nets.runs import run_path
 from analysis.reproduce import STAGES
 from suite.claims import CLAIM_COLUMNS, VERDICTS
-from suite.rundir import load_run
+from suite.rundir import load_run, read_json
 
 ROOT = Path(__file__).resolve().parent.parent
 P = PROFILES["test"]
@@ -101,7 +101,9 @@ def test_runs_are_shared_and_reused(stage):
     assert info["trained"] == 0 and info["reused"] > 0
     assert load_run(run_path(results / "deep_nets" / "test", method(P, 0)))["metrics"] == before
     timings = dn.read_timings(results / "deep_nets" / "test")
-    assert set(timings) == set(EXPERIMENTS)
+    assert set(timings) == {*EXPERIMENTS, "_stage"}
+    seconds = read_json(results / "deep_nets" / "test" / "run_seconds.json")
+    assert set(seconds) == set(runs) and all(v["cpu_seconds"] > 0 for v in seconds.values())
 
 
 @pytest.mark.parametrize("name", list(EXPERIMENTS))

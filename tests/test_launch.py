@@ -183,3 +183,85 @@ def test_slurm_job_script_from_the_command_line(tmp_path, monkeypatch):
     for line in ("--partition=gpu", "--time=90", "--gpus-per-node=2", "--account=proj",
                  "--qos=high", "--signal=USR2@"):  # fmt: skip
         assert f"#SBATCH {line}" in text, text
+
+
+def _fail(resume: bool) -> None:
+    raise ValueError("this run's trainer failed")
+
+
+def test_parallel_local_jobs_skip_and_fail(tmp_path):
+    """``--jobs 2``: the runs train in two spawned worker processes (their CPU time measured
+    there), a second call skips them, a failing run is raised by name. (Equality with runs
+    trained in this process: the Ctrl-C test below.)"""
+    par = make_runs(tmp_path / "par", epochs=1)
+    rec = Recorder()
+    old = launch.set_reporter(rec)
+    try:
+        with configure(jobs=2):
+            outcomes = run_all(par, stage="par")
+            first = list(rec.events)
+            assert [o.action for o in run_all(par, stage="par")] == ["skipped", "skipped"]
+    finally:
+        launch.set_reporter(old)
+    assert [o.action for o in outcomes] == ["trained", "trained"]
+    assert all(o.cpu_seconds and o.cpu_seconds > 0 for o in outcomes)
+    assert first[0] == ("planned", "par:2")
+    assert sorted(first[1:]) == sorted([("started", "seed 0"), ("started", "seed 1"),
+                                        ("trained", "seed 0"), ("trained", "seed 1")])  # fmt: skip
+    bad = Run("broken", tmp_path / "broken", {"x": 1}, _fail)
+    with configure(jobs=2, force=True), pytest.raises(ValueError, match="trainer failed"):
+        run_all([bad, par[0]], stage="bad")
+    with pytest.raises(ValueError, match="--jobs"):
+        with configure(jobs=0):
+            pass
+
+
+_CTRL_C_SCRIPT = """
+import sys
+sys.path.insert(0, {tests!r})
+from pathlib import Path
+from suite.launch import configure, run_all
+from test_launch import make_runs
+with configure(jobs=2):
+    run_all(make_runs(Path({root!r}), epochs={epochs}), stage="ctrl-c")
+"""
+
+
+def test_parallel_jobs_ctrl_c_saves_and_resumes(tmp_path):
+    """A Ctrl-C (SIGINT to the whole process group, as a terminal sends it) while two runs train
+    in worker processes: both trainers save their checkpoint, the job exits, and the next call
+    resumes both runs to results equal to uninterrupted ones."""
+    import subprocess
+    import sys
+
+    epochs = 6
+    script = _CTRL_C_SCRIPT.format(tests=str(ROOT / "tests"), root=str(tmp_path / "par"),
+                                   epochs=epochs)  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script],
+        env=env,
+        start_new_session=True,  # its own process group: the SIGINT below reaches it alone
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    metrics = [tmp_path / "par" / f"seed{s}" / "metrics.jsonl" for s in (0, 1)]
+
+    def both_started() -> bool:
+        return all(m.exists() and any(r.get("epoch_end") for r in read_jsonl(m)) for m in metrics)
+
+    _wait(both_started, 120, "both runs' first epoch")
+    os.killpg(proc.pid, signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode != 0, out
+    assert "KeyboardInterrupt" in out, out[-2000:]
+    runs = make_runs(tmp_path / "par", epochs)
+    states = [read_json(r.out_dir / "summary.json").get("status") for r in runs]
+    assert states == ["interrupted", "interrupted"], (states, out[-2000:])
+    with configure(jobs=2):
+        assert [o.action for o in run_all(runs, stage="again")] == ["resumed", "resumed"]
+    ref = make_runs(tmp_path / "ref", epochs)
+    run_all(ref, stage="ref")
+    for a, b in zip(ref, runs):
+        assert comparable(a.out_dir) == comparable(b.out_dir)

@@ -28,7 +28,9 @@ from analysis.deep_nets.experiments import (
 )
 from analysis.deep_nets.profiles import PROFILES
 from analysis.deep_nets.runs import FAMILY, ensure_runs
+from suite import launch
 from suite.claims import write_claims
+from suite.rundir import atomic_write_json, read_json
 
 __all__ = ["EXPERIMENTS", "PROFILES", "reproduce", "run_experiment", "report", "check_paper"]
 
@@ -61,13 +63,32 @@ def check_paper() -> list[str]:
     return missing
 
 
+def _runtime(P: dict[str, Any]) -> dict[str, Any]:
+    return {"workers": P["workers"]} if P["workers"] else {}
+
+
 def run_experiment(name: str, profile: str, results_dir: Path) -> dict[str, Any]:
     """Train the runs experiment ``name`` needs under ``profile`` (finished runs are reused)."""
     P = _check_profile(profile)
-    runtime = {"workers": P["workers"]} if P["workers"] else {}
-    return ensure_runs(
-        EXPERIMENTS[name].specs(P), profile_root(results_dir, profile), runtime=runtime
-    )
+    root = profile_root(results_dir, profile)
+    info = ensure_runs(EXPERIMENTS[name].specs(P), root, runtime=_runtime(P))
+    _update_run_seconds(root, info["runs"])
+    return info
+
+
+def _update_run_seconds(root: Path, runs: dict[str, dict]) -> dict[str, dict]:
+    """Record the wall-clock and CPU seconds of the runs trained now in ``run_seconds.json``
+    (a reused run keeps the numbers of the call that trained it); returns every record."""
+    path = Path(root) / "run_seconds.json"
+    table = read_json(path) if path.exists() else {}
+    for d, r in runs.items():
+        if r["action"] == "skipped" and d in table:
+            table[d]["trained_now"] = False
+        else:
+            table[d] = {"seconds": round(r["seconds"], 2), "cpu_seconds": r["cpu_seconds"],
+                        "trained_now": r["action"] != "skipped"}  # fmt: skip
+    atomic_write_json(path, table)
+    return table
 
 
 def report(name: str, results_dir: Path, profile: str, figures_dir: Path) -> list[dict]:
@@ -90,23 +111,43 @@ def reproduce(
         if name not in EXPERIMENTS:
             raise ValueError(f"experiment {name!r}: choose from {', '.join(EXPERIMENTS)}")
     root = profile_root(results_dir, profile)
-    timings = read_timings(root)
+    P = PROFILES[profile]
+    names = list(only or EXPERIMENTS)
     rows: list[dict] = []
-    for name in only or EXPERIMENTS:
-        t0, c0 = time.perf_counter(), time.process_time()
-        info = run_experiment(name, profile, results_dir)
+    t0 = time.perf_counter()
+    # every run of every experiment in one call: the launcher can run them in parallel (--jobs)
+    specs = {name: EXPERIMENTS[name].specs(P) for name in names}
+    info = ensure_runs([s for v in specs.values() for s in v], root, runtime=_runtime(P))
+    per_run = _update_run_seconds(root, info["runs"])
+    timings = read_timings(root)
+    owner: dict[str, str] = {}  # a shared run is counted in the first experiment that needs it
+    for name in names:
+        dirs = [sp.dirname() for sp in dict.fromkeys(specs[name])]
+        mine = [d for d in dirs if owner.setdefault(d, name) == name]
+        t1 = time.perf_counter()
         rows += report(name, results_dir, profile, figures_dir)
-        info["total_seconds"] = round(time.perf_counter() - t0, 2)
-        info["total_cpu_seconds"] = round(time.process_time() - c0, 2)
-        info["seconds"], info["cpu_seconds"] = (
-            round(info["seconds"], 2),
-            round(info["cpu_seconds"], 2),
-        )
-        timings[name] = info
-        write_timings(root, timings)
-        print(f"[deep_nets] {name}: {info['trained']} runs trained, {info['reused']} reused, "
-              f"{info['total_seconds']:.1f} s ({info['total_cpu_seconds']:.1f} CPU s)",
+        timings[name] = {
+            "runs": len(dirs),
+            "runs_counted": len(mine),
+            "trained": sum(info["runs"][d]["action"] != "skipped" for d in mine),
+            "reused": sum(info["runs"][d]["action"] == "skipped" for d in dirs),
+            # the training cost of its runs (whenever they were trained), one process each
+            "run_seconds": round(sum(per_run.get(d, {}).get("seconds") or 0 for d in mine), 2),
+            "run_cpu_seconds": round(
+                sum(per_run.get(d, {}).get("cpu_seconds") or 0 for d in mine), 2
+            ),
+            "report_seconds": round(time.perf_counter() - t1, 2),
+        }
+        t = timings[name]
+        print(f"[deep_nets] {name}: {len(dirs)} runs ({t['trained']} trained now), "
+              f"{t['run_seconds']:.1f} s of training ({t['run_cpu_seconds']:.1f} CPU s)",
               flush=True)  # fmt: skip
+    timings["_stage"] = {
+        "seconds": round(time.perf_counter() - t0, 2),
+        "train_seconds": round(info["seconds"], 2),
+        "experiments": names,
+    }
+    write_timings(root, timings)
     if profile != "paper":
         rows.append(paper_scale_row(profile))
     write_claims(Path(results_dir) / FAMILY / "claims.csv", rows)
@@ -123,6 +164,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--figures_dir", type=Path, default=Path("figures"))
     ap.add_argument("--only", nargs="*", choices=list(EXPERIMENTS), default=None,
                     help="experiments to run (default: all)")  # fmt: skip
+    ap.add_argument("--jobs", type=int, default=1,
+                    help="runs trained at once in worker processes (default 1)")  # fmt: skip
+    ap.add_argument("--force", action="store_true", help="retrain every run, even finished ones")
     a = ap.parse_args(argv)
-    reproduce(a.profile, a.results_dir, a.figures_dir, a.only)
+    if a.jobs < 1:
+        ap.error(f"--jobs {a.jobs}: give the number of runs to train at once (>= 1)")
+    with launch.configure(jobs=a.jobs, force=a.force):
+        reproduce(a.profile, a.results_dir, a.figures_dir, a.only)
     return 0

@@ -3,13 +3,16 @@
 A ``Spec`` is one training run: the trainer flags (``deep_nets/train.py`` names) and a seed. Its
 directory is a pure function of the flags, ``<root>/<slug>_<hash>_seed<k>``, so two experiments
 that need the same run (ERM in Fig. 1 and in the LookSAM table) share it: a finished run is
-reused, an unfinished one is resumed (``--resume``), a new one is trained. Every run goes through
-``deep_nets.train.config_from_argv`` + ``deep_nets.train.train``, the command a user would type,
-in this process: mnist1d is generated once per process (the data module caches it).
+reused, an unfinished one is resumed (``--resume``), a new one is trained, all decided by
+``suite.launch.run_all`` (so ``--force``, ``--jobs`` and the SLURM launcher of ``make reproduce``
+reach these runs). Every run goes through ``deep_nets.train.config_from_argv`` +
+``deep_nets.train.train``, the command a user would type; mnist1d is generated once per process
+(the data module caches it).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -20,11 +23,14 @@ from typing import Any
 import numpy as np
 
 from suite.claims import compare_seeds, fmt_mean_std
+from suite.launch import DEFAULT_IGNORE, Run
 from suite.rundir import config_hash, load_run
 
 FAMILY = "deep_nets"
 # Flags that do not change the results: left out of the run's identity.
 _FREE = ("workers", "device", "out_dir", "resume", "stop_after_epoch", "seed")
+# ... and of the launcher's comparison with a stored run (the seed is part of the config there)
+_IGNORE = (*DEFAULT_IGNORE, "stop_after_epoch")
 
 
 @dataclass(frozen=True)
@@ -107,30 +113,54 @@ def check_current(path: Path) -> None:
         )
 
 
-def ensure_runs(specs: Iterable[Spec], root: Path, *, runtime: Mapping[str, Any]) -> dict:
-    """Train every spec that has no finished run under ``root`` (resuming unfinished ones);
-    ``runtime`` adds flags that do not change results (workers, device). Returns
-    {"trained": n, "reused": n, "seconds": wall-clock of the training done here, "cpu_seconds":
-    this process's CPU time for it (robust on a shared machine)}."""
+def train_argv(argv: Sequence[str], resume: bool) -> dict:
+    """Train the run the trainer's command line ``argv`` describes (``--resume`` added when the
+    launcher resumes it): the callable of a ``suite.launch.Run``, picklable for worker processes."""
     from deep_nets.train import config_from_argv, train
 
-    t0, c0, trained, reused = time.perf_counter(), time.process_time(), 0, 0
-    for spec in dict.fromkeys(specs):  # dedupe, keep order
-        out = run_path(root, spec)
-        if is_finished(out):
-            check_current(out)
-            reused += 1
-            continue
-        flags = {**spec.as_dict, **runtime, "seed": spec.seed, "out_dir": str(out)}
-        flags["resume"] = (out / "config.json").exists()
-        print(f"[deep_nets] train {out.name}", flush=True)
-        train(config_from_argv(to_argv(flags)))
-        trained += 1
+    return train(config_from_argv([*argv, *(["--resume"] if resume else [])]))
+
+
+def make_run(spec: Spec, root: Path, runtime: Mapping[str, Any]) -> Run:
+    """The ``suite.launch.Run`` of ``spec``: its directory, the full config the trainer stores in
+    ``config.json`` (so the launcher recognizes a finished run of the same flags) and the trainer
+    called with the flags a user would type."""
+    from deep_nets.train import config_from_argv
+
+    out = run_path(root, spec)
+    flags = {**spec.as_dict, **runtime, "seed": spec.seed}
+    # parsed without --out_dir: the trainer's parser refuses a directory that holds a run
+    # (without --resume), and the launcher decides about that directory, not the parser
+    config = {**config_from_argv(to_argv(flags)).to_dict(), "out_dir": str(out)}
+    argv = tuple(to_argv({**flags, "out_dir": str(out)}))
+    return Run(spec.dirname(), out, config, functools.partial(train_argv, argv), ignore=_IGNORE)
+
+
+def ensure_runs(specs: Iterable[Spec], root: Path, *, runtime: Mapping[str, Any]) -> dict:
+    """Bring every spec to a finished run under ``root`` through ``suite.launch.run_all`` (the
+    launcher, ``--force`` and parallel ``--jobs`` of ``make reproduce``): a finished run of the
+    same config is skipped, an interrupted one resumed, others trained; ``runtime`` adds flags
+    that do not change results (workers, device). Returns {"trained": n, "reused": n, "seconds":
+    wall-clock of this call, "runs": {run directory name: {"action", "seconds", "cpu_seconds"}}}.
+    """
+    from suite.launch import run_all
+
+    t0 = time.perf_counter()
+    runs = [make_run(s, root, runtime) for s in dict.fromkeys(specs)]  # dedupe, keep order
+    for r in runs:
+        if is_finished(r.out_dir):
+            check_current(r.out_dir)
+    outcomes = run_all(runs, stage=FAMILY)
+    per_run = {
+        o.out_dir.name: {"action": o.action, "seconds": o.seconds, "cpu_seconds": o.cpu_seconds}
+        for o in outcomes
+    }
+    trained = sum(o.action != "skipped" for o in outcomes)
     return {
         "trained": trained,
-        "reused": reused,
+        "reused": len(outcomes) - trained,
         "seconds": time.perf_counter() - t0,
-        "cpu_seconds": time.process_time() - c0,
+        "runs": per_run,
     }
 
 
