@@ -47,6 +47,19 @@ def test_each_experiment_draws_its_figure(stage, name):
     assert (figures / EXPERIMENTS[name].figure).stat().st_size > 5000
 
 
+def test_every_figure_is_captioned_and_the_noisy_curves_are_key(stage):
+    from suite.captions import read_captions
+
+    results, figures, _ = stage
+    caps = {c["file"]: c for c in read_captions(results, "deep_nets")}
+    assert set(caps) == {e.figure for e in EXPERIMENTS.values()}
+    assert [f for f, c in caps.items() if c["key"]] == ["deep_nets_fig12_noisy_labels.png"]
+    # the profile's setting is filled in (no format fields left), one line each
+    assert "mlp on mnist1d" in caps["deep_nets_fig1_rho.png"]["shows"]
+    assert "cnn on fashion_mnist" in caps["deep_nets_seminar.png"]["shows"]
+    assert all("{" not in c["shows"] + c["reading"] for c in caps.values())
+
+
 def test_claims_use_the_suite_columns_and_verdicts(stage):
     results, _, rows = stage
     with open(results / "deep_nets" / "claims.csv") as f:

@@ -29,8 +29,12 @@ from analysis.deep_nets.experiments import (
 from analysis.deep_nets.profiles import PROFILES
 from analysis.deep_nets.runs import FAMILY, ensure_runs
 from suite import launch
+from suite.captions import caption_figure
 from suite.claims import write_claims
 from suite.rundir import atomic_write_json, read_json
+
+# the family's key figure (notebooks/overview.ipynb): the mission's noisy-label curves
+KEY_FIGURE = "noisy"
 
 __all__ = ["EXPERIMENTS", "PROFILES", "reproduce", "run_experiment", "report", "check_paper"]
 
@@ -126,6 +130,8 @@ def reproduce(
         mine = [d for d in dirs if owner.setdefault(d, name) == name]
         t1 = time.perf_counter()
         rows += report(name, results_dir, profile, figures_dir)
+        caption_figure(results_dir, FAMILY, EXPERIMENTS[name].figure, key=name == KEY_FIGURE,
+                       **EXPERIMENTS[name].caption(P))  # fmt: skip
         timings[name] = {
             "runs": len(dirs),
             "runs_counted": len(mine),

@@ -91,6 +91,15 @@ class Experiment:
     figure: str
     specs: Callable[[dict[str, Any]], list[Spec]]
     report: Callable[[Path, str, Path], list[dict[str, Any]]]
+    # the figure's two-line caption in REPORT.md: what is plotted ({setting}: the profile's
+    # model, data, epochs, seeds), and the claim to read from it
+    shows: str = ""
+    reading: str = ""
+
+    def caption(self, P: dict[str, Any]) -> dict[str, str]:
+        base = "noisy" if self.name == "noisy" else "seminar" if self.name == "seminar" else "base"
+        return {"shows": self.shows.format(setting=_setting(P, base), **P),
+                "reading": self.reading.format(**P)}  # fmt: skip
 
 
 # ------------------------------------------------------------------------- 1. Fig. 1: rho sweep
@@ -641,19 +650,47 @@ EXPERIMENTS: dict[str, Experiment] = {
     e.name: e
     for e in (
         Experiment("fig1", "Fig. 1: test error vs rho", "deep_nets_fig1_rho.png",
-                   fig1_specs, fig1_report),
+                   fig1_specs, fig1_report,
+                   "Test error (best-validation and last epoch) vs training rho for ERM, random "
+                   "perturbation, n-SAM, SAM (m = batch) and m-SAM (small m); {setting}.",
+                   "Fig. 1's claim: only m-SAM with small m clearly beats ERM; n-SAM and random "
+                   "stay near ERM (verdicts in the claims table)."),
         Experiment("m_sharpness", "m-sharpness: test error vs m", "deep_nets_msharpness.png",
-                   msharp_specs, msharp_report),
+                   msharp_specs, msharp_report,
+                   "Test error vs the m of m-SAM at fixed rho {rho}, ERM as a line; {setting}.",
+                   "The claim: a smaller m generalizes better (the error falls as m shrinks)."),
         Experiment("finetune", "Fig. 9: ERM <-> SAM switches and interpolation",
-                   "deep_nets_fig9_finetune.png", ft_specs, ft_report),
+                   "deep_nets_fig9_finetune.png", ft_specs, ft_report,
+                   "Test error per epoch of ERM, ERM -> SAM, SAM -> ERM and SAM (switch at "
+                   "{switch:.0%} of training), and the train/test loss on the line between the "
+                   "ERM and ERM -> SAM solutions (t from -0.5 to 1.5); {setting}.",
+                   "Fig. 9's claims: switching to SAM late improves on ERM, and the two "
+                   "solutions lie in one basin (no loss barrier between t = 0 and t = 1)."),
         Experiment("noisy", "Fig. 12: noisy labels", "deep_nets_fig12_noisy_labels.png",
-                   noisy_specs, noisy_report),
+                   noisy_specs, noisy_report,
+                   "Per epoch, with 60% symmetric label noise: test error, train error on the "
+                   "noisy-label and on the clean examples, for ERM, SAM and m-SAM (mean over "
+                   "seeds; best-validation epoch marked); {setting}.",
+                   "Fig. 12's claims: SAM's best test error is below ERM's; both memorize the "
+                   "noisy labels in the end, SAM later; stopping at the best epoch matters."),
         Experiment("convergence", "Convergence of ERM / SAM / m-SAM / unnormalized SAM",
-                   "deep_nets_convergence.png", conv_specs, conv_report),
+                   "deep_nets_convergence.png", conv_specs, conv_report,
+                   "Training loss per step (log scale) and test error for ERM, SAM (constant "
+                   "rho), m-SAM and unnormalized SAM; {setting}.",
+                   "The claim: m-SAM (and unnormalized SAM) still drive the training loss to "
+                   "near zero, as the convergence analysis says."),
         Experiment("looksam", "LookSAM vs SAM vs ERM", "deep_nets_looksam.png",
-                   look_specs, look_report),
+                   look_specs, look_report,
+                   "Test error per epoch and CPU seconds per epoch of ERM, SAM and LookSAM "
+                   "(k = {looksam_k}); {setting}.",
+                   "LookSAM's claim: it keeps most of SAM's gain over ERM at a fraction of "
+                   "SAM's extra cost."),
         Experiment("seminar", "The seminar's table", "deep_nets_seminar.png",
-                   sem_specs, sem_report),
+                   sem_specs, sem_report,
+                   "Test accuracy per epoch of SGD and SAM (rho {seminar_rho}), the seminar's "
+                   "Fashion-MNIST ConvNet with a cosine schedule; {setting}.",
+                   "The seminar's table: SAM slightly above SGD (0.8751 vs 0.8730); compare "
+                   "the final accuracies with the claims table."),
     )
 }  # fmt: skip
 
