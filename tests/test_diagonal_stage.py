@@ -75,11 +75,14 @@ def test_stage_skips_resumes_and_forces(tmp_path, recorder):
     train(dataclasses.replace(stopped, overwrite=True, stop_after_iter=stopped.iters // 3))
     assert read_json(Path(stopped.out_dir) / "summary.json")["status"] == "stopped"
     (Path(cfgs["curves"].out_dir) / "summary.json").unlink()
+    created = {r.name: (r.out_dir / "config.json").stat().st_mtime_ns for r in runs}
     dln.run_experiments("quick", res, SCALE)
     assert recorder.actions == {
         n: "resumed" if n in ("switch_erm_sam", "curves") else "skipped" for n in names
     }
     assert {r.name: _files(r.out_dir) for r in runs} == before
+    # continued in their directories, not replaced (a fresh run writes a new config.json)
+    assert {r.name: (r.out_dir / "config.json").stat().st_mtime_ns for r in runs} == created
 
     # another profile: only the experiments whose config differs run (paper adds gamma 1/200)
     dln.run_experiments("paper", res, SCALE)
