@@ -53,7 +53,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -66,6 +66,9 @@ ALGOS = ("gd", "sgd", "nsam", "1sam", "msam")
 PARAMS = ("uv", "u2v2")
 SWITCHES = ("none", "erm_to_sam", "sam_to_erm")
 DTYPE = torch.float64
+# Steps per call of the C kernel at most: bounds the time to answer a Ctrl-C (~0.02 s per run
+# in the grid) and the memory of SGD's pre-drawn examples; the results do not depend on it.
+MAX_CHUNK = 1 << 14
 
 
 # ------------------------------------------------------------------------------------------ data
@@ -255,6 +258,9 @@ class SimResult:
     alpha_inf_exact: np.ndarray | None = None  # (R, d) from the final (u, v)
     engine: str = ""
     extra: dict = field(default_factory=dict)
+    # the iteration a run of ``simulate`` was stopped at by ``on_chunk`` (None: ran to the end);
+    # a stopped result is partial: its u, v, beta are the state at that iteration
+    stopped_at: int | None = None
 
     def run_dicts(self) -> list[dict]:
         return [asdict(r) | {"label": r.label()} for r in self.runs]
@@ -402,6 +408,9 @@ def simulate(
     track_alpha: bool = False,
     problems: dict[int, Problem] | None = None,
     callback=None,
+    on_chunk: Callable[[int, Callable[[], dict[str, np.ndarray]]], bool] | None = None,
+    resume_from: Mapping[str, np.ndarray] | None = None,
+    max_chunk: int = MAX_CHUNK,
 ) -> SimResult:
     """Advance every run of ``runs`` together for ``cfg.iters`` steps (module docstring).
 
@@ -414,7 +423,20 @@ def simulate(
     ``cfg.diverge_threshold`` or is NaN stops there; a step that would make the state non-finite
     is not taken); the torch engine checks at every log point or event and puts a run back to
     its state at the previous check. Either way a diverged run keeps a finite state.
+
+    Checkpoints. The steps run in chunks: the C engine splits each interval between log points
+    (or events) into chunks of at most ``max_chunk`` steps (the result does not depend on the
+    split: each step is the same instruction sequence and SGD's draws are taken in order), the
+    torch engine runs one interval per chunk (its divergence check sits at the chunk's end).
+    After each chunk, ``on_chunk(t, snapshot)`` is called with the iteration t reached;
+    ``snapshot()`` returns the whole simulator state at t (``SNAPSHOT_KEYS``: u, v, the alpha
+    bookkeeping, the metrics so far, divergence, the SGD streams' RandomState) as numpy arrays.
+    When ``on_chunk`` returns True the simulation stops there and the result is partial
+    (``stopped_at`` = t). ``resume_from`` = such a snapshot continues the simulation from it:
+    the result equals an uninterrupted one bit for bit.
     """
+    if max_chunk < 1:
+        raise ValueError(f"max_chunk must be >= 1 (got {max_chunk})")
     cfg.validate()
     runs = list(runs)
     if not runs:
@@ -530,22 +552,53 @@ def simulate(
                     if track is not None:
                         track[i] = keep_t[i]
 
+    def snapshot(t: int, j: int) -> dict[str, np.ndarray]:
+        snap = {
+            "t": np.array(t, dtype=np.int64),
+            "j": np.array(j, dtype=np.int64),
+            "engine": np.array(engine),
+            "log_iters": np.asarray(log_iters, dtype=np.int64),
+            "u": u.copy(),
+            "v": v.copy(),
+            "train_loss": tr.copy(),
+            "test_loss": te.copy(),
+            "l1": l1.copy(),
+            "diverged_at": np.array([-1 if x is None else x for x in diverged], dtype=np.int64),
+            "state_at": np.array(state_at, dtype=np.int64),
+        }
+        if track is not None:
+            snap["track"] = track.copy()
+        snap.update(_stream_states(streams))
+        return snap
+
     t = 0
     j = 0
-    if L and log_iters[0] == 0:
+    if resume_from is not None:
+        t, j = _restore(resume_from, engine, log_iters, u, v, track, tr, te, l1, streams)
+        diverged[:] = [None if x < 0 else int(x) for x in resume_from["diverged_at"]]
+        state_at[:] = [int(x) for x in resume_from["state_at"]]
+    elif L and log_iters[0] == 0:
         record(0, 0)
         j = 1
     stops = sorted(set(log_iters.tolist()) | events | {cfg.iters})
+    stopped_at = None
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny tensors: one thread is fastest and kind to a shared machine
     try:
         with torch.no_grad():
-            for stop in (s for s in stops if s > 0):
-                advance(t, stop - t)
-                t = stop
-                if j < L and log_iters[j] == t:
-                    record(j, t)
-                    j += 1
+            for stop in (s for s in stops if s > t):
+                while t < stop and stopped_at is None:
+                    k = stop - t if engine == "torch" else min(stop - t, max_chunk)
+                    advance(t, k)
+                    t += k
+                    if j < L and log_iters[j] == t:
+                        record(j, t)
+                        j += 1
+                    stop_now = on_chunk is not None and on_chunk(t, lambda t=t, j=j: snapshot(t, j))
+                    if stop_now and t < cfg.iters:  # at the end there is nothing left to stop
+                        stopped_at = t
+                if stopped_at is not None:
+                    break
     finally:
         torch.set_num_threads(threads)
     beta = beta_of(u, v)
@@ -561,6 +614,7 @@ def simulate(
         diverged_at=diverged,
         state_at=state_at,
         engine=engine,
+        stopped_at=stopped_at,
     )
     if track is not None:
         res.alpha_inf_flow = np.exp(0.5 * track)
@@ -568,6 +622,61 @@ def simulate(
         exact = u * u - v * v if cfg.param == "uv" else 4 * u * v
         res.alpha_inf_exact = np.sqrt(np.clip(exact, 0, None))
     return res
+
+
+SNAPSHOT_KEYS = (
+    "t", "j", "engine", "log_iters", "u", "v", "train_loss", "test_loss", "l1", "diverged_at",
+    "state_at", "track", "stream_runs", "stream_keys", "stream_pos", "stream_has_gauss",
+    "stream_gauss",
+)  # fmt: skip
+
+
+def _stream_states(streams: dict[int, np.random.RandomState]) -> dict[str, np.ndarray]:
+    """The SGD streams' MT19937 states as arrays (run index, key, position, gauss cache)."""
+    order = sorted(streams)
+    states = [streams[i].get_state() for i in order]
+    return {
+        "stream_runs": np.array(order, dtype=np.int64),
+        "stream_keys": np.array([s[1] for s in states], dtype=np.uint32).reshape(len(order), 624),
+        "stream_pos": np.array([s[2] for s in states], dtype=np.int64),
+        "stream_has_gauss": np.array([s[3] for s in states], dtype=np.int64),
+        "stream_gauss": np.array([s[4] for s in states], dtype=np.float64),
+    }
+
+
+def _restore(snap, engine, log_iters, u, v, track, tr, te, l1, streams) -> tuple[int, int]:
+    """Put a ``simulate`` snapshot back into the state arrays (in place); returns (t, j).
+    A snapshot of another grid, engine or logging schedule is refused: continuing from it
+    would not give the uninterrupted run's result."""
+    missing = [k for k in SNAPSHOT_KEYS if k not in snap and k != "track"]
+    if missing:
+        raise ValueError(f"checkpoint lacks {', '.join(missing)} (not a simulator checkpoint)")
+    if str(snap["engine"]) != engine:
+        raise ValueError(
+            f"checkpoint was written by engine {snap['engine']}, this run uses engine {engine}: "
+            f"pass --engine {snap['engine']} to continue it"
+        )
+    if not np.array_equal(snap["log_iters"], log_iters) or snap["u"].shape != u.shape:
+        raise ValueError("checkpoint is of another grid (runs, d or logging schedule differ)")
+    if ("track" in snap) != (track is not None):
+        raise ValueError("checkpoint and run disagree on alpha tracking (--theory)")
+    if sorted(streams) != snap["stream_runs"].tolist():
+        raise ValueError("checkpoint is of another grid (its SGD runs differ)")
+    for dst, key in ((u, "u"), (v, "v"), (tr, "train_loss"), (te, "test_loss"), (l1, "l1")):
+        dst[...] = snap[key]
+    if track is not None:
+        track[...] = snap["track"]
+    for q, i in enumerate(snap["stream_runs"].tolist()):
+        streams[i].set_state(
+            (
+                "MT19937",
+                snap["stream_keys"][q],
+                int(snap["stream_pos"][q]),
+                int(snap["stream_has_gauss"][q]),
+                float(snap["stream_gauss"][q]),
+            )
+        )
+    return int(snap["t"]), int(snap["j"])
 
 
 def _c_steps(st, alive, k, idx, cfg, runs, diverged, t0) -> None:

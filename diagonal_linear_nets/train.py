@@ -9,15 +9,25 @@ run each per alpha and seed; sgd=RHO makes SGD mini-batch SAM). ALGO=VALUE in --
 gives one algorithm its own values. rho uses the suite's convention (``simulator`` docstring): it
 multiplies the gradient of ||X_c beta - y_c||^2 / (2m); the original notebook's 1-SAM rho is half
 of ours. Writes the common run format: config.json, metrics.jsonl (one row per run and logged
-iteration: train_loss, test_loss, l1), summary.json (per run: final beta, divergence, alpha_inf,
-theory prediction with --theory).
+iteration: train_loss, test_loss, l1), summary.json (status "finished"; per run: final beta,
+divergence, alpha_inf, theory prediction with --theory).
+
+Checkpoints and Ctrl-C: the whole grid's state (u, v of every run, iteration, SGD streams,
+divergence, the metrics so far) is saved to checkpoint.npz every --checkpoint_every seconds
+(atomically; numpy arrays only, read back without pickle). Ctrl-C saves it at the end of the
+current chunk of steps (< 1 s) and writes summary.json with status "interrupted" (exit 130);
+--stop_after_iter N does the same at the first chunk end >= N with status "stopped".
+--resume continues from the checkpoint with the same flags, bit for bit as an uninterrupted run.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import itertools
+import json
 import sys
+import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -38,8 +48,14 @@ from diagonal_linear_nets.simulator import (
     simulate,
 )
 from diagonal_linear_nets.theory import predict_interpolator, relative_distance
-from suite.cli import common_parser, finite_float, finite_or_none
-from suite.rundir import create_run_dir
+from suite.cli import GracefulInterrupt, common_parser, finite_float, finite_or_none
+from suite.rundir import atomic_write_bytes, config_hash, create_run_dir, read_json, to_json
+
+CHECKPOINT = "checkpoint.npz"
+EXIT_INTERRUPTED = 130
+# TrainConfig fields that say how to run, not what is computed: left out of config.json's
+# "config" (the run's identity, compared by --resume and by suite.launch).
+RUNTIME_FIELDS = ("overwrite", "resume", "checkpoint_every", "stop_after_iter")
 
 
 @dataclass
@@ -80,7 +96,11 @@ class TrainConfig:
     loss_derivative_only: bool = False
     theory: bool = False
     engine: str = "auto"
-    overwrite: bool = False  # replace a run already in out_dir (not part of the experiment)
+    # how to run (RUNTIME_FIELDS), not part of the experiment:
+    overwrite: bool = False  # replace a run already in out_dir
+    resume: bool = False  # continue the run in out_dir from its checkpoint
+    checkpoint_every: float = 30.0  # seconds between checkpoints (0: after every chunk)
+    stop_after_iter: int | None = None  # stop with a checkpoint at the first chunk end >= this
 
     def rhos(self, algo: str) -> list[float]:
         """The suite-convention rho values of ``algo`` (GD: none; SGD: none unless given)."""
@@ -126,22 +146,101 @@ class TrainConfig:
 INTERPOLATED = 1e-8  # a run "interpolates" when its final train loss <= this x its initial loss
 
 
+def stored_config(config: TrainConfig) -> dict:
+    """The flags that identify the run: what config.json stores under "config" (JSON values)."""
+    flags = {k: v for k, v in asdict(config).items() if k not in RUNTIME_FIELDS}
+    return json.loads(to_json(flags))
+
+
+def changed_flags(stored: dict, config: TrainConfig) -> list[str]:
+    """ "--flag OLD (now NEW)" for every flag of ``config`` that differs from the stored run's."""
+    new = stored_config(config)
+    keys = sorted(set(stored) | set(new))
+    return [
+        f"--{k} {stored.get(k)!r} (now {new.get(k)!r})" for k in keys if stored.get(k) != new.get(k)
+    ]
+
+
+def save_checkpoint(path: Path, snapshot: dict[str, np.ndarray], identity: str) -> None:
+    """The simulator's snapshot as an .npz (arrays only), written atomically."""
+    buf = io.BytesIO()
+    np.savez(buf, config_hash=np.array(identity), **snapshot)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def load_checkpoint(path: Path, identity: str) -> dict[str, np.ndarray]:
+    """Read a checkpoint without unpickling anything; refuse one of another config."""
+    with np.load(path, allow_pickle=False) as z:
+        snap = {k: z[k] for k in z.files}
+    if str(snap.pop("config_hash", "")) != identity:
+        raise ValueError(
+            f"{path} belongs to another config than {path.parent / 'config.json'}: delete it "
+            "(the run restarts) or pass --overwrite"
+        )
+    return snap
+
+
+def _finished(summary_path: Path) -> bool:
+    return summary_path.exists() and read_json(summary_path).get("status", "finished") == "finished"
+
+
 def train(config: TrainConfig) -> Path:
-    """Run the grid of ``config`` and write its run directory; returns its path."""
+    """Run the grid of ``config`` and write its run directory; returns its path.
+
+    ``config.resume``: continue the run in ``out_dir`` from its checkpoint (a ValueError names
+    the flags that differ from the stored run's; a finished run is left as it is; a run without
+    a checkpoint starts over). summary.json's "status" is "finished", "interrupted" (Ctrl-C) or
+    "stopped" (``stop_after_iter``); the last two leave checkpoint.npz for ``resume``."""
     runs = config.runs()
     cfg = config.sim_config()
     for r in runs:
         r.validate(cfg.n)
     cfg.validate()
-    flags = {k: v for k, v in asdict(config).items() if k != "overwrite"}
-    rd = create_run_dir(config.out_dir, flags, overwrite=config.overwrite)
+    flags = stored_config(config)
+    identity = config_hash(flags)
+    out = Path(config.out_dir)
+    ckpt = out / CHECKPOINT
+    resume_from = None
+    if config.resume and (out / "config.json").exists():
+        diff = changed_flags(read_json(out / "config.json").get("config", {}), config)
+        if diff:
+            raise ValueError(
+                f"--resume: the run in {out} was started with different flags: {', '.join(diff)}"
+                "; pass the same flags, or --overwrite to replace it"
+            )
+        if _finished(out / "summary.json"):
+            print(f"{out} is already finished: nothing to resume", file=sys.stderr)
+            return out
+        if ckpt.exists():
+            resume_from = load_checkpoint(ckpt, identity)
+    rd = create_run_dir(out, flags, resume=config.resume, overwrite=config.overwrite)
+    if config.overwrite:
+        ckpt.unlink(missing_ok=True)
+    if config.resume:
+        # metrics.jsonl keeps exactly the rows logged up to the checkpoint (a crash or a second
+        # Ctrl-C may have logged more, a run without a checkpoint starts over)
+        keep = int(resume_from["j"]) * len(runs) if resume_from is not None else 0
+        if len(rd.metrics()) < keep:
+            raise ValueError(
+                f"{rd.metrics_path} has fewer rows than its checkpoint ({keep}): the run "
+                "directory was edited; rerun with --overwrite"
+            )
+        rd.truncate_metrics(keep)
+        (out / "summary.json").unlink(missing_ok=True)
+        if resume_from is not None:
+            print(f"resuming {out} at iteration {int(resume_from['t'])}", file=sys.stderr)
     logs = log_schedule(config.iters, config.log_points)
     if config.switch != "none":  # the state at the switch is part of the experiment
         logs = np.union1d(logs, [config.switch_at])
 
+    # Metric rows are appended in batches, synced to disk before each checkpoint and at the end
+    # (one fsync per batch, not per row: a grid logs runs x log points rows); a crash loses
+    # only rows after the last checkpoint, which a resume recomputes anyway.
+    pending: list[dict] = []
+
     def stream(t, row):
         for i, r in enumerate(runs):
-            rd.log(
+            pending.append(
                 {
                     "iter": int(t),
                     "run": i,
@@ -156,7 +255,47 @@ def train(config: TrainConfig) -> Path:
                 }
             )
 
-    res = simulate(runs, cfg, logs, track_alpha=config.theory, callback=stream)
+    last_save = time.monotonic()
+
+    def on_chunk(t: int, snapshot) -> bool:
+        """Save a checkpoint when one is due or a stop is asked for; True: stop here."""
+        nonlocal last_save
+        if t >= config.iters:
+            return False
+        stop = intr.requested or (
+            config.stop_after_iter is not None and t >= config.stop_after_iter
+        )
+        if stop or time.monotonic() - last_save >= config.checkpoint_every:
+            rd.log_many(pending)  # the checkpoint's metrics are on disk before it
+            pending.clear()
+            save_checkpoint(ckpt, snapshot(), identity)
+            last_save = time.monotonic()
+        return stop
+
+    with GracefulInterrupt() as intr:
+        res = simulate(
+            runs, cfg, logs, track_alpha=config.theory, callback=stream, on_chunk=on_chunk,
+            resume_from=resume_from,
+        )  # fmt: skip
+    rd.log_many(pending)
+    if res.stopped_at is not None:
+        status = "interrupted" if intr.requested else "stopped"
+        rd.write_summary(
+            {
+                "status": status,
+                "iter": res.stopped_at,
+                "iters": config.iters,
+                "checkpoint": CHECKPOINT,
+                "message": f"{status} at iteration {res.stopped_at} of {config.iters}; "
+                "continue with the same flags and --resume",
+            }
+        )
+        print(
+            f"{status} at iteration {res.stopped_at} of {config.iters}: checkpoint saved to "
+            f"{ckpt}; continue with the same flags and --resume",
+            file=sys.stderr,
+        )
+        return rd.path
     problems = {}
     per_run = []
     for i, r in enumerate(runs):
@@ -203,8 +342,15 @@ def train(config: TrainConfig) -> Path:
                 entry["l1_pred"] = float(np.abs(pred).sum())
         per_run.append(entry)
     rd.write_summary(
-        {"param": cfg.param, "normalize": cfg.normalize, "engine": res.engine, "runs": per_run}
+        {
+            "status": "finished",
+            "param": cfg.param,
+            "normalize": cfg.normalize,
+            "engine": res.engine,
+            "runs": per_run,
+        }
     )
+    ckpt.unlink(missing_ok=True)  # the summary holds the final state
     return rd.path
 
 
@@ -379,10 +525,29 @@ def build_parser() -> argparse.ArgumentParser:
         help="track alpha_inf and solve the hyperbolic-entropy prediction (default: off)",
     )
     a(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out_dir from its checkpoint (same flags; a finished run is "
+        "left as it is) (default: off)",
+    )
+    a(
         "--overwrite",
         action="store_true",
-        help="replace the run already in --out_dir (default: refuse; runs take seconds to "
-        "minutes and are not resumed mid-run: an interrupted run is rerun with --overwrite)",
+        help="replace the run already in --out_dir (default: refuse)",
+    )
+    a(
+        "--checkpoint_every",
+        type=finite_float,
+        default=30.0,
+        help="seconds between checkpoints of the grid's state; 0: after every chunk of steps "
+        "(default: 30)",
+    )
+    a(
+        "--stop_after_iter",
+        type=int,
+        default=None,
+        help="stop with a checkpoint (status 'stopped') at the first chunk end >= this "
+        "iteration, as a Ctrl-C does; continue with --resume (default: run to --iters)",
     )
     a(
         "--engine",
@@ -434,7 +599,21 @@ def config_from_args(argv: list[str] | None = None) -> TrainConfig:
         p.error("--device: the simulator runs on cpu only (float64 on tiny tensors)")
     if args.normalized_gd and "gd" not in args.algo:
         p.error("--normalized_gd applies to --algo gd (the original's GD option)")
+    if args.checkpoint_every < 0:
+        p.error("--checkpoint_every must be >= 0 (seconds)")
+    if args.stop_after_iter is not None and args.stop_after_iter < 1:
+        p.error("--stop_after_iter must be >= 1")
+    if args.resume and args.overwrite:
+        p.error("--resume and --overwrite exclude each other: continue the run or replace it")
     out = args.out_dir or f"runs/diag_{'_'.join(args.algo)}_seed{args.seed}"
+    exists = (Path(out) / "config.json").exists()
+    if exists and not (args.resume or args.overwrite):
+        p.error(
+            f"--out_dir {out} already holds a run: pass --resume to continue it, --overwrite to "
+            "replace it, or choose another directory"
+        )
+    if args.resume and not exists:
+        p.error(f"--resume: {out} holds no run to continue (no config.json)")
     return TrainConfig(
         out_dir=out,
         algo=args.algo,
@@ -468,6 +647,9 @@ def config_from_args(argv: list[str] | None = None) -> TrainConfig:
         theory=args.theory,
         engine=args.engine,
         overwrite=args.overwrite,
+        resume=args.resume,
+        checkpoint_every=args.checkpoint_every,
+        stop_after_iter=args.stop_after_iter,
     )
 
 
@@ -475,24 +657,23 @@ def main(argv: list[str] | None = None) -> int:
     config = config_from_args(argv)
     try:
         path = train(config)
-    except FileExistsError:
+    except KeyboardInterrupt:  # a second Ctrl-C: stopped at once, the last checkpoint stays
         print(
-            f"error: --out_dir {config.out_dir} already holds a run: pass --overwrite to replace "
-            "it, or choose another --out_dir",
+            f"interrupted: {config.out_dir} keeps its last checkpoint; continue with the same "
+            "flags and --resume",
             file=sys.stderr,
         )
+        return EXIT_INTERRUPTED
+    except ValueError as e:  # e.g. --resume with other flags than the stored run's
+        print(f"error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(
-            f"interrupted: {config.out_dir} holds an incomplete run (no summary.json); rerun "
-            "the command with --overwrite",
-            file=sys.stderr,
-        )
-        return 130
     except RuntimeError as e:  # e.g. --engine c without a C compiler
         print(f"error: --engine: {e}", file=sys.stderr)
         return 2
-    print(f"wrote {path}")
+    status = read_json(path / "summary.json").get("status")
+    if status == "interrupted":
+        return EXIT_INTERRUPTED
+    print(f"wrote {path}" + (f" ({status})" if status != "finished" else ""))
     return 0
 
 

@@ -223,6 +223,17 @@ class RunDir:
             f.flush()
             os.fsync(f.fileno())
 
+    def log_many(self, rows: list[Mapping[str, Any]]) -> None:
+        """Append rows as lines with one flush and fsync for all of them (a crash mid-write
+        leaves a prefix of them, the last one possibly torn and dropped on reopening)."""
+        if not rows:
+            return
+        text = "".join(to_json(dict(r), indent=None) + "\n" for r in rows)
+        with open(self.metrics_path, "a", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+
     def truncate_metrics(self, keep: int) -> None:
         """Keep the first ``keep`` metric rows (used when resuming from an earlier checkpoint)."""
         rows = self.metrics()

@@ -212,7 +212,9 @@ def test_train_writes_run_format(tmp_path):
     assert len(summ["runs"][1]["beta"]) == 30 and "alpha_inf_flow" in summ["runs"][1]
     with pytest.raises(FileExistsError):
         train(cfg)
-    assert main(["--algo", "gd", "--iters", "5", "--out_dir", str(path)]) == 2  # refused
+    with pytest.raises(SystemExit) as e:  # refused, naming the flags that would allow it
+        main(["--algo", "gd", "--iters", "5", "--out_dir", str(path)])
+    assert e.value.code == 2
     assert main(["--algo", "gd", "--iters", "7", "--out_dir", str(path), "--overwrite"]) == 0
     conf = json.loads((path / "config.json").read_text())
     assert conf["config"]["algo"] == ["gd"] and conf["config"]["iters"] == 7
