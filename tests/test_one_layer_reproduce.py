@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import pickle
+from pathlib import Path
 
 from analysis.one_layer_relu_nets import comparison_runs, run_dir, run_experiments
 from one_layer_relu_nets.experiments import MATCHED, experiment_configs
@@ -65,11 +66,14 @@ class _Recorder:
         self.notes[outcome.name] = outcome.note
 
 
-def test_run_all_skips_resumes_and_retrains_the_right_runs(tmp_path):
+def test_run_all_skips_resumes_and_retrains_the_right_runs(tmp_path, monkeypatch):
     rec = _Recorder()
     old = launch.set_reporter(rec)
     try:
-        run_experiments("tiny", tmp_path)
+        # first call with a relative results dir, the next ones with its absolute path: the
+        # controls' match_losses_of (where the base lies) is not part of their identity
+        monkeypatch.chdir(tmp_path)
+        run_experiments("tiny", Path("."))
         bases = [n for n in _flat("tiny") if not n.endswith(MATCHED)]
         controls = [n for n in _flat("tiny") if n.endswith(MATCHED)]
         # two waves: every base comparison before any loss-matched control
@@ -117,3 +121,4 @@ def test_run_all_skips_resumes_and_retrains_the_right_runs(tmp_path):
         assert set(rec.actions.values()) == {"trained"} and len(rec.actions) == len(runs)
     finally:
         launch.set_reporter(old)
+
