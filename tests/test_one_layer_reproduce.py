@@ -121,4 +121,3 @@ def test_run_all_skips_resumes_and_retrains_the_right_runs(tmp_path, monkeypatch
         assert set(rec.actions.values()) == {"trained"} and len(rec.actions) == len(runs)
     finally:
         launch.set_reporter(old)
-
