@@ -660,9 +660,13 @@ def train(
     if cfg.out_dir is not None:
         cfg_path = Path(cfg.out_dir) / "config.json"
         if resume and cfg_path.exists():
-            stored = read_json(cfg_path)["config"]
-            if stored != dataclasses.asdict(cfg):
-                diff = sorted(k for k in stored if stored[k] != dataclasses.asdict(cfg).get(k))
+            stored, now = read_json(cfg_path)["config"], dataclasses.asdict(cfg)
+            # where the run lies is not what it computes: the same directory may be named by a
+            # relative or an absolute path (and a control's base by its digest)
+            where = ("out_dir", "match_losses_of") if cfg.match_digest else ("out_dir",)
+            diff = sorted(k for k in set(stored) | set(now)
+                          if k not in where and stored.get(k) != now.get(k))  # fmt: skip
+            if diff:
                 raise ValueError(
                     f"resume: {cfg.out_dir} was started with other settings ({', '.join(diff)});"
                     " pass the same flags, or --overwrite to replace it"
