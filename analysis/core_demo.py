@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -26,9 +27,11 @@ from torch import nn
 
 from sharpness import SAM, LookSAM
 from sharpness.measures import hessian_top_eigenvalue
+from suite.captions import caption_figure
 from suite.claims import compare_seeds, compare_to_paper, fmt_mean_std, verdict, write_claims
-from suite.cli import make_seeds
-from suite.rundir import create_run_dir, load_run
+from suite.cli import GracefulInterrupt, make_seeds
+from suite.launch import Run, run_all
+from suite.rundir import atomic_torch_save, create_run_dir, load_run
 
 OPTIMIZERS = ("sgd", "sam", "asam", "looksam")
 FIGURE = "core_sgd_sam_asam_looksam.png"
@@ -69,8 +72,19 @@ def _make_optimizer(cfg: DemoConfig, params):
     raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {cfg.optimizer!r}")
 
 
-def run_one(cfg: DemoConfig, out_dir: Path) -> dict:
-    """Train one configuration; writes a run directory and returns its summary."""
+CHECKPOINT = "checkpoint.pt"
+
+
+def run_one(cfg: DemoConfig, out_dir: Path, resume: bool = False) -> dict:
+    """Train one configuration; writes a run directory and returns its summary.
+
+    After every epoch the model, the optimizer (SAM's state includes the base optimizer's
+    momentum, LookSAM's its g_v and step count), the data order's generator and the epoch are
+    saved atomically to ``checkpoint.pt``; ``resume=True`` continues from it (the metrics rows
+    after the checkpoint are dropped), giving the metrics and summary of an uninterrupted run.
+    Ctrl-C (``suite.cli.GracefulInterrupt``) stops after the current epoch's checkpoint with
+    ``summary.json`` saying ``status: interrupted`` (``suite.launch`` then stops the job); a
+    finished run's summary says ``status: finished``."""
     from deep_nets.data import load_dataset
     from deep_nets.models import build_model
 
@@ -86,46 +100,40 @@ def run_one(cfg: DemoConfig, out_dir: Path) -> dict:
         input_shape=data.input_shape,
     )
     opt = _make_optimizer(cfg, model.parameters())
-    run = create_run_dir(out_dir, asdict(cfg), device="cpu", resume=False)
+    out_dir = Path(out_dir)
+    run = create_run_dir(out_dir, asdict(cfg), device="cpu", resume=resume)
+    start, passes, elapsed = 0, 0, 0.0
+    if resume and (out_dir / CHECKPOINT).exists():
+        state = torch.load(out_dir / CHECKPOINT, weights_only=True)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        seeds.data.set_state(state["data_rng"])
+        torch.set_rng_state(state["torch_rng"])
+        start, passes, elapsed = state["epoch"], state["passes"], state["seconds"]
+    run.truncate_metrics(start)  # rows logged after the checkpoint are redone
     loss_fn = nn.CrossEntropyLoss()
     n = data.train_x.shape[0]
-    passes = 0
-    t0 = time.perf_counter()
-    for epoch in range(cfg.epochs):
-        model.train()
-        perm = torch.randperm(n, generator=seeds.data)
-        for i in range(0, n - cfg.batch_size + 1, cfg.batch_size):
-            idx = perm[i : i + cfg.batch_size]
-            x, y = data.train_x[idx], data.train_y[idx]
-            opt.zero_grad()
-            loss_fn(model(x), y).backward()
-            passes += 1
-            if isinstance(opt, SAM):
-
-                def closure(x=x, y=y):
-                    nonlocal passes
-                    passes += 1
-                    loss = loss_fn(model(x), y)
-                    loss.backward()
-                    return loss
-
-                opt.step(closure)
-            else:
-                opt.step()
-        model.eval()
-        with torch.no_grad():
-            train_loss = loss_fn(model(data.train_x), data.train_y).item()
-            test_acc = (model(data.test_x).argmax(1) == data.test_y).float().mean().item()
-        run.log(
-            {
-                "epoch": epoch + 1,
-                "train_loss": train_loss,
-                "test_acc": test_acc,
-                "passes": passes,
-                "seconds": time.perf_counter() - t0,
-            }
-        )
+    t0 = time.perf_counter() - elapsed
+    with GracefulInterrupt() as interrupt:
+        for epoch in range(start, cfg.epochs):
+            passes = _train_epoch(model, opt, loss_fn, data, seeds.data, cfg.batch_size, passes)
+            model.eval()
+            with torch.no_grad():
+                train_loss = loss_fn(model(data.train_x), data.train_y).item()
+                test_acc = (model(data.test_x).argmax(1) == data.test_y).float().mean().item()
+            row = {"epoch": epoch + 1, "train_loss": train_loss, "test_acc": test_acc,
+                   "passes": passes, "seconds": time.perf_counter() - t0}  # fmt: skip
+            run.log(row)
+            state = {"model": model.state_dict(), "optimizer": opt.state_dict(),
+                     "data_rng": seeds.data.get_state(), "torch_rng": torch.get_rng_state(),
+                     "epoch": epoch + 1, "passes": passes, "seconds": row["seconds"]}  # fmt: skip
+            atomic_torch_save(state, out_dir / CHECKPOINT)
+            if interrupt.requested and epoch + 1 < cfg.epochs:
+                summary = {"status": "interrupted", "epoch": epoch + 1}
+                run.write_summary(summary)
+                return summary
     seconds = time.perf_counter() - t0
+    last = run.metrics()[-1]
     hx, hy = data.train_x[: cfg.hessian_examples], data.train_y[: cfg.hessian_examples]
     lam = hessian_top_eigenvalue(
         lambda: loss_fn(model(hx), hy),
@@ -136,8 +144,9 @@ def run_one(cfg: DemoConfig, out_dir: Path) -> dict:
     )
     steps = cfg.epochs * (n // cfg.batch_size)
     summary = {
-        "test_acc": test_acc,
-        "train_loss": train_loss,
+        "status": "finished",
+        "test_acc": last["test_acc"],
+        "train_loss": last["train_loss"],
         "lambda_max": lam,
         "passes_per_step": passes / steps,
         "seconds": seconds,
@@ -147,36 +156,110 @@ def run_one(cfg: DemoConfig, out_dir: Path) -> dict:
     return summary
 
 
-def _settings(profile: str) -> tuple[int, list[int]]:
-    return (40, [0, 1, 2]) if profile == "quick" else (100, [0, 1, 2, 3, 4])
+def _train_epoch(model, opt, loss_fn, data, gen: torch.Generator, batch_size: int,
+                 passes: int) -> int:  # fmt: skip
+    """One epoch of minibatches (the last partial batch dropped); returns the forward-backward
+    passes counted so far (SAM: 2 per step; LookSAM: 2 on every k-th step, else 1)."""
+    model.train()
+    n = data.train_x.shape[0]
+    perm = torch.randperm(n, generator=gen)
+    for i in range(0, n - batch_size + 1, batch_size):
+        idx = perm[i : i + batch_size]
+        x, y = data.train_x[idx], data.train_y[idx]
+        opt.zero_grad()
+        loss_fn(model(x), y).backward()
+        passes += 1
+        if isinstance(opt, SAM):
+
+            def closure(x=x, y=y):
+                nonlocal passes
+                passes += 1
+                loss = loss_fn(model(x), y)
+                loss.backward()
+                return loss
+
+            opt.step(closure)
+        else:
+            opt.step()
+    return passes
+
+
+def train_run(cfg: DemoConfig, out_dir: str, resume: bool = False) -> None:
+    """``suite.launch.Run.train`` of one core run (module level: picklable for worker
+    processes as ``functools.partial(train_run, cfg, out_dir)``)."""
+    run_one(cfg, Path(out_dir), resume=resume)
+
+
+PROFILES = ("quick", "full", "paper", "tiny")  # tiny: for the tests only
+
+
+def settings(profile: str) -> tuple[dict, list[int]]:
+    """(DemoConfig fields, seeds) of ``profile``. quick: 40 epochs, seeds 0-2 (~2 CPU minutes);
+    full: 100 epochs, seeds 0-4; paper: the same as full. The demo is the core's own CPU-scale
+    check, not one of the paper's experiments (those are deep_nets' paper profile): it has no
+    paper-scale setting, and ``paper`` reuses full's runs (same configs, same directories).
+    tiny (the tests): 2 epochs of a width-16 MLP on 30% of the training set, seeds 0-1."""
+    if profile not in PROFILES:
+        raise ValueError(f"profile must be one of {PROFILES} (got {profile!r})")
+    if profile == "tiny":
+        return {"epochs": 2, "width": 16, "frac_train": 0.3, "hessian_examples": 64}, [0, 1]
+    if profile == "quick":
+        return {"epochs": 40}, [0, 1, 2]
+    return {"epochs": 100}, [0, 1, 2, 3, 4]
+
+
+def demo_runs(profile: str, results_dir: Path) -> list[Run]:
+    """One ``suite.launch.Run`` per (optimizer, seed) of ``profile``; ``Run.config`` is what
+    ``run_one`` stores in config.json."""
+    fields, seeds = settings(profile)
+    root = Path(results_dir) / "core"
+    runs = []
+    for opt in OPTIMIZERS:
+        for s in seeds:
+            cfg = DemoConfig(optimizer=opt, seed=s, **fields)
+            name = f"{opt}_seed{s}_ep{cfg.epochs}" + ("_tiny" if profile == "tiny" else "")
+            d = root / name
+            runs.append(Run(f"{opt} seed {s}", d, asdict(cfg), partial(train_run, cfg, str(d))))
+    return runs
 
 
 def reproduce(profile: str, results_dir: Path, figures_dir: Path) -> None:
-    """Run every optimizer over the seeds (reusing finished runs), plot, write the claims."""
+    """Run every optimizer over the seeds of ``profile`` through ``suite.launch.run_all``
+    (finished runs skipped, interrupted ones resumed), plot, caption, write the claims."""
+    epochs = settings(profile)[0]["epochs"]
+    runs = demo_runs(profile, results_dir)
+    run_all(runs, stage="core")
+    res: dict[str, list[dict]] = {o: [] for o in OPTIMIZERS}
+    for r in runs:
+        res[r.config["optimizer"]].append(load_run(r.out_dir))
+    plot(res, Path(figures_dir) / FIGURE)
+    n, c = len(res["sgd"]), runs[0].config
+    caption_figure(
+        results_dir,
+        "core",
+        FIGURE,
+        shows=f"MNIST-1D, MLP width {c['width']}, SGD / SAM / ASAM / LookSAM (k = "
+        f"{c['looksam_k']}), {epochs} epochs, {n} seeds: test accuracy and train loss per "
+        "epoch (mean, +- std band on accuracy), top Hessian eigenvalue at the end (mean +- std).",
+        reading="SAM's lambda_max below SGD's is the flatness claim, its final accuracy above "
+        "SGD's the generalization claim (the paper's, at CPU scale; see the claims rows).",
+        key=True,
+    )
+    note = " (paper = full: the demo has no paper-scale setting)" if profile == "paper" else ""
+    rows = claims_rows(res, profile, epochs)
+    for row in rows:
+        row["note"] += note
+    write_claims(Path(results_dir) / "core" / "claims.csv", rows)
+
+
+def plot(res: dict[str, list[dict]], out: Path) -> Path:
+    """Test accuracy and train loss per epoch, and the final lambda_max, per optimizer."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    epochs, seeds = _settings(profile)
-    root = Path(results_dir) / "core"
-    res: dict[str, list[dict]] = {o: [] for o in OPTIMIZERS}
-    for opt in OPTIMIZERS:
-        for s in seeds:
-            d = root / f"{opt}_seed{s}_ep{epochs}"
-            if (d / "summary.json").exists():
-                res[opt].append(load_run(d))
-                continue
-            if d.exists():  # an interrupted run: start it over
-                import shutil
-
-                shutil.rmtree(d)
-            run_one(DemoConfig(optimizer=opt, seed=s, epochs=epochs), d)
-            res[opt].append(load_run(d))
-            print(f"  core: {opt} seed {s}: {res[opt][-1]['summary']}", flush=True)
-
-    figures_dir = Path(figures_dir)
-    figures_dir.mkdir(parents=True, exist_ok=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))
     for o, rs in res.items():
         acc = np.array([[m["test_acc"] for m in r["metrics"]] for r in rs])
@@ -187,14 +270,14 @@ def reproduce(profile: str, results_dir: Path, figures_dir: Path) -> None:
         axes[1].semilogy(ep, loss.mean(0), label=o)
     axes[0].set(xlabel="epoch", ylabel="test accuracy", title="MNIST-1D, MLP (mean +- std)")
     axes[1].set(xlabel="epoch", ylabel="train loss")
-    lam = [np.array([r["summary"]["lambda_max"] for r in res[o]]) for o in OPTIMIZERS]
-    axes[2].bar(OPTIMIZERS, [x.mean() for x in lam], yerr=[x.std() for x in lam], capsize=4)
+    lam = [np.array([r["summary"]["lambda_max"] for r in res[o]]) for o in res]
+    axes[2].bar(list(res), [x.mean() for x in lam], yerr=[x.std() for x in lam], capsize=4)
     axes[2].set(ylabel="top Hessian eigenvalue (train loss)", title="sharpness at the end")
     axes[0].legend()
     fig.tight_layout()
-    fig.savefig(figures_dir / FIGURE, dpi=120)
+    fig.savefig(out, dpi=120)
     plt.close(fig)
-    write_claims(root / "claims.csv", claims_rows(res, profile, epochs))
+    return out
 
 
 def claims_rows(res: dict[str, list[dict]], profile: str, epochs: int) -> list[dict]:
@@ -216,10 +299,13 @@ def claims_rows(res: dict[str, list[dict]], profile: str, epochs: int) -> list[d
     }
     n_test = n_tests.pop() if len(n_tests) == 1 else None
     n = max((len(rs) for rs in res.values()), default=0)
+    # the settings of the runs given (the class defaults when they carry no config)
+    cfgs = [r["config"]["config"] for rs in res.values() for r in rs if "config" in r]
+    c = cfgs[0] if cfgs else asdict(DemoConfig())
     setting = (
-        f"MNIST-1D (generated), MLP width {DemoConfig.width}, {epochs} epochs, batch "
-        f"{DemoConfig.batch_size}, SGD lr {DemoConfig.lr} momentum {DemoConfig.momentum}, rho "
-        f"{DemoConfig.rho} (ASAM {DemoConfig.asam_rho}), {n} seeds, CPU: a CPU-minutes stand-in "
+        f"MNIST-1D (generated), MLP width {c['width']}, {epochs} epochs, batch "
+        f"{c['batch_size']}, SGD lr {c['lr']} momentum {c['momentum']}, rho "
+        f"{c['rho']} (ASAM {c['asam_rho']}), {n} seeds, CPU: a CPU-minutes stand-in "
         "for the paper's network and data set, so only the direction is compared"
     )
     base = dict(family="core", profile=profile, figure=FIGURE)
@@ -238,7 +324,7 @@ def claims_rows(res: dict[str, list[dict]], profile: str, epochs: int) -> list[d
             gap=flat.gap,
             se=flat.se,
             verdict=flat.verdict,
-            note=f"{setting}; lambda_max of the train loss on {DemoConfig.hessian_examples} "
+            note=f"{setting}; lambda_max of the train loss on {c['hessian_examples']} "
             "training examples by power iteration (the paper: Lanczos on the full training set)",
         )
     )

@@ -14,6 +14,7 @@ Figures (``figures_dir``):
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import time
 from pathlib import Path
@@ -24,8 +25,16 @@ import torch
 
 from one_layer_relu_nets.experiments import MATCHED, experiment_configs
 from one_layer_relu_nets.model import forward
-from one_layer_relu_nets.training import load_params, train
+from one_layer_relu_nets.training import (
+    Config,
+    load_params,
+    matched_targets,
+    targets_digest,
+    train,
+)
+from suite.captions import caption_figure
 from suite.claims import compare_seeds, fmt_mean_std, verdict, write_claims
+from suite.launch import DEFAULT_IGNORE, Run, run_all
 from suite.rundir import load_run, read_json
 
 FAMILY = "one_layer_relu_nets"
@@ -48,35 +57,57 @@ def run_dir(results_dir: Path, profile: str, name: str) -> Path:
     return Path(results_dir) / FAMILY / f"{profile}_{name}"
 
 
-def run_experiments(profile: str, results_dir: Path, verbose: bool = True) -> dict[str, Path]:
-    """Run every comparison of ``profile``: a complete one with the same config is reused, a
-    partial one (Ctrl-C, crash) is resumed, one with another config is overwritten. Returns
-    {name: run dir}."""
-    out = {}
+def train_comparison(cfg: Config, resume: bool = False) -> None:
+    """``Run.train`` of one comparison (module level, so that ``functools.partial`` of it pickles
+    for submitit's worker processes). ``suite.launch`` clears the directory before a fresh start."""
+    train(cfg, resume=resume, show_progress=False)
+
+
+# ``match_losses_of`` names where the base run lies, not what the control computes (that is
+# ``match_digest``): a results directory given as a relative or an absolute path is the same run.
+MATCHED_IGNORE = (*DEFAULT_IGNORE, "match_losses_of")
+
+
+def comparison_runs(profile: str, results_dir: Path, matched: bool) -> list[Run]:
+    """The ``suite.launch.Run`` of every comparison of ``profile``: the base comparisons
+    (``matched=False``) or their loss-matched GD controls (``matched=True``; their bases must be
+    complete: a control's config holds the digest of its base's final losses). ``Run.config`` is
+    exactly what ``train`` stores in config.json (``dataclasses.asdict``)."""
+    runs = []
     for exp in experiment_configs(profile).values():
         for name, cfg in exp.items():
+            if name.endswith(MATCHED) != matched:
+                continue
             path = run_dir(results_dir, profile, name)
             cfg = dataclasses.replace(cfg, out_dir=str(path))
-            if name.endswith(MATCHED):
+            ignore = DEFAULT_IGNORE
+            if matched:
                 base = run_dir(results_dir, profile, name[: -len(MATCHED)])
-                cfg = dataclasses.replace(cfg, match_losses_of=str(base))
-            same = (path / "config.json").exists() and read_json(path / "config.json")[
-                "config"
-            ] == dataclasses.asdict(cfg)
-            if same and (path / "summary.json").exists():
-                out[name] = path
-                continue
-            t0 = time.time()
-            train(cfg, resume=same, overwrite=path.exists() and not same)
-            if verbose:
-                print(f"  {name}: {time.time() - t0:.1f} s", flush=True)
-            out[name] = path
+                digest = targets_digest(matched_targets(base))
+                cfg = dataclasses.replace(cfg, match_losses_of=str(base), match_digest=digest)
+                ignore = MATCHED_IGNORE
+            fn = functools.partial(train_comparison, cfg)
+            runs.append(Run(name, path, dataclasses.asdict(cfg), fn, ignore))
+    return runs
+
+
+def run_experiments(profile: str, results_dir: Path) -> dict[str, Path]:
+    """Bring every comparison of ``profile`` to completion through ``suite.launch.run_all`` (it
+    skips finished runs of the same config, resumes interrupted ones, retrains changed ones or
+    all under ``--force``, and may run them in parallel or on SLURM). Two waves: the base
+    comparisons, then the loss-matched controls, which read their bases' final losses.
+    Returns {comparison name: run dir}."""
+    out = {}
+    for matched in (False, True):
+        runs = comparison_runs(profile, results_dir, matched)
+        run_all(runs, stage=FAMILY)
+        out |= {r.name: Path(r.out_dir) for r in runs}
     return out
 
 
 def detect_profile(results_dir: Path) -> str:
-    """The most complete profile present under ``results_dir`` (full, then quick, then tiny)."""
-    for profile in ("full", "quick", "tiny"):
+    """The most complete profile present under ``results_dir`` (paper, full, quick, tiny)."""
+    for profile in ("paper", "full", "quick", "tiny"):
         if (run_dir(results_dir, profile, "exp3_decaying") / "summary.json").exists():
             return profile
     raise FileNotFoundError(
@@ -87,10 +118,12 @@ def detect_profile(results_dir: Path) -> str:
 
 # ------------------------------------------------------------------------------------ loading
 def runs_frame(path: str | Path) -> pd.DataFrame:
-    """One row per run of a comparison: config columns + the summary record."""
+    """One row per run of a comparison: the summary record, the comparison's directory name and
+    ``original_loop`` (its config's ``lr_decay_sam_only``: the reference notebook's loop)."""
     run = load_run(path)
     df = pd.DataFrame(run["summary"]["runs"])
     df["comparison"] = Path(path).name
+    df["original_loop"] = bool(run["config"]["config"].get("lr_decay_sam_only", False))
     return df
 
 
@@ -112,19 +145,28 @@ def history_frame(path: str | Path) -> pd.DataFrame:
     return hist.merge(meta, on="run_id")
 
 
+ORIGINAL = " (notebook lr)"  # label suffix of the reference notebook's loop (paper profile)
+
+
 def label(r: pd.Series) -> str:
-    """'GD', 'n-SAM rho 0.3', or 'GD @ n-SAM rho 0.3 loss' (a loss-matched control)."""
+    """'GD', 'n-SAM rho 0.3', or 'GD @ n-SAM rho 0.3 loss' (a loss-matched control); with the
+    suffix ``ORIGINAL`` for a run of the notebook's loop (lr decayed for SAM only)."""
+    tail = ORIGINAL if bool(r.get("original_loop", False)) else ""
     if r.get("matched_algorithm") is not None and not pd.isna(r.get("matched_algorithm")):
-        return f"GD @ {ALG_LABEL[r['matched_algorithm']]} rho {r['matched_rho']:g} loss"
+        return f"GD @ {ALG_LABEL[r['matched_algorithm']]} rho {r['matched_rho']:g} loss{tail}"
     if r["algorithm"] in ("gd", "sgd"):
-        return ALG_LABEL[r["algorithm"]]
-    return f"{ALG_LABEL[r['algorithm']]} rho {r['rho']:g}"
+        return ALG_LABEL[r["algorithm"]] + tail
+    return f"{ALG_LABEL[r['algorithm']]} rho {r['rho']:g}{tail}"
+
+
+EXP1 = ("exp1_main", "exp1_sweep", "exp1_original")  # the base comparisons of experiment 1
 
 
 def exp1_frame(results_dir: Path, profile: str) -> pd.DataFrame:
-    """Every run of experiment 1 (main, sweep and their loss-matched GD controls), labelled."""
+    """Every run of experiment 1 (main, sweep, the notebook's loop and their loss-matched GD
+    controls, those the profile has), labelled."""
     frames = []
-    for name in ("exp1_main", "exp1_main" + MATCHED, "exp1_sweep", "exp1_sweep" + MATCHED):
+    for name in (n + suffix for n in EXP1 for suffix in ("", MATCHED)):
         p = run_dir(results_dir, profile, name)
         if (p / "summary.json").exists():
             frames.append(runs_frame(p))
@@ -367,16 +409,32 @@ def _row(claim: str, paper_value: str, ours: str, gap: float, se: float, figure:
 
 def _exp1_rows(results_dir: Path, profile: str) -> list[dict]:
     df = exp1_frame(results_dir, profile)
+    rows = []
+    for original in (False, True):
+        sub = df[df["original_loop"] == original]
+        if len(sub):
+            rows += _exp1_loop_rows(results_dir, profile, sub, original)
+    return rows
+
+
+def _exp1_loop_rows(
+    results_dir: Path, profile: str, df: pd.DataFrame, original: bool
+) -> list[dict]:
+    """Experiment 1's rows for the runs of one lr convention: the same schedule for every
+    algorithm (ours), or the notebook's (``original``: lr decayed for SAM only)."""
     fig = f"{FAMILY}_simplicity.png, {FAMILY}_fits.png, {FAMILY}_over_training.png"
-    c = _cfg(run_dir(results_dir, profile, "exp1_main"))
+    c = _cfg(run_dir(results_dir, profile, "exp1_original" if original else "exp1_main"))
+    who = "for SAM only, GD at the constant lr (the notebook's loop)" if original else (
+        "for every algorithm")  # fmt: skip
     setting = (
-        f"width {c['width']}, reference init, lr {c['lr']:g} {c['lr_schedule']} for every "
-        f"algorithm, T = {c['iterations']:.0e}, stop at loss {c['loss_threshold']:g}"
+        f"width {c['width']}, reference init, lr {c['lr']:g} {c['lr_schedule']} {who}, "
+        f"T = {c['iterations']:.0e}, stop at loss {c['loss_threshold']:g}"
     )
     main = df[~df["label"].str.contains("@")]
     gd = main[main["algorithm"] == "gd"]
+    gd_label = gd["label"].iloc[0]
     rows = []
-    sam_labels = [lab for lab in dict.fromkeys(main["label"]) if lab != "GD"]
+    sam_labels = [lab for lab in dict.fromkeys(main["label"]) if lab != gd_label]
     for lab in sam_labels:
         sam = main[main["label"] == lab]
         alg, rho = sam["algorithm"].iloc[0], float(sam["rho"].iloc[0])
@@ -385,16 +443,17 @@ def _exp1_rows(results_dir: Path, profile: str) -> list[dict]:
             g = compare_seeds(gd[m].astype(float), sam[m].astype(float), lower_is_better=True)
             loss = fmt_mean_std(sam["train_loss"].astype(float), ".2g")
             rows.append(_row(
-                f"1-D regression: {lab} fits have {LOWER[m]} than GD's",
+                f"1-D regression: {lab} fits have {LOWER[m]} than {gd_label}'s",
                 "SAM fits visibly simpler (figure; no numbers)" if m != "lambda_max" else
                 "(not in the notebook: flatness next to the kinks)",
-                f"GD {fmt_mean_std(gd[m], '.3g')} vs {lab} {fmt_mean_std(sam[m], '.3g')}; "
-                f"final train loss GD {fmt_mean_std(gd['train_loss'], '.2g')}, {lab} {loss}",
+                f"{gd_label} {fmt_mean_std(gd[m], '.3g')} vs {lab} {fmt_mean_std(sam[m], '.3g')}; "
+                f"final train loss {gd_label} {fmt_mean_std(gd['train_loss'], '.2g')}, {lab} "
+                f"{loss}",
                 g.gap, g.se, fig,
                 f"{setting}. Not at equal training loss: see the loss-matched row.",
                 PAPER + ", one_layer_relu_nets notebook",
             ))  # fmt: skip
-            matched = df[df["label"] == f"GD @ {lab} loss"]
+            matched = df[df["label"] == label_matched(lab, original)]
             if not len(matched):
                 continue
             gap, se = _paired(_by_seed(matched, m), _by_seed(sam, m))
@@ -402,13 +461,19 @@ def _exp1_rows(results_dir: Path, profile: str) -> list[dict]:
                 f"1-D: {lab} fits have {LOWER[m]} than GD stopped at the same training loss "
                 "(seed-paired)",
                 "SAM simpler, not just less fitted (the issue's control)",
-                f"GD @ {lab} loss {fmt_mean_std(matched[m], '.3g')} vs {lab} "
+                f"{label_matched(lab, original)} {fmt_mean_std(matched[m], '.3g')} vs {lab} "
                 f"{fmt_mean_std(sam[m], '.3g')}",
                 gap, se, fig,
                 f"{setting}; GD run until its loss is <= the SAM run's final loss (same seed).",
                 PAPER + ", one_layer_relu_nets notebook",
             ))  # fmt: skip
     return rows
+
+
+def label_matched(sam_label: str, original: bool) -> str:
+    """The label of the loss-matched GD control of the runs labelled ``sam_label``."""
+    base = sam_label[: -len(ORIGINAL)] if original else sam_label
+    return f"GD @ {base} loss" + (ORIGINAL if original else "")
 
 
 def _exp2_rows(results_dir: Path, profile: str) -> list[dict]:
@@ -525,12 +590,83 @@ def claims_rows(results_dir: Path, profile: str = "quick") -> list[dict]:
     return rows
 
 
+def caption_figures(results_dir: Path, profile: str) -> None:
+    """The two-line caption of each figure of ``make_figures`` (``suite.captions``), with the
+    settings read from the runs' configs."""
+    e1 = _cfg(run_dir(results_dir, profile, "exp1_main"))
+    e2 = _cfg(run_dir(results_dir, profile, "exp2_teacher"))
+    e3 = _cfg(run_dir(results_dir, profile, "exp3_decaying"))
+    one_d = (
+        f"12-point 1-D data, width-{e1['width']} ReLU net, reference init, lr {e1['lr']:g} "
+        f"{e1['lr_schedule']}, T = {e1['iterations']:.0e}, seeds {_seeds(e1)}"
+    )
+    teacher = (
+        f"teacher-student d = {e2['d']}, width {e2['width']}, n = {e2['n_train']}, lr "
+        f"{e2['lr']:g}, T = {e2['iterations']}, seeds {_seeds(e2)}"
+    )
+    algs = ", ".join(ALG_LABEL[a] for a in e1["algorithms"])
+    captions = {
+        "fits": (
+            f"Fitted functions f(x) of {algs} at rho 0.3 (one panel each), one line per seed, "
+            f"dots = the data; {one_d}.",
+            "SAM's fits have fewer kinks than GD's: the notebook's figure (kinks mean +- std in "
+            "each panel title).",
+        ),
+        "simplicity": (
+            f"Kinks, slope TV, path norm and Hessian lambda_max (log) of every experiment-1 run "
+            f"per algorithm and rho, grey = GD stopped at each SAM run's loss; dots = seeds, bars "
+            f"= mean +- std; {one_d}"
+            + (
+                ", and the notebook's loop (lr decayed for SAM only, 'notebook lr')."
+                if _has(results_dir, profile, "exp1_original")
+                else "."
+            ),
+            "SAM's fits are simpler and flatter than GD's, also than GD at the same training loss "
+            "(the claims rows 'fits have fewer kinks' and their loss-matched rows).",
+        ),
+        "over_training": (
+            f"Kinks and slope TV of the fitted function vs iteration (log x), mean over seeds, GD "
+            f"and each SAM at each rho; {one_d}.",
+            "When SAM's fit simplifies (its kinks fall below GD's ~50): late in training, which "
+            "is why a short budget shows no difference.",
+        ),
+        "teacher": (
+            f"Test loss vs rho of normalized n-SAM and 1-SAM (mean +- std over seeds), GD dashed "
+            f"with its +-1 std band; log-log; {teacher}.",
+            "Whether SAM (1-SAM above all) lowers the test loss below GD's, as it does in "
+            "diagonal nets (claims rows 'teacher-student'; rho chosen on validation there).",
+        ),
+        "convergence": (
+            f"Training loss vs iteration (log-log), mean over seeds: unnormalized SAM | normalized "
+            f"with constant rho | normalized with rho/sqrt(1+t), GD grey; the teacher-student "
+            f"task, T = {e3['iterations']}, seeds {_seeds(e3)}.",
+            "Unnormalized SAM converges like GD; normalized SAM stalls at a level that grows "
+            "with rho; a decaying rho converges (the convergence claims rows).",
+        ),
+    }
+    for name, (shows, reading) in captions.items():
+        caption_figure(results_dir, FAMILY, f"{FAMILY}_{name}.png", shows=shows, reading=reading,
+                       key=name == "simplicity")  # fmt: skip
+
+
+def _has(results_dir: Path, profile: str, name: str) -> bool:
+    return (run_dir(results_dir, profile, name) / "summary.json").exists()
+
+
+def _seeds(cfg: dict) -> str:
+    s = cfg["seeds"]
+    return f"{s[0]}-{s[-1]}" if s == list(range(s[0], s[-1] + 1)) and len(s) > 1 else str(s)
+
+
 def reproduce(profile: str, results_dir: Path, figures_dir: Path) -> None:
-    """Run the experiments of ``profile``, draw the figures, write results/<family>/claims.csv."""
+    """Run the comparisons of ``profile`` (quick, full or paper; see
+    ``one_layer_relu_nets.experiments``) through ``suite.launch.run_all``, draw and caption the
+    figures, write results/<family>/claims.csv."""
     results_dir, figures_dir = Path(results_dir), Path(figures_dir)
     t0 = time.time()
     run_experiments(profile, results_dir)
     print(f"  runs done in {time.time() - t0:.1f} s", flush=True)
     for f in make_figures(results_dir, figures_dir, profile):
         print(f"  figure {f}")
+    caption_figures(results_dir, profile)
     write_claims(results_dir / FAMILY / "claims.csv", claims_rows(results_dir, profile))

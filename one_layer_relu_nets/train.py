@@ -33,6 +33,8 @@ from one_layer_relu_nets.training import (  # noqa: E402
     Config,
     Interrupted,
     make_dataset,
+    matched_targets,
+    targets_digest,
     train,
 )
 from suite.cli import common_parser, finite_float, select_device  # noqa: E402
@@ -278,6 +280,9 @@ def config_from_args(args: argparse.Namespace) -> Config:
         device=str(args.device),
         backend=args.backend,
         match_losses_of=args.match_losses_of,
+        match_digest=(
+            targets_digest(matched_targets(args.match_losses_of)) if args.match_losses_of else None
+        ),
         out_dir=args.out_dir,
     )
 

@@ -109,6 +109,9 @@ class Config:
     device: str = "cpu"
     backend: str = "auto"
     match_losses_of: str | None = None  # run dir: GD stopped at each of its SAM runs' final loss
+    # targets_digest(matched_targets(match_losses_of)) when set: the control's identity is the
+    # losses it matches, so a changed base run makes it a different run (retrained, not reused)
+    match_digest: str | None = None
     out_dir: str | None = None
 
     def validate(self, n: int | None = None) -> None:
@@ -602,6 +605,14 @@ def matched_targets(path: str | Path) -> list[dict]:
     ]
 
 
+def targets_digest(targets: list[dict]) -> str:
+    """A short hash of ``matched_targets``' list (run ids, algorithms, rho, seeds, final losses):
+    what a loss-matched control depends on in its base run."""
+    from suite.rundir import config_hash
+
+    return config_hash({"targets": targets})
+
+
 def lambda_max(params: Params, X: Tensor, y: Tensor, reduction: str) -> float:
     """The largest eigenvalue of the exact Hessian of the training loss at ``params`` (one run)
     over the flattened (W, b, a): ``model.loss_hessian`` (closed form, equal to autograd's) then
@@ -640,13 +651,22 @@ def train(
     matched = matched_targets(cfg.match_losses_of) if cfg.match_losses_of else None
     if matched is not None and cfg.algorithms != ["gd"]:
         raise ValueError("match_losses_of: runs GD only (use --algorithms gd)")
+    if matched is not None and cfg.match_digest not in (None, targets_digest(matched)):
+        raise ValueError(
+            f"match_digest: the runs of {cfg.match_losses_of} changed since this control was "
+            f"configured (digest {targets_digest(matched)}, expected {cfg.match_digest})"
+        )
     run_dir = None
     if cfg.out_dir is not None:
         cfg_path = Path(cfg.out_dir) / "config.json"
         if resume and cfg_path.exists():
-            stored = read_json(cfg_path)["config"]
-            if stored != dataclasses.asdict(cfg):
-                diff = sorted(k for k in stored if stored[k] != dataclasses.asdict(cfg).get(k))
+            stored, now = read_json(cfg_path)["config"], dataclasses.asdict(cfg)
+            # where the run lies is not what it computes: the same directory may be named by a
+            # relative or an absolute path (and a control's base by its digest)
+            where = ("out_dir", "match_losses_of") if cfg.match_digest else ("out_dir",)
+            diff = sorted(k for k in set(stored) | set(now)
+                          if k not in where and stored.get(k) != now.get(k))  # fmt: skip
+            if diff:
                 raise ValueError(
                     f"resume: {cfg.out_dir} was started with other settings ({', '.join(diff)});"
                     " pass the same flags, or --overwrite to replace it"

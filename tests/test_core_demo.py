@@ -1,18 +1,33 @@
 """The core's reproduce stage on a tiny configuration: valid run directories and counts, and its
 claims rows (new columns, verdicts from suite.claims only)."""
 
+import csv
+import json
 import math
+import os
+import pickle
+import signal
 import statistics
+import threading
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
 
 from analysis.core_demo import (
     FIGURE,
     LOOKSAM_COST_TOL,
     LOOKSAM_PAPER_COST,
+    OPTIMIZERS,
     DemoConfig,
     claims_rows,
     run_one,
 )
+from suite import launch
+from suite.captions import read_captions
 from suite.claims import CLAIM_COLUMNS, VERDICTS, write_claims
+from suite.launch import Run, run_state
 from suite.rundir import load_run
 
 
@@ -96,3 +111,128 @@ def test_claims_verdicts_follow_the_seeds():
     res["looksam"] = [_run(0.8, 15.0, passes=1.3) for _ in range(3)]
     cost = next(r for r in claims_rows(res, "full", 100) if "costs" in r["claim"])
     assert cost["verdict"] == "contradicted"
+
+
+# ------------------------------------------------------------------ the stage through suite.launch
+def _no_seconds(d: dict) -> dict:
+    return {k: v for k, v in d.items() if k != "seconds"}
+
+
+def test_ctrl_c_stops_after_the_epoch_and_resume_equals_an_uninterrupted_run(tmp_path):
+    """A real SIGINT (sent to this process by a thread once two epochs are logged) while LookSAM
+    trains (the most stateful optimizer): the run stops after the current epoch with status
+    "interrupted"; resuming gives exactly the metrics and summary of an uninterrupted run
+    (wall-clock seconds aside)."""
+    cfg = DemoConfig(optimizer="looksam", epochs=60, width=16, frac_train=0.3,
+                     hessian_examples=64)  # fmt: skip
+    out, ref = tmp_path / "interrupted", tmp_path / "reference"
+    metrics = out / "metrics.jsonl"
+
+    def ctrl_c() -> None:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            if metrics.exists() and len(metrics.read_text().splitlines()) >= 2:
+                os.kill(os.getpid(), signal.SIGINT)
+                return
+            time.sleep(0.01)
+
+    late: list[int] = []  # a signal after the run ended lands here, not in pytest
+    old = signal.signal(signal.SIGINT, lambda *_: late.append(1))
+    try:
+        sender = threading.Thread(target=ctrl_c)
+        sender.start()
+        summary = run_one(cfg, out)
+        sender.join()
+    finally:
+        signal.signal(signal.SIGINT, old)
+    assert not late and summary["status"] == "interrupted"
+    assert summary == json.loads((out / "summary.json").read_text())
+    assert 2 <= summary["epoch"] < cfg.epochs
+    assert len(load_run(out)["metrics"]) == summary["epoch"]
+    assert run_state(Run("x", out, asdict(cfg), None)) == "resume"
+
+    # a crash between logging an epoch and saving its checkpoint leaves one row too many
+    with metrics.open("a") as f:
+        f.write(json.dumps({"epoch": summary["epoch"] + 1, "test_acc": -1.0}) + "\n")
+    run_one(cfg, out, resume=True)
+    run_one(cfg, ref)
+    a, b = load_run(out), load_run(ref)
+    assert a["summary"]["status"] == "finished"
+    assert _no_seconds(a["summary"]) == _no_seconds(b["summary"])
+    assert [_no_seconds(m) for m in a["metrics"]] == [_no_seconds(m) for m in b["metrics"]]
+
+
+class _Recorder:
+    """A suite.launch reporter (the protocol of make reproduce's display) that records actions."""
+
+    def __init__(self) -> None:
+        self.planned: list[list[str]] = []
+        self.actions: dict[str, str] = {}
+        self.notes: dict[str, str | None] = {}
+
+    def runs_planned(self, stage, runs):
+        self.planned.append([r.name for r in runs])
+
+    def run_started(self, run):
+        pass
+
+    def run_ended(self, outcome):
+        self.actions[outcome.name] = outcome.action
+        self.notes[outcome.name] = outcome.note
+
+
+def test_reproduce_skips_finished_runs_resumes_a_missing_one_and_force_retrains(tmp_path):
+    from analysis.core_demo import demo_runs, reproduce
+
+    results, figures = tmp_path / "results", tmp_path / "figures"
+    rec = _Recorder()
+    old = launch.set_reporter(rec)
+    try:
+        reproduce("tiny", results, figures)
+        runs = demo_runs("tiny", results)
+        assert len(runs) == 8 and rec.actions == {r.name: "trained" for r in runs}
+        # Run.config is exactly what run_one stored: every run is "done" (else retrained always)
+        assert all(run_state(r) == "done" for r in runs)
+        first = {r.name: load_run(r.out_dir)["summary"] for r in runs}
+
+        rec.actions.clear()
+        reproduce("tiny", results, figures)
+        assert rec.actions == {r.name: "skipped" for r in runs}
+
+        (runs[3].out_dir / "summary.json").unlink()  # a run that did not finish
+        rec.actions.clear()
+        reproduce("tiny", results, figures)
+        assert rec.actions == {r.name: "resumed" if r is runs[3] else "skipped" for r in runs}
+        again = load_run(runs[3].out_dir)["summary"]
+        assert _no_seconds(again) == _no_seconds(first[runs[3].name])
+
+        rec.actions.clear()
+        with launch.configure(force=True):
+            reproduce("tiny", results, figures)
+        assert rec.actions == {r.name: "trained" for r in runs}
+    finally:
+        launch.set_reporter(old)
+    for r in runs:  # Run.train goes to worker processes: it must pickle
+        pickle.loads(pickle.dumps(r.train))
+    (cap,) = read_captions(results, "core")
+    assert cap["file"] == FIGURE and cap["key"] and (figures / FIGURE).stat().st_size > 5000
+    assert "2 epochs, 2 seeds" in cap["shows"] and "width 16" in cap["shows"]
+    rows = list(csv.DictReader((results / "core" / "claims.csv").open()))
+    assert len(rows) == 5 and all(r["profile"] == "tiny" for r in rows)
+
+
+def test_profiles():
+    """quick: 40 epochs, seeds 0-2; full: 100 epochs, seeds 0-4; paper: full's runs (the demo
+    has no paper-scale setting); anything else is refused, naming the profiles."""
+    from analysis.core_demo import demo_runs
+
+    quick, full, paper = (demo_runs(p, Path("r")) for p in ("quick", "full", "paper"))
+    assert {(r.config["epochs"], r.config["seed"]) for r in quick} == {
+        (40, s) for s in (0, 1, 2)}  # fmt: skip
+    assert {(r.config["epochs"], r.config["seed"]) for r in full} == {
+        (100, s) for s in range(5)}  # fmt: skip
+    assert len(full) == 4 * 5 and {r.config["optimizer"] for r in full} == set(OPTIMIZERS)
+    assert [(r.out_dir, r.config) for r in paper] == [(r.out_dir, r.config) for r in full]
+    assert all(r.config == asdict(DemoConfig(**r.config)) for r in quick)
+    with pytest.raises(ValueError, match="quick"):
+        demo_runs("huge", Path("r"))

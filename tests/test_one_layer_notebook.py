@@ -10,6 +10,7 @@ import nbformat
 from nbclient import NotebookClient
 
 from analysis.one_layer_relu_nets import FAMILY, reproduce
+from suite.captions import read_captions
 from suite.claims import CLAIM_COLUMNS, VERDICTS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,12 +23,22 @@ def test_tiny_reproduce_then_notebook(tmp_path, monkeypatch):
     assert tuple(reader.fieldnames) == CLAIM_COLUMNS
     rows = list(reader)
     # exp 1: 3 measures + their matched rows for n-SAM 0.3, kinks + matched for 1-SAM and m-SAM
-    # at 0.3 and for the 6 sweep settings; exp 2: 3; exp 3: 1 + 3 per algorithm
-    assert len(rows) == 6 + 2 * 2 + 2 * 6 + 3 + 7
+    # at 0.3 and for the 6 sweep settings, 3 measures + matched for the notebook's loop (n-SAM
+    # 0.3, lr decayed for SAM only); exp 2: 3; exp 3: 1 + 3 per algorithm
+    assert len(rows) == 6 + 2 * 2 + 2 * 6 + 6 + 3 + 7
+    notebook = [r for r in rows if "(notebook lr)" in r["claim"]]
+    assert len(notebook) == 6 and all("for SAM only" in r["note"] for r in notebook)
+    assert not any("for SAM only" in r["note"] for r in rows if r not in notebook)
     assert all(r["verdict"] in VERDICTS and r["family"] == FAMILY and r["ours"] for r in rows)
     assert all(r["profile"] == "tiny" and r["gap"] and r["se"] for r in rows)
-    for name in ("fits", "simplicity", "over_training", "teacher", "convergence"):
+    names = ("fits", "simplicity", "over_training", "teacher", "convergence")
+    for name in names:
         assert (figures / f"{FAMILY}_{name}.png").stat().st_size > 5000
+    captions = {c["file"]: c for c in read_captions(results, FAMILY)}
+    assert set(captions) == {f"{FAMILY}_{n}.png" for n in names}
+    assert [f for f, c in captions.items() if c["key"]] == [f"{FAMILY}_simplicity.png"]
+    assert "T = 3e+02, seeds 0-1" in captions[f"{FAMILY}_fits.png"]["shows"]
+    assert "notebook lr" in captions[f"{FAMILY}_simplicity.png"]["shows"]
     # a second call reuses the complete runs (same config) instead of failing or retraining
     before = (results / FAMILY / "tiny_exp2_teacher" / "summary.json").stat().st_mtime_ns
     reproduce("tiny", results, figures)

@@ -185,3 +185,30 @@ def test_threshold_is_checked_at_every_step_log_steps_included(backend):
     for row in [free.history[0], *free.history[3:8]]:  # step 0 too: an init below threshold
         res = run_group(cfg, data, "gd", [0.0], [0], thresholds=[row["train_loss"][0]])
         assert res.iterations == [row["step"]] and res.stopped == [True]
+
+
+def test_a_loss_matched_control_refuses_a_base_whose_losses_changed(tmp_path):
+    """``match_digest`` pins the base runs' final losses: the control trains against the base it
+    was configured for, and refuses one whose losses changed since (not silently another)."""
+    from one_layer_relu_nets.training import matched_targets, targets_digest
+
+    base = tmp_path / "base"
+    train(Config(algorithms=["gd", "nsam"], iterations=40, seeds=[0, 1], width=20,
+                 out_dir=str(base)))  # fmt: skip
+    digest = targets_digest(matched_targets(base))
+    ctl = Config(algorithms=["gd"], iterations=40, seeds=[0, 1], width=20,
+                 match_losses_of=str(base), match_digest=digest,
+                 out_dir=str(tmp_path / "c"))  # fmt: skip
+    summary = train(ctl)
+    nsam = [r for r in json.loads((base / "summary.json").read_text())["runs"]
+            if r["algorithm"] == "nsam"]  # fmt: skip
+    assert [r["loss_threshold"] for r in summary["runs"]] == [r["train_loss"] for r in nsam]
+    s = json.loads((base / "summary.json").read_text())
+    s["wall_s"] += 1.0  # not a loss: the digest stays
+    (base / "summary.json").write_text(json.dumps(s))
+    assert targets_digest(matched_targets(base)) == digest
+    s["runs"][-1]["train_loss"] *= 0.5
+    (base / "summary.json").write_text(json.dumps(s))
+    assert targets_digest(matched_targets(base)) != digest
+    with pytest.raises(ValueError, match="match_digest"):
+        train(dataclasses.replace(ctl, out_dir=str(tmp_path / "c2")))

@@ -1,0 +1,123 @@
+"""The one_layer_relu_nets stage through suite.launch: the profiles' settings against the reference
+notebook's (REFERENCE.md 4.3, written out here), and run_all's skip / resume / retrain decisions
+on the tiny profile (a second call trains nothing; a missing summary resumes that run only; a
+changed base run retrains its loss-matched control; --force retrains all)."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+from analysis.one_layer_relu_nets import comparison_runs, run_dir, run_experiments
+from one_layer_relu_nets.experiments import MATCHED, experiment_configs
+from suite import launch
+from suite.launch import run_state
+
+# the reference notebook's 1-D setting (REFERENCE.md 4.3)
+NOTEBOOK = dict(task="reference1d", width=100, init="reference", reduction="sum", lr=5e-5,
+                lr_schedule="linear", iterations=1_000_000, loss_threshold=1e-5,
+                seeds=[0, 1, 2, 3, 4], normalize=True, rho_schedule="constant",
+                batch_size=0)  # fmt: skip
+
+
+def _flat(profile: str) -> dict:
+    return {n: c for exp in experiment_configs(profile).values() for n, c in exp.items()}
+
+
+def test_profiles_follow_the_notebook():
+    quick, full, paper = _flat("quick"), _flat("full"), _flat("paper")
+    assert set(quick) == {"exp1_main", "exp1_main" + MATCHED, "exp2_teacher",
+                          "exp3_unnormalized", "exp3_normalized", "exp3_decaying"}  # fmt: skip
+    assert set(full) == set(quick) | {"exp1_sweep", "exp1_sweep" + MATCHED}
+    assert set(paper) == set(full) | {"exp1_original", "exp1_original" + MATCHED}
+    assert all(paper[n] == full[n] for n in full)  # paper = full + the notebook's loop
+    for prof in (quick, full, paper):
+        for name, cfg in prof.items():
+            if name.startswith("exp1"):  # every experiment-1 run at the notebook's setting
+                assert {k: getattr(cfg, k) for k in NOTEBOOK} == NOTEBOOK, name
+    # ours: the same lr schedule for every algorithm; the notebook's: decayed for SAM only
+    assert not any(c.lr_decay_sam_only for n, c in full.items())
+    orig = paper["exp1_original"]
+    assert orig.lr_decay_sam_only and orig.algorithms == ["gd", "nsam"] and orig.rhos == [0.3]
+    assert paper["exp1_original" + MATCHED].lr_decay_sam_only
+    assert paper["exp1_original" + MATCHED].algorithms == ["gd"]
+    assert quick["exp1_main"].algorithms == ["gd", "nsam", "1sam"]
+    assert full["exp1_main"].algorithms == ["gd", "nsam", "1sam", "msam"]
+    assert full["exp1_main"].m == 4 and full["exp1_sweep"].rhos == [0.03, 0.1]
+
+
+class _Recorder:
+    """A suite.launch reporter (make reproduce's display protocol) that records what ran."""
+
+    def __init__(self) -> None:
+        self.planned: list[list[str]] = []
+        self.actions: dict[str, str] = {}
+        self.notes: dict[str, str | None] = {}
+
+    def runs_planned(self, stage, runs):
+        self.planned.append([r.name for r in runs])
+
+    def run_started(self, run):
+        pass
+
+    def run_ended(self, outcome):
+        self.actions[outcome.name] = outcome.action
+        self.notes[outcome.name] = outcome.note
+
+
+def test_run_all_skips_resumes_and_retrains_the_right_runs(tmp_path, monkeypatch):
+    rec = _Recorder()
+    old = launch.set_reporter(rec)
+    try:
+        # first call with a relative results dir, the next ones with its absolute path: the
+        # controls' match_losses_of (where the base lies) is not part of their identity
+        monkeypatch.chdir(tmp_path)
+        run_experiments("tiny", Path("."))
+        bases = [n for n in _flat("tiny") if not n.endswith(MATCHED)]
+        controls = [n for n in _flat("tiny") if n.endswith(MATCHED)]
+        # two waves: every base comparison before any loss-matched control
+        assert rec.planned == [bases, controls]
+        assert rec.actions == {n: "trained" for n in bases + controls}
+        runs = comparison_runs("tiny", tmp_path, False) + comparison_runs("tiny", tmp_path, True)
+        assert all(run_state(r) == "done" for r in runs)  # Run.config == the stored config
+        for r in runs:  # Run.train goes to worker processes: it must pickle
+            pickle.loads(pickle.dumps(r.train))
+
+        rec.actions.clear()
+        run_experiments("tiny", tmp_path)
+        assert set(rec.actions.values()) == {"skipped"} and len(rec.actions) == len(runs)
+
+        teacher = run_dir(tmp_path, "tiny", "exp2_teacher")
+        before = json.loads((teacher / "summary.json").read_text())
+        (teacher / "summary.json").unlink()
+        rec.actions.clear()
+        run_experiments("tiny", tmp_path)
+        assert {n for n, a in rec.actions.items() if a != "skipped"} == {"exp2_teacher"}
+        assert rec.actions["exp2_teacher"] == "resumed"
+        after = json.loads((teacher / "summary.json").read_text())
+        assert after["runs"] == before["runs"]  # resumed from the saved groups
+
+        # the base's final losses change: its control is another run now (retrained), the
+        # base itself is kept
+        main = run_dir(tmp_path, "tiny", "exp1_main") / "summary.json"
+        s = json.loads(main.read_text())
+        sam = next(r for r in s["runs"] if r["algorithm"] == "nsam")
+        sam["train_loss"] *= 0.5
+        main.write_text(json.dumps(s))
+        rec.actions.clear()
+        run_experiments("tiny", tmp_path)
+        assert {n for n, a in rec.actions.items() if a != "skipped"} == {"exp1_main" + MATCHED}
+        assert rec.actions["exp1_main" + MATCHED] == "trained"
+        assert "match_digest" in rec.notes["exp1_main" + MATCHED]
+        control = json.loads(
+            (run_dir(tmp_path, "tiny", "exp1_main" + MATCHED) / "summary.json").read_text()
+        )
+        assert sam["train_loss"] in [r["loss_threshold"] for r in control["runs"]]
+
+        rec.actions.clear()
+        with launch.configure(force=True):
+            run_experiments("tiny", tmp_path)
+        assert set(rec.actions.values()) == {"trained"} and len(rec.actions) == len(runs)
+    finally:
+        launch.set_reporter(old)
