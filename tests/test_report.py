@@ -237,6 +237,9 @@ def test_paper_profile_names_what_is_missing(tmp_path, monkeypatch, capsys):
     assert "CIFAR-10 missing" in err and "load_dataset('cifar10', None, seed=0)" in err
     assert "CIFAR-100 missing" in err
     assert not (tmp_path / "r").exists()  # nothing started
+    # the CPU families' paper settings need neither a GPU nor CIFAR
+    assert reproduce.preflight("paper", "local", ["diagonal_linear_nets", "core"]) == []
+    assert any("no GPU" in p for p in reproduce.preflight("paper", "local", ["deep_nets"]))
     # data on disk and a cluster launcher: nothing left to complain about but Fashion-MNIST
     c10, c100 = tmp_path / "data" / "cifar-10-batches-py", tmp_path / "data" / "cifar-100-python"
     for f in [*(c10 / f"data_batch_{i}" for i in range(1, 6)), c10 / "test_batch"]:
