@@ -42,9 +42,16 @@ from torch import nn
 
 from sharpness import SAM
 from sharpness import measures as M
-from suite.claims import compare_seeds, fmt_mean_std, write_claims
+from suite.captions import caption_figure
+from suite.claims import compare_seeds, fmt_mean_std, verdict, write_claims
 from suite.cli import make_seeds
-from suite.rundir import atomic_write_json, create_run_dir, load_run, read_json
+from suite.rundir import (
+    atomic_write_json,
+    atomic_write_text,
+    create_run_dir,
+    load_run,
+    read_json,
+)
 
 FAMILY = "measures"
 OPTS = ("sgd", "sam")
@@ -258,6 +265,15 @@ def _sharpness_1d(rows: list[dict], radius: float = 0.5) -> float:
 
 
 # ----------------------------------------------------------------------------------- figures
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 COLORS = {"sgd": "tab:blue", "sam": "tab:red"}
 
 
@@ -411,6 +427,7 @@ def msharpness_vs_error(
     seed: int = 0,
     error_key: str = "test_err_last",
     device: str = "cpu",
+    vectorize: bool = False,
 ):
     """Figure 3's table: one row per (run, m, rho) with the run's m-sharpness on ``n_examples``
     seeded training examples and its test error (``summary.json[error_key]``), for deep_nets
@@ -428,22 +445,25 @@ def msharpness_vs_error(
         for m in ms:
             for rho in rhos:
                 r = M.m_sharpness(run.model, F.cross_entropy, x, y, m=m, rho=rho, kind=kind,
-                                  adaptive=adaptive, steps=steps, seed=seed)  # fmt: skip
+                                  adaptive=adaptive, steps=steps, seed=seed, error_fn=None,
+                                  vectorize=vectorize)  # fmt: skip
                 rows.append({"run": str(d), "m": m, "rho": rho, "sharpness": r["sharpness"],
                              "test_error": summary.get(error_key)})  # fmt: skip
     return pd.DataFrame(rows)
 
 
 def rank_correlation(df, x: str = "sharpness", y: str = "test_error", by=("m", "rho")):
-    """Kendall's tau between ``x`` and ``y`` within each group of ``by`` (the paper's claim:
-    m-sharpness with small m correlates best with test error). Returns a DataFrame."""
+    """Kendall's tau (tau-b) and Spearman's rank correlation between ``x`` and ``y`` within
+    each group of ``by`` (the paper's claim: m-sharpness with small m correlates best with test
+    error). Returns a DataFrame."""
     import pandas as pd
 
     out = []
     for key, g in df.groupby(list(by)):
         tau = g[x].corr(g[y], method="kendall") if len(g) > 1 else math.nan
+        rs = g[x].corr(g[y], method="spearman") if len(g) > 1 else math.nan
         out.append({**dict(zip(by, key if isinstance(key, tuple) else (key,))), "kendall_tau": tau,
-                    "n_runs": len(g)})  # fmt: skip
+                    "spearman": rs, "n_runs": len(g)})  # fmt: skip
     return pd.DataFrame(out)
 
 
@@ -452,3 +472,184 @@ def exact_spectrum(model: nn.Module, loss_fn, data, *, dtype=torch.float64) -> n
     parameter networks, the diagonal nets): ``HessianOperator.dense`` + numpy ``eigvalsh``."""
     H = M.HessianOperator(model, loss_fn, data, dtype=dtype).dense().cpu().numpy()
     return np.linalg.eigvalsh((H + H.T) / 2)[::-1]
+
+
+# ------------------------------------------------------ Figure 3: m-sharpness vs test error
+FIG3 = "measures_msharpness_vs_error.png"
+# Fixed before any result was seen. m = 128 is the deep-net runs' batch size (quick/full); the
+# worst case by projected ascent (L2 ball, ``steps`` steps of rho), loss sharpness. The quick
+# budget (<= 60 s for ~36 runs on one core) sets 256 examples and 5 ascent steps.
+FIG3_SETTINGS: dict[str, dict[str, Any]] = {
+    "test": dict(ms=(4, 32), rhos=(0.1,), n_examples=64, steps=2, boot=200),
+    "quick": dict(ms=(4, 16, 64, 128), rhos=(0.05, 0.1, 0.2), n_examples=256, steps=5,
+                  boot=2000),
+    "full": dict(ms=(4, 16, 64, 128), rhos=(0.05, 0.1, 0.2), n_examples=1024, steps=10,
+                 boot=2000),
+}  # fmt: skip
+FIG3_TABLE = "msharpness_vs_error.csv"
+DEEP_NETS_CMD = "python -m analysis.reproduce --only deep_nets"
+
+
+def deep_net_pool(results_dir: Path, profile: str) -> tuple[list[Path], str]:
+    """The deep-net runs Figure 3 correlates: every finished run of the deep_nets stage's
+    ``profile`` except those with label noise (another task), restricted to the most common
+    task (data set, model, width, training fraction; the seminar's CNN is another task).
+    Returns (run directories, a sentence stating the selection). Raises FileNotFoundError
+    naming the command that makes the runs when there are none."""
+    from analysis.deep_nets.runs import is_finished
+
+    root = Path(results_dir) / "deep_nets" / profile / "runs"
+    runs = [d for d in sorted(root.iterdir()) if is_finished(d)] if root.is_dir() else []
+    if not runs:
+        raise FileNotFoundError(
+            f"Figure 3 needs the deep-net runs of profile {profile}: none finished under {root}; "
+            f"run `{DEEP_NETS_CMD}` (with --profile {profile} if not quick) first"
+        )
+    tasks: dict[tuple, list[Path]] = {}
+    noisy = 0
+    for d in runs:
+        c = read_json(d / "config.json")["config"]
+        if float(c.get("p_label_noise") or 0) > 0:
+            noisy += 1
+            continue
+        key = (c["dataset"], c["model"], c.get("model_width"), c.get("frac_train", 1.0))
+        tasks.setdefault(key, []).append(d)
+    if not tasks:
+        raise FileNotFoundError(f"only label-noise runs under {root}: run `{DEEP_NETS_CMD}`")
+    key, pool = max(tasks.items(), key=lambda kv: len(kv[1]))
+    other = len(runs) - noisy - len(pool)
+    note = (f"pool: {len(pool)} finished runs of the deep_nets {profile} profile on {key[0]} "
+            f"({key[1]}, width {key[2]}, train fraction {key[3]}); left out: {noisy} with label "
+            f"noise (another task), {other} of other tasks")  # fmt: skip
+    return pool, note
+
+
+def fig3_table(results_dir: Path, profile: str) -> tuple[Any, str]:
+    """Figure 3's table (one row per run, m, rho; ``msharpness_vs_error``), computed once per
+    pool and settings and kept in ``results/measures/<profile>/msharpness_vs_error.csv``."""
+    import pandas as pd
+
+    st = FIG3_SETTINGS[profile]
+    pool, note = deep_net_pool(results_dir, profile)
+    path = Path(results_dir) / FAMILY / profile / FIG3_TABLE
+    meta = {"runs": [str(p) for p in pool], **{k: v for k, v in st.items() if k != "boot"}}
+    meta_path = path.with_suffix(".json")
+    if path.exists() and meta_path.exists() and read_json(meta_path) == json_safe(meta):
+        return pd.read_csv(path), note
+    torch.set_num_threads(1)  # a shared machine: tiny models, one core
+    df = msharpness_vs_error(pool, st["ms"], st["rhos"], n_examples=st["n_examples"],
+                             steps=st["steps"], vectorize=True)  # fmt: skip
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, df.to_csv(index=False))
+    atomic_write_json(meta_path, json_safe(meta))
+    return df, note
+
+
+def json_safe(d: dict) -> dict:
+    """Tuples as lists (what a JSON round trip gives), for comparing stored settings."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+
+def correlation_gap(df, m_small: int, m_large: int, rho: float, *, boot: int, seed: int = 0):
+    """Kendall's tau (sharpness vs test error over runs) at ``m_small`` minus that at
+    ``m_large`` (rho fixed), and its bootstrap standard error: runs resampled with replacement
+    ``boot`` times (the same resample for both m, so the SE is that of the paired difference).
+    Returns (tau_small, tau_large, gap, se)."""
+    from scipy.stats import kendalltau
+
+    def wide(m):
+        g = df[(df["m"] == m) & np.isclose(df["rho"], rho)].sort_values("run")
+        return g["sharpness"].to_numpy(float), g["test_error"].to_numpy(float)
+
+    (xs, err), (xl, err_l) = wide(m_small), wide(m_large)
+    if not np.array_equal(err, err_l) or len(err) < 3:
+        raise ValueError("need the same >= 3 runs at both m")
+
+    def tau(x, y):
+        t = kendalltau(x, y).statistic
+        return math.nan if t is None else float(t)
+
+    ts, tl = tau(xs, err), tau(xl, err)
+    rng = np.random.default_rng(seed)
+    diffs = []
+    for _ in range(boot):
+        i = rng.integers(0, len(err), len(err))
+        d = tau(xs[i], err[i]) - tau(xl[i], err[i])
+        if math.isfinite(d):
+            diffs.append(d)
+    se = float(np.std(diffs, ddof=1)) if len(diffs) > 1 else math.nan
+    return ts, tl, ts - tl, se
+
+
+def plot_msharpness_vs_error(df, path: Path) -> None:
+    """Figure 3: one panel per (rho, m), m-sharpness against test error, one point per run,
+    Kendall's tau and Spearman's rho in the title."""
+    plt = _plt()
+    corr = rank_correlation(df)
+    ms, rhos = sorted(df["m"].unique()), sorted(df["rho"].unique())
+    fig, ax = plt.subplots(len(rhos), len(ms), figsize=(3.6 * len(ms), 3.0 * len(rhos)),
+                           squeeze=False)  # fmt: skip
+    for i, rho in enumerate(rhos):
+        for j, m in enumerate(ms):
+            g = df[(df["m"] == m) & np.isclose(df["rho"], rho)]
+            c = corr[(corr["m"] == m) & np.isclose(corr["rho"], rho)].iloc[0]
+            a = ax[i][j]
+            a.scatter(g["sharpness"], 100 * g["test_error"], s=14)
+            a.set_xscale("log" if (g["sharpness"] > 0).all() else "linear")
+            a.set_title(f"m={m}, rho={rho:g}: tau {c['kendall_tau']:.2f}, "
+                        f"r_s {c['spearman']:.2f}", fontsize=9)  # fmt: skip
+            a.set_xlabel("m-sharpness (worst case)", fontsize=8)
+            a.set_ylabel("test error (%)", fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def fig3_claims(df, note: str, profile: str) -> list[dict[str, Any]]:
+    """One row per rho: Kendall's tau at the smallest m exceeds that at the largest (m = batch);
+    gap = tau_small - tau_large, its SE from the bootstrap over runs (``correlation_gap``)."""
+    st = FIG3_SETTINGS[profile]
+    m0, m1 = min(st["ms"]), max(st["ms"])
+    rows = []
+    for rho in st["rhos"]:
+        ts, tl, gap, se = correlation_gap(df, m0, m1, rho, boot=st["boot"])
+        rows.append(dict(
+            family=FAMILY, paper="Towards Understanding SAM (Andriushchenko & Flammarion 2022), "
+            "Fig. 3 / Sec. 3", claim=f"m-sharpness at small m (m={m0}) correlates better with "
+            f"test error than at m = batch ({m1}) (rho {rho:g}, Kendall's tau)",
+            paper_value="qualitative: the smallest m correlates best",
+            ours=f"tau {ts:.2f} (m={m0}) vs {tl:.2f} (m={m1}), {df['run'].nunique()} runs",
+            gap=gap, se=se, profile=profile, verdict=verdict(gap, se), figure=FIG3,
+            note=f"{note}; worst-case L2 m-sharpness, {st['steps']} ascent steps, "
+            f"{st['n_examples']} training examples drawn with seed 0 from each run's training "
+            f"split (the same draw for every run of a data seed), test error at the last epoch; "
+            f"SE: bootstrap over runs ({st['boot']} resamples); paper: ResNets on CIFAR-10",
+        ))  # fmt: skip
+    return rows
+
+
+def fig3_not_run(profile: str, why: str) -> dict[str, Any]:
+    return dict(
+        family=FAMILY, paper="Towards Understanding SAM (Andriushchenko & Flammarion 2022), "
+        "Fig. 3 / Sec. 3", claim="m-sharpness at small m correlates better with test error than "
+        "at m = batch", paper_value="qualitative: the smallest m correlates best", ours="not run",
+        gap="", se="", profile=profile, verdict="not run", figure=FIG3, note=why,
+    )  # fmt: skip
+
+
+def figure3(results_dir: Path, figures_dir: Path, profile: str) -> list[dict[str, Any]]:
+    """Figure 3 end to end: pool, table, plot, caption, claims rows. Raises FileNotFoundError
+    (naming the command) without deep-net runs."""
+    df, note = fig3_table(results_dir, profile)
+    plot_msharpness_vs_error(df, Path(figures_dir) / FIG3)
+    st = FIG3_SETTINGS[profile]
+    caption_figure(
+        results_dir, FAMILY, FIG3,
+        shows=f"m-sharpness (worst case, L2, {st['steps']} ascent steps, {st['n_examples']} "
+        f"train examples) of each deep-net run's final model against its test error; panels: "
+        f"m x rho; {df['run'].nunique()} runs.",
+        reading="The paper: the smallest m correlates best (Kendall's tau in each title); the "
+        "claims rows compare tau at the smallest m with tau at m = batch.",
+    )  # fmt: skip
+    return fig3_claims(df, note, profile)
