@@ -587,6 +587,30 @@ def json_safe(d: dict) -> dict:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
 
+def load_fig3_table(results_dir: Path, profile: str):
+    """The stored Figure 3 table (no measuring: the notebook's entry point); FileNotFoundError
+    naming the commands when the stage has not measured it."""
+    import pandas as pd
+
+    path = Path(results_dir) / FAMILY / profile / FIG3_TABLE
+    if not path.exists():
+        raise FileNotFoundError(
+            f"no Figure 3 table at {path}: run `{DEEP_NETS_CMD}` and then `python -m "
+            f"analysis.reproduce --only {FAMILY}` (profile {profile})"
+        )
+    return pd.read_csv(path)
+
+
+def load_small_nets(results_dir: Path, profile: str) -> list[dict[str, Any]]:
+    """The stored Figure 4 measurements of the diagonal nets (``figure4``)."""
+    path = Path(results_dir) / FAMILY / profile / "small_nets.json"
+    if not path.exists():
+        raise FileNotFoundError(
+            f"no Figure 4 results at {path}: run `python -m analysis.reproduce --only {FAMILY}`"
+        )
+    return read_json(path)["diagonal"]
+
+
 def correlation_gap(df, m_small: int, m_large: int, rho: float, *, boot: int, seed: int = 0):
     """Kendall's tau (sharpness vs test error over runs) at ``m_small`` minus that at
     ``m_large`` (rho fixed), and its bootstrap standard error: runs resampled with replacement

@@ -153,6 +153,41 @@ def test_figure3_end_to_end(tmp_path):
     assert float(rows[0]["gap"]) == pytest.approx(tau(m0) - tau(m1), abs=1e-12)
     assert rows[0]["verdict"] == verdict(rows[0]["gap"], rows[0]["se"])
     assert len(specs) == 5
+    # the whole stage on these results, then notebooks/measures.ipynb on them (nbclient)
+    AM.reproduce("test", results, figures)
+    with open(results / "measures" / "claims.csv") as f:
+        fig3 = [r for r in csv.DictReader(f) if r["figure"] == AM.FIG3]
+    assert len(fig3) == len(st["rhos"]) and all(r["verdict"] != "not run" for r in fig3)
+    for f in figures.glob("*.png"):
+        f.unlink()
+    text = _run_notebook(results, figures)
+    assert "kendall_tau" in text and "lambda_max" in text
+    for fig in (AM.FIG1, AM.FIG2, AM.FIG3, AM.FIG4):
+        assert (figures / fig).stat().st_size > 10_000
+
+
+def _run_notebook(results: Path, figures: Path) -> str:
+    """Execute notebooks/measures.ipynb in a real kernel on ``results`` (profile test); its text
+    output."""
+    import os
+
+    import nbformat
+    from nbclient import NotebookClient
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "SHARPNESS_RESULTS": str(results), "SHARPNESS_FIGURES": str(figures),
+           "SHARPNESS_PROFILE": "test",
+           "PYTHONPATH": str(root) + os.pathsep + os.environ.get("PYTHONPATH", "")}  # fmt: skip
+    nb = nbformat.read(root / "notebooks" / "measures.ipynb", as_version=4)
+    client = NotebookClient(nb, kernel_name="python3", timeout=300,
+                            resources={"metadata": {"path": str(root)}})  # fmt: skip
+    client.execute(env=env)
+    return "".join(
+        o.get("text", "") + str(o.get("data", {}).get("text/plain", ""))
+        for c in nb.cells
+        if c.cell_type == "code"
+        for o in c.get("outputs", [])
+    )
 
 
 def test_correlations_against_scipy():
