@@ -343,6 +343,8 @@ def test_one_step_plain_sharpness_matches_the_hand_written_estimate():
     "kw",
     [
         dict(kind="worst", steps=4, restarts=2),
+        # small steps from random starts: the restarts (each its own draw) decide the maximum
+        dict(kind="worst", steps=2, restarts=3, step_size_mult=0.05),
         dict(kind="worst", steps=3, restarts=1, p=math.inf, adaptive=True, eta=0.1),
         dict(kind="worst", steps=3, adaptive=True, adaptive_weights_only=True, eta=0.01),
         dict(kind="average", n_directions=5),
