@@ -1,6 +1,8 @@
-"""Sharpness measurements: the SAM paper's Hessian-spectrum figure and loss-landscape pictures.
+"""Sharpness measurements: the SAM paper's Hessian-spectrum figure, loss landscapes, m-sharpness
+against generalization, and exact curvature of the small nets' GD and SAM solutions.
 
-Stage function ``reproduce(profile, results_dir, figures_dir)`` (not yet in analysis/reproduce.py):
+Stage ``measures`` of ``make reproduce``: ``reproduce(profile, results_dir, figures_dir)``; each
+figure is captioned through ``suite.captions``.
 
 - Figure 1 (``measures_hessian_spectrum.png``): SGD vs SAM, the Hessian's eigenvalue density
   (stochastic Lanczos quadrature) at the end of training, and lambda_max and lambda_max /
@@ -21,9 +23,32 @@ Measured (quick, 2026-11-22, shared 2-core CPU: 70 s wall, 22 s CPU): final lamb
 1.54 +- 0.03 (within noise: this small MLP's top eigenvalues are not separated like a WRN's), mean
 1-D loss rise for |alpha| <= 0.5 0.32 +- 0.08 vs 0.17 +- 0.03 (reproduced).
 
-Helpers for the figures that need other families' runs: ``msharpness_vs_error`` +
-``rank_correlation`` (Fig. 3, deep-net run directories) and ``exact_spectrum`` (Fig. 4, the ReLU
-and diagonal families' small models).
+- Figure 3 (``measures_msharpness_vs_error.png``, ``figure3``): "Towards Understanding SAM"
+  Sec. 3: m-sharpness (worst case, L2, projected ascent) of each deep-net run's final model
+  against its test error, for m in {4, 16, 64, 128 (= batch)} x rho in {0.05, 0.1, 0.2} (fixed
+  before the results), with Kendall's tau and Spearman's rho; claims: tau at the smallest m
+  exceeds tau at m = batch, SE by a bootstrap over runs. The pool is the ``deep_nets`` stage's
+  finished runs of the same profile without label noise, on the most common task. Without them
+  the figure raises (naming ``python -m analysis.reproduce --only deep_nets``) and the stage
+  writes a "not run" row.
+- Figure 4 (``measures_small_nets_lambda_max.png``, ``figure4``): diagonal linear nets at the
+  original notebook's cell-3 setting (the family's simulator, one data set per seed): exact
+  lambda_max of the dense float64 Hessian over (u, v) (``exact_spectrum``; cross-checked against
+  the closed form in the tests) and ||beta||_1 of GD, n-SAM, 1-SAM; the ReLU family's stored
+  exact lambda_max against kinks.
+
+Measured (quick, 2026-11-22, shared 2-core CPU under load average ~4): Figure 3 on 36 mnist1d
+MLP runs of the deep_nets quick profile (a CI results folder), 48 s CPU / 79 s wall: Kendall's
+tau 0.46 / 0.65 / 0.64 at m = 4 vs 0.20 / 0.36 / 0.61 at m = 128 for rho 0.05 / 0.1 / 0.2; gap
+0.26 +- 0.09, 0.28 +- 0.11 (reproduced), 0.03 +- 0.06 (within noise). Figure 4 (5 seeds, 12 s):
+1-SAM's ||beta||_1 1.44 +- 0.14 vs GD 1.56 +- 0.20 (paired gap 0.12 +- 0.03, reproduced) but its
+lambda_max 1.91 vs 1.89 (within noise: at an interpolating solution H = J^T (X^T X / n) J
+with J = [diag(v), diag(u)], a sparser solution need not be flatter); n-SAM at rho 0.1 is GD
+plus a hair (lambda_max smaller by 0.003 +- 0.0007, ||beta||_1 larger by 0.006 +- 0.001:
+contradicted, as the original notebook's n-SAM test loss at this rho, 0.0167 vs GD 0.0157).
+
+Helpers: ``msharpness_vs_error`` + ``rank_correlation`` + ``correlation_gap`` (Fig. 3),
+``exact_spectrum`` + ``DiagonalNet`` (Fig. 4).
 """
 
 from __future__ import annotations
@@ -872,7 +897,7 @@ def figure4(results_dir: Path, figures_dir: Path, profile: str) -> list[dict[str
         shows="Diagonal linear nets (n 20, d 30, alpha 0.1, gamma 10/d, 10^4 steps, rho 0.1): "
         "exact Hessian lambda_max over (u, v) and ||beta||_1 of GD, n-SAM, 1-SAM, one point per "
         "data seed; right: the ReLU family's exact lambda_max against kinks per run.",
-        reading="SAM (above all 1-SAM) ends at a sparser solution with a smaller lambda_max "
-        "than GD; for ReLU nets, fewer kinks go with a smaller lambda_max.",
+        reading="The claim: SAM's solutions are sparser (smaller l1) and flatter (smaller "
+        "lambda_max) than GD's; each line joins one data seed's GD, n-SAM and 1-SAM solutions.",
     )  # fmt: skip
     return fig4_claims(stored["diagonal"], profile)
