@@ -339,6 +339,37 @@ def test_one_step_plain_sharpness_matches_the_hand_written_estimate():
     assert r_all["n_chunks"] == 1 and r_all["sharpness"] < r["sharpness"]
 
 
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(kind="worst", steps=4, restarts=2),
+        # small steps from random starts: the restarts (each its own draw) decide the maximum
+        dict(kind="worst", steps=2, restarts=3, step_size_mult=0.05),
+        dict(kind="worst", steps=3, restarts=1, p=math.inf, adaptive=True, eta=0.1),
+        dict(kind="worst", steps=3, adaptive=True, adaptive_weights_only=True, eta=0.01),
+        dict(kind="average", n_directions=5),
+    ],
+)
+def test_vectorized_chunks_equal_the_loop(kw):
+    """vmap over chunks (in groups of at most 3 chunks' weights: several groups) gives the
+    loop's per-chunk numbers: the same draws in the same order, the same ascent, the same best
+    iterate; batch norm with running statistics."""
+    model = tiny_mlp(bn=True)
+    model.train()
+    x, y = cls_data(n=50)
+    with torch.no_grad():
+        model(x * 3)
+    ref = m_sharpness(model, CE, x, y, m=7, rho=0.3, seed=3, **kw)
+    n_params = sum(p.numel() for p in model.parameters())
+    vec = m_sharpness(model, CE, x, y, m=7, rho=0.3, seed=3, vectorize=True,
+                      max_batched_params=3 * n_params, **kw)  # fmt: skip
+    assert vec["n_chunks"] == ref["n_chunks"] == 7
+    np.testing.assert_allclose(vec["per_chunk"], ref["per_chunk"], rtol=1e-9, atol=1e-12)
+    for k in ("sharpness", "sharpness_error", "loss", "perturbed_loss", "error"):
+        assert vec[k] == pytest.approx(ref[k], rel=1e-9, abs=1e-12), k
+    assert model.training
+
+
 def _relu_net_and_rescaled(a: float):
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3)).double()
