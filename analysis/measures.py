@@ -53,9 +53,9 @@ Helpers: ``msharpness_vs_error`` + ``rank_correlation`` + ``correlation_gap`` (F
 
 from __future__ import annotations
 
+import functools
 import json
 import math
-import shutil
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -71,6 +71,7 @@ from sharpness import measures as M
 from suite.captions import caption_figure
 from suite.claims import compare_seeds, fmt_mean_std, verdict, write_claims
 from suite.cli import make_seeds
+from suite.launch import Run, run_all
 from suite.rundir import (
     atomic_write_json,
     atomic_write_text,
@@ -217,6 +218,16 @@ def _landscapes(model: nn.Module, data, n: int, seed: int, points_1d: int, point
     }
 
 
+def _train_run(cfg: SpectrumConfig, out_dir: str, resume: bool) -> dict:
+    """A ``suite.launch.Run``'s trainer: a run takes seconds, so an interrupted one starts over
+    (``resume`` is ignored; the launcher cleared nothing it would need)."""
+    return train_spectrum_run(cfg, Path(out_dir))
+
+
+def _run(name: str, cfg: SpectrumConfig, out_dir: Path) -> Run:
+    return Run(name, out_dir, asdict(cfg), functools.partial(_train_run, cfg, str(out_dir)))
+
+
 def run_experiments(profile: str, results_dir: Path) -> Path:
     """Train (or reuse) the profile's SGD and SAM runs and the ERM -> SAM fine-tuning of seed 0,
     then measure the landscapes; returns the profile's results folder."""
@@ -225,30 +236,24 @@ def run_experiments(profile: str, results_dir: Path) -> Path:
     prof = PROFILES[profile]
     root = Path(results_dir) / FAMILY / profile
     k = prof["finetune_from"]
+    runs = []
     for opt in OPTS:
         for s in prof["seeds"]:
-            d = root / f"{opt}_seed{s}"
-            if (d / "summary.json").exists() and (d / "model.pt").exists():
-                continue
-            if d.exists():  # unfinished: start over (a run takes seconds)
-                shutil.rmtree(d)
             cfg = SpectrumConfig(optimizer=opt, seed=s, **prof["cfg"])
             if opt == "sgd" and s == 0:
                 cfg.save_epoch = k
-            train_spectrum_run(cfg, d)
-            print(f"  measures: {opt} seed {s} done", flush=True)
+            runs.append(_run(f"{opt} seed {s}", cfg, root / f"{opt}_seed{s}"))
+    # through suite.launch: finished runs with the same config are skipped, --force and the
+    # launchers reach them; the fine-tuning run needs seed 0's ERM weights, so it comes second
+    done = run_all(runs, stage=FAMILY)
     # ERM -> SAM: seed 0's ERM weights at epoch k, then SAM for the remaining epochs (same
     # cosine schedule): "Towards Understanding SAM" Fig. 9's fine-tuning, at our scale
-    ft = root / "erm_to_sam_seed0"
-    if not (ft / "summary.json").exists():
-        if ft.exists():
-            shutil.rmtree(ft)
-        cfg = SpectrumConfig(optimizer="sam", seed=0, **prof["cfg"])
-        cfg.start_from, cfg.start_epoch = str(root / "sgd_seed0" / f"model_epoch{k}.pt"), k
-        cfg.eval_epochs = ()
-        train_spectrum_run(cfg, ft)
+    cfg = SpectrumConfig(optimizer="sam", seed=0, **prof["cfg"])
+    cfg.start_from, cfg.start_epoch = str(root / "sgd_seed0" / f"model_epoch{k}.pt"), k
+    cfg.eval_epochs = ()
+    done += run_all([_run("erm -> sam seed 0", cfg, root / "erm_to_sam_seed0")], stage=FAMILY)
     land = root / "landscapes.json"
-    if not land.exists():
+    if not land.exists() or any(o.action != "skipped" for o in done):  # of these very runs
         data = load_dataset("mnist1d", None, seed=0)
         cfg = SpectrumConfig(**prof["cfg"])
         out: dict[str, Any] = {}

@@ -49,7 +49,7 @@ STAGE_COST = {
     "deep_nets": 4.0,
     "diagonal_linear_nets": 2.0,
     "one_layer_relu_nets": 5.0,
-    "measures": 1.0,
+    "measures": 2.0,
 }
 PROFILES = ("quick", "full", "paper")
 JOB_RECORD = "reproduce.json"

@@ -70,6 +70,15 @@ def test_reproduce_test_profile(tmp_path):
     AM.reproduce("test", tmp_path / "results", tmp_path / "figures")
     after = (tmp_path / "results" / "measures" / "test" / "sgd_seed0" / "summary.json").stat()
     assert before.st_mtime_ns == after.st_mtime_ns
+    # the runs go through suite.launch: --force retrains them (and re-measures the landscapes)
+    from suite import launch
+
+    land = tmp_path / "results" / "measures" / "test" / "landscapes.json"
+    land_before = land.stat().st_mtime_ns
+    with launch.configure(force=True):
+        AM.reproduce("test", tmp_path / "results", tmp_path / "figures")
+    forced = (tmp_path / "results" / "measures" / "test" / "sgd_seed0" / "summary.json").stat()
+    assert forced.st_mtime_ns != after.st_mtime_ns and land.stat().st_mtime_ns != land_before
 
 
 def test_rank_correlation_is_kendalls_tau():
