@@ -48,7 +48,13 @@ from diagonal_linear_nets.simulator import (
     simulate,
 )
 from diagonal_linear_nets.theory import predict_interpolator, relative_distance
-from suite.cli import GracefulInterrupt, common_parser, finite_float, finite_or_none
+from suite.cli import (
+    GracefulInterrupt,
+    common_parser,
+    finite_float,
+    finite_or_none,
+    run_dir_flags_error,
+)
 from suite.rundir import atomic_write_bytes, config_hash, create_run_dir, read_json, to_json
 
 CHECKPOINT = "checkpoint.npz"
@@ -603,17 +609,9 @@ def config_from_args(argv: list[str] | None = None) -> TrainConfig:
         p.error("--checkpoint_every must be >= 0 (seconds)")
     if args.stop_after_iter is not None and args.stop_after_iter < 1:
         p.error("--stop_after_iter must be >= 1")
-    if args.resume and args.overwrite:
-        p.error("--resume and --overwrite exclude each other: continue the run or replace it")
     out = args.out_dir or f"runs/diag_{'_'.join(args.algo)}_seed{args.seed}"
-    exists = (Path(out) / "config.json").exists()
-    if exists and not (args.resume or args.overwrite):
-        p.error(
-            f"--out_dir {out} already holds a run: pass --resume to continue it, --overwrite to "
-            "replace it, or choose another directory"
-        )
-    if args.resume and not exists:
-        p.error(f"--resume: {out} holds no run to continue (no config.json)")
+    if problem := run_dir_flags_error(out, args.resume, args.overwrite):
+        p.error(problem)
     return TrainConfig(
         out_dir=out,
         algo=args.algo,

@@ -37,7 +37,12 @@ from one_layer_relu_nets.training import (  # noqa: E402
     targets_digest,
     train,
 )
-from suite.cli import common_parser, finite_float, select_device  # noqa: E402
+from suite.cli import (  # noqa: E402
+    common_parser,
+    finite_float,
+    run_dir_flags_error,
+    select_device,
+)
 
 # Config field -> the flag that sets it (error messages name the flag).
 FLAG_OF = {"rhos": "--rhos", "seeds": "--seed/--num_seeds", "normalize": "--unnormalized"}
@@ -294,21 +299,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--num_seeds must be >= 1 (got {args.num_seeds})")
     if args.seed < 0:
         parser.error(f"--seed must be >= 0 (got {args.seed})")
-    if args.resume and args.overwrite:
-        parser.error("--resume and --overwrite exclude each other: continue the run or replace it")
     if args.out_dir is None:
         if args.resume:
             parser.error("--resume needs the --out_dir of the run to continue")
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
         args.out_dir = str(Path("runs") / "one_layer_relu_nets" / f"{args.task}_{stamp}")
-    exists = (Path(args.out_dir) / "config.json").exists()
-    if exists and not (args.resume or args.overwrite):
-        parser.error(
-            f"--out_dir {args.out_dir} already holds a run: pass --resume to continue it, "
-            "--overwrite to replace it, or choose another directory"
-        )
-    if args.resume and not exists:
-        parser.error(f"--resume: {args.out_dir} holds no run to continue (no config.json)")
+    if problem := run_dir_flags_error(args.out_dir, args.resume, args.overwrite):
+        parser.error(problem)
     try:
         args.device = select_device(args.device)
     except ValueError as e:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import random
 import signal
 import sys
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -111,6 +113,23 @@ class GracefulInterrupt:
 
 
 # ------------------------------------------------------------------------------------ argparse
+def run_dir_flags_error(out_dir: str | os.PathLike, resume: bool, overwrite: bool) -> str | None:
+    """What is wrong with ``--out_dir`` / ``--resume`` / ``--overwrite`` together (None: nothing):
+    the two options exclude each other, a directory holding a run (its config.json) needs one of
+    them, and ``--resume`` needs such a run. The caller passes the message to ``parser.error``."""
+    if resume and overwrite:
+        return "--resume and --overwrite exclude each other: continue the run or replace it"
+    exists = (Path(out_dir) / "config.json").exists()
+    if exists and not (resume or overwrite):
+        return (
+            f"--out_dir {out_dir} already holds a run: pass --resume to continue it, --overwrite "
+            "to replace it, or choose another directory"
+        )
+    if resume and not exists:
+        return f"--resume: {out_dir} holds no run to continue (no config.json)"
+    return None
+
+
 def common_parser() -> argparse.ArgumentParser:
     """Parent parser with the flags every training script shares (``parents=[common_parser()]``)."""
     p = argparse.ArgumentParser(add_help=False)

@@ -52,3 +52,23 @@ def sam_train(model, opt, steps: int, n: int = 16, start: int = 0, closure_api: 
             opt.second_step(zero_grad=True)
         losses.append(loss.item())
     return losses
+
+
+class LaunchRecorder:
+    """A suite.launch reporter (the protocol of make reproduce's display) that records, per run
+    name, the action run_all took and its note."""
+
+    def __init__(self) -> None:
+        self.planned: list[list[str]] = []
+        self.actions: dict[str, str] = {}
+        self.notes: dict[str, str | None] = {}
+
+    def runs_planned(self, stage, runs) -> None:
+        self.planned.append([r.name for r in runs])
+
+    def run_started(self, run) -> None:
+        pass
+
+    def run_ended(self, outcome) -> None:
+        self.actions[outcome.name] = outcome.action
+        self.notes[outcome.name] = outcome.note

@@ -29,6 +29,7 @@ from suite.captions import read_captions
 from suite.claims import CLAIM_COLUMNS, VERDICTS, write_claims
 from suite.launch import Run, run_state
 from suite.rundir import load_run
+from tests.core_utils import LaunchRecorder
 
 
 def test_demo_runs_write_valid_runs_count_passes_and_give_claims(tmp_path):
@@ -162,30 +163,11 @@ def test_ctrl_c_stops_after_the_epoch_and_resume_equals_an_uninterrupted_run(tmp
     assert [_no_seconds(m) for m in a["metrics"]] == [_no_seconds(m) for m in b["metrics"]]
 
 
-class _Recorder:
-    """A suite.launch reporter (the protocol of make reproduce's display) that records actions."""
-
-    def __init__(self) -> None:
-        self.planned: list[list[str]] = []
-        self.actions: dict[str, str] = {}
-        self.notes: dict[str, str | None] = {}
-
-    def runs_planned(self, stage, runs):
-        self.planned.append([r.name for r in runs])
-
-    def run_started(self, run):
-        pass
-
-    def run_ended(self, outcome):
-        self.actions[outcome.name] = outcome.action
-        self.notes[outcome.name] = outcome.note
-
-
 def test_reproduce_skips_finished_runs_resumes_a_missing_one_and_force_retrains(tmp_path):
     from analysis.core_demo import demo_runs, reproduce
 
     results, figures = tmp_path / "results", tmp_path / "figures"
-    rec = _Recorder()
+    rec = LaunchRecorder()
     old = launch.set_reporter(rec)
     try:
         reproduce("tiny", results, figures)

@@ -13,6 +13,7 @@ from analysis.one_layer_relu_nets import comparison_runs, run_dir, run_experimen
 from one_layer_relu_nets.experiments import MATCHED, experiment_configs
 from suite import launch
 from suite.launch import run_state
+from tests.core_utils import LaunchRecorder
 
 # the reference notebook's 1-D setting (REFERENCE.md 4.3)
 NOTEBOOK = dict(task="reference1d", width=100, init="reference", reduction="sum", lr=5e-5,
@@ -47,27 +48,8 @@ def test_profiles_follow_the_notebook():
     assert full["exp1_main"].m == 4 and full["exp1_sweep"].rhos == [0.03, 0.1]
 
 
-class _Recorder:
-    """A suite.launch reporter (make reproduce's display protocol) that records what ran."""
-
-    def __init__(self) -> None:
-        self.planned: list[list[str]] = []
-        self.actions: dict[str, str] = {}
-        self.notes: dict[str, str | None] = {}
-
-    def runs_planned(self, stage, runs):
-        self.planned.append([r.name for r in runs])
-
-    def run_started(self, run):
-        pass
-
-    def run_ended(self, outcome):
-        self.actions[outcome.name] = outcome.action
-        self.notes[outcome.name] = outcome.note
-
-
 def test_run_all_skips_resumes_and_retrains_the_right_runs(tmp_path, monkeypatch):
-    rec = _Recorder()
+    rec = LaunchRecorder()
     old = launch.set_reporter(rec)
     try:
         # first call with a relative results dir, the next ones with its absolute path: the
