@@ -25,10 +25,12 @@ Launchers (``configure(launcher=...)``):
   ``jobs=N``: N worker processes (spawned, each with cores / N torch threads), each taking the
   next run when its current one ends: the way to use every core of a CPU machine for a sweep of
   single-threaded runs. Results are the same as serial ones (every run is deterministic given its
-  config; each worker process starts fresh). A Ctrl-C reaches the workers' trainers (same
-  process group): each saves its checkpoint, the queued runs are dropped, ``run_all`` raises
-  KeyboardInterrupt; the next call resumes them. As with any spawned worker, a script that calls
-  ``run_all`` with ``jobs > 1`` needs the ``if __name__ == "__main__":`` guard.
+  config; each worker process starts fresh). The workers sit in their own process group, so a
+  Ctrl-C reaches this process alone, which passes it on once to every worker: a trainer with a
+  Ctrl-C handler (``suite.cli.GracefulInterrupt``) saves its checkpoint and stops, one without
+  stops at once (as it would in this process); the queued runs are dropped and ``run_all``
+  raises KeyboardInterrupt. The next call resumes them. As with any spawned worker, a script
+  that calls ``run_all`` with ``jobs > 1`` needs the ``if __name__ == "__main__":`` guard.
 - ``slurm``: one SLURM job per run through submitit (``slurm_partition``, ``timeout_min``, GPUs...
   from ``configure(slurm=...)``). A job that is preempted or reaches its time limit receives
   submitit's signal, requeues itself (submitit's checkpointing protocol) and, when it starts again,
@@ -256,11 +258,20 @@ def run_all(runs: Sequence[Run], *, stage: str = "") -> list[Outcome]:
     return [_run_local(r) for r in runs]
 
 
-def _timed_execute(run: Run, force: bool) -> tuple[str, float, float]:
-    """``execute`` with its wall-clock and this process's CPU seconds."""
-    t0, c0 = time.perf_counter(), time.process_time()
-    action = execute(run, force)
-    return action, time.perf_counter() - t0, time.process_time() - c0
+def _timed_execute(run: Run, force: bool, in_worker: bool = False) -> tuple[str, float, float]:
+    """``execute`` with its wall-clock and this process's CPU seconds. In a pool worker a Ctrl-C
+    passed on by ``run_all`` interrupts the run like in the main process (idle, it is ignored)."""
+    import signal
+
+    if in_worker:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        t0, c0 = time.perf_counter(), time.process_time()
+        action = execute(run, force)
+        return action, time.perf_counter() - t0, time.process_time() - c0
+    finally:
+        if in_worker:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _run_local(run: Run) -> Outcome:
@@ -273,10 +284,11 @@ def _run_local(run: Run) -> Outcome:
 
 
 def _worker_init(threads: int) -> None:
-    """A pool worker: its share of the cores, and Ctrl-C left to the trainer it runs (a trainer
-    installs its own handler, saves and stops; an idle worker must not die of it)."""
+    """A pool worker: its share of the cores, its own process group (a terminal's Ctrl-C goes to
+    ``run_all``'s process, which passes it on once) and Ctrl-C ignored while idle."""
     import signal
 
+    os.setpgrp()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         import torch
@@ -322,7 +334,7 @@ def _run_pool(runs: Sequence[Run], jobs: int) -> list[Outcome]:
             while queue and len(running) < jobs and error is None:
                 r, note = queue.pop(0)
                 _report("run_started", r)
-                running[pool.submit(_timed_execute, r, _settings.force)] = (r, note)
+                running[pool.submit(_timed_execute, r, _settings.force, True)] = (r, note)
             if not running:
                 break
             done, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
@@ -337,7 +349,12 @@ def _run_pool(runs: Sequence[Run], jobs: int) -> list[Outcome]:
                                            cpu_seconds=cpu)  # fmt: skip
                 _report("run_ended", outcomes[r.name])
     except KeyboardInterrupt:
-        # the workers' trainers got the same Ctrl-C: let them save, drop what is queued
+        # pass the Ctrl-C on to the workers (their trainers save and stop), drop what is queued
+        import signal
+
+        for proc in list(getattr(pool, "_processes", {}).values()):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, signal.SIGINT)
         pool.shutdown(wait=True, cancel_futures=True)
         raise
     pool.shutdown(wait=True)

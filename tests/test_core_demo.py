@@ -152,6 +152,7 @@ def test_ctrl_c_stops_after_the_epoch_and_resume_equals_an_uninterrupted_run(tmp
     assert len(load_run(out)["metrics"]) == summary["epoch"]
     assert run_state(Run("x", out, asdict(cfg), None)) == "resume"
 
+    kept = load_run(out)["metrics"]  # the epochs done before the Ctrl-C
     # a crash between logging an epoch and saving its checkpoint leaves one row too many
     with metrics.open("a") as f:
         f.write(json.dumps({"epoch": summary["epoch"] + 1, "test_acc": -1.0}) + "\n")
@@ -161,6 +162,9 @@ def test_ctrl_c_stops_after_the_epoch_and_resume_equals_an_uninterrupted_run(tmp
     assert a["summary"]["status"] == "finished"
     assert _no_seconds(a["summary"]) == _no_seconds(b["summary"])
     assert [_no_seconds(m) for m in a["metrics"]] == [_no_seconds(m) for m in b["metrics"]]
+    # resumed, not started over: the rows before the Ctrl-C are kept as they were (their
+    # wall-clock seconds included), only the stale row after the checkpoint was redone
+    assert a["metrics"][: len(kept)] == kept
 
 
 def test_reproduce_skips_finished_runs_resumes_a_missing_one_and_force_retrains(tmp_path):

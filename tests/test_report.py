@@ -295,7 +295,8 @@ import sys
 sys.path[:0] = [{pkgs!r}, {root!r}]
 from analysis import reproduce
 reproduce.STAGES = [("slow", "fake_stages.slow"), ("after", "fake_stages.slow")]
-sys.exit(reproduce.main(sys.argv[1:]))
+if __name__ == "__main__":  # the runs train in spawned worker processes (--jobs)
+    sys.exit(reproduce.main(sys.argv[1:]))
 """
 
 
@@ -312,8 +313,10 @@ def test_ctrl_c_stops_the_job_and_a_rerun_resumes(tmp_path):
     driver = tmp_path / "driver.py"
     driver.write_text(DRIVER.format(pkgs=str(tmp_path / "pkgs"), root=str(root)))
     res = tmp_path / "results"
+    # one run at a time: the first run ends before the second starts (tests/test_launch.py has
+    # Ctrl-C with runs in parallel worker processes)
     cmd = [sys.executable, str(driver), "--results_dir", str(res), "--figures_dir",
-           str(tmp_path / "f"), "--report", str(tmp_path / "REPORT.md")]  # fmt: skip
+           str(tmp_path / "f"), "--report", str(tmp_path / "REPORT.md"), "--jobs", "1"]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     second = res / "slow" / "s1" / "metrics.jsonl"
     t0 = time.time()
