@@ -1,6 +1,6 @@
 """`make reproduce`: every family's reproduction stage for a profile, then REPORT.md.
 
-    python -m analysis.reproduce                       # quick profile, CPU, ~20 minutes
+    python -m analysis.reproduce                       # quick profile, CPU, ~13 minutes on 2 cores
     python -m analysis.reproduce --profile full        # CPU, hours
     python -m analysis.reproduce --profile paper       # GPU + data on disk (checked first)
     python -m analysis.reproduce --profile paper --launcher slurm --partition gpu
@@ -329,7 +329,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--profile",
         choices=PROFILES,
         default="quick",
-        help="quick: CPU, ~20 min; full: CPU, hours; paper: the papers' settings, GPU + data",
+        help="quick: CPU, ~13 min on 2 cores; full: CPU, hours; paper: the papers' settings, "
+        "GPU + data",
     )
     ap.add_argument("--results_dir", type=Path, default=Path("results"))
     ap.add_argument("--figures_dir", type=Path, default=Path("figures"))
