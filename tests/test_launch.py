@@ -189,6 +189,11 @@ def _fail(resume: bool) -> None:
     raise ValueError("this run's trainer failed")
 
 
+def _record_pid(out_dir: str, resume: bool) -> None:
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    (Path(out_dir) / "pid").write_text(str(os.getpid()))
+
+
 def test_parallel_local_jobs_skip_and_fail(tmp_path):
     """``--jobs 2``: the runs train in two spawned worker processes (their CPU time measured
     there), a second call skips them, a failing run is raised by name. (Equality with runs
@@ -208,6 +213,13 @@ def test_parallel_local_jobs_skip_and_fail(tmp_path):
     assert first[0] == ("planned", "par:2")
     assert sorted(first[1:]) == sorted([("started", "seed 0"), ("started", "seed 1"),
                                         ("trained", "seed 0"), ("trained", "seed 1")])  # fmt: skip
+    # the runs really ran in worker processes, not in this one
+    dirs = [tmp_path / f"p{i}" for i in (0, 1)]
+    probes = [Run(d.name, d, {"d": d.name}, functools.partial(_record_pid, str(d))) for d in dirs]
+    with configure(jobs=2):
+        run_all(probes, stage="pids")
+    pids = {int((r.out_dir / "pid").read_text()) for r in probes}
+    assert os.getpid() not in pids
     bad = Run("broken", tmp_path / "broken", {"x": 1}, _fail)
     with configure(jobs=2, force=True), pytest.raises(ValueError, match="trainer failed"):
         run_all([bad, par[0]], stage="bad")

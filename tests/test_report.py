@@ -348,3 +348,35 @@ def read_json_lines(path: Path) -> list[dict]:
     from suite.rundir import read_jsonl
 
     return read_jsonl(path)
+
+
+PROBE = """
+from suite import launch
+from suite.rundir import atomic_write_json
+
+
+def reproduce(profile, results_dir, figures_dir):
+    atomic_write_json(results_dir / "probe.json", {"jobs": launch._settings.jobs})
+"""
+
+
+@pytest.mark.parametrize(
+    "argv, jobs",
+    [([], None), (["--jobs", "3"], 3), (["--profile", "paper"], 1)],
+)
+def test_jobs_reach_the_stages(tmp_path, monkeypatch, argv, jobs):
+    """--jobs is what the stages' run_all calls see: one per core by default, 1 for paper."""
+    from suite import launch
+
+    (tmp_path / "fake_probe.py").write_text(textwrap.dedent(PROBE))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(reproduce, "STAGES", [("probe", "fake_probe")])
+    res = tmp_path / "r"
+    rc = reproduce.main([*argv, "--only", "probe", "--results_dir", str(res), "--figures_dir",
+                         str(tmp_path / "f"), "--report", str(tmp_path / "R.md")])  # fmt: skip
+    assert rc == 0
+    want = launch.cpu_count() if jobs is None else jobs
+    assert read_json(res / "probe.json") == {"jobs": want}
+    assert read_json(res / "reproduce.json")["jobs"] == want
+    with pytest.raises(SystemExit):
+        reproduce.main(["--jobs", "0"])

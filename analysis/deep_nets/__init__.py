@@ -134,9 +134,9 @@ def reproduce(
                        **EXPERIMENTS[name].caption(P))  # fmt: skip
         timings[name] = {
             "runs": len(dirs),
-            "runs_counted": len(mine),
+            "runs_counted": len(mine),  # = trained + reused
             "trained": sum(info["runs"][d]["action"] != "skipped" for d in mine),
-            "reused": sum(info["runs"][d]["action"] == "skipped" for d in dirs),
+            "reused": sum(info["runs"][d]["action"] == "skipped" for d in mine),
             # the training cost of its runs (whenever they were trained), one process each
             "run_seconds": round(sum(per_run.get(d, {}).get("seconds") or 0 for d in mine), 2),
             "run_cpu_seconds": round(
