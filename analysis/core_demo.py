@@ -64,7 +64,8 @@ def _make_optimizer(cfg: DemoConfig, params):
     if cfg.optimizer == "sam":
         return SAM(params, torch.optim.SGD, rho=cfg.rho, **base)
     if cfg.optimizer == "asam":
-        return SAM(params, torch.optim.SGD, rho=cfg.asam_rho, adaptive=True, **base)
+        # the official ASAM: T = |w| + 0.01 on the parameters named *weight* (needs the names)
+        return SAM(params, torch.optim.SGD, rho=cfg.asam_rho, adaptive=True, eta=0.01, **base)
     if cfg.optimizer == "looksam":
         return LookSAM(
             params, torch.optim.SGD, rho=cfg.rho, k=cfg.looksam_k, alpha=cfg.looksam_alpha, **base
@@ -99,7 +100,7 @@ def run_one(cfg: DemoConfig, out_dir: Path, resume: bool = False) -> dict:
         width=cfg.width,
         input_shape=data.input_shape,
     )
-    opt = _make_optimizer(cfg, model.parameters())
+    opt = _make_optimizer(cfg, model.named_parameters())
     out_dir = Path(out_dir)
     run = create_run_dir(out_dir, asdict(cfg), device="cpu", resume=resume)
     start, passes, elapsed = 0, 0, 0.0

@@ -100,7 +100,8 @@ def build_optimizer(cfg: Any, model: nn.Module) -> SAM:
             **base,
         )  # fmt: skip
     return OriginalAscentSAM(
-        params,
+        # named: the official ASAM rescales the parameters named *weight* (norm layers included)
+        list(model.named_parameters()) if cfg.sam_variant == "asam" else params,
         torch.optim.SGD,
         rho=cfg.sam_rho,
         adaptive=cfg.sam_variant == "asam",
@@ -216,10 +217,14 @@ def prev_batch_step(ctx: StepContext, x: Tensor, y: Tensor) -> tuple[Tensor, Ten
 
 
 def looksam_step(ctx: StepContext, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor | None]:
-    """LookSAM: ``first_step`` decides whether the second pass is due (1 step in k)."""
+    """LookSAM: ``first_step`` decides whether the second pass is due (1 step in k).
+
+    Under DDP every first backward stays local, as for SAM (per-worker ascent): each worker keeps
+    its own g_v, and on the reuse steps ``LookSAM.second_step`` averages the per-worker
+    g + alpha (||g|| / ||g_v||) g_v over the workers, so the replicas stay equal."""
     opt = ctx.opt
     assert isinstance(opt, LookSAM)
-    with local_grads(ctx.net) if opt.ascent_due else contextlib.nullcontext(), ctx.autocast():
+    with local_grads(ctx.net), ctx.autocast():
         loss = ctx.loss(x, y)
         ctx.scaled(loss).backward()
     ploss = None

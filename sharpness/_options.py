@@ -25,7 +25,7 @@ from torch.optim import Optimizer
 # all groups at once (refused in a param group rather than silently ignored there).
 GROUP_OPTIONS = ("sam_rho", "adaptive", "eta", "adaptive_weights_only")
 SAM_GLOBAL_OPTIONS = ("p", "normalize", "layerwise", "max_grad_norm", "sam_eps", "sam_foreach")
-LOOKSAM_GLOBAL_OPTIONS = ("k", "looksam_alpha")
+LOOKSAM_GLOBAL_OPTIONS = ("k", "looksam_alpha", "looksam_sync")
 
 
 def check_number(name: str, value: Any, positive: bool = False) -> None:

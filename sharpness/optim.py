@@ -34,6 +34,7 @@ option (SGD has no eps).
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -56,33 +57,64 @@ from sharpness._options import (
 __all__ = ["SAM", "LookSAM"]
 
 
+class _StepState:
+    """The wrappers' between-call bookkeeping (perturbed tensors, LookSAM's counter and g_v).
+
+    It lives in this plain object, not in attributes of the optimizer: ``torch.compile`` of a
+    bound method (``torch.compile(opt.second_step)``) drops attribute assignments on an
+    Optimizer instance but keeps those on other objects, and losing them would desynchronize
+    first_step / second_step."""
+
+
+def _kept(name: str, doc: str) -> property:
+    """An attribute of the optimizer stored in its ``_StepState`` (see there why)."""
+    return property(
+        lambda self: getattr(self._s, name), lambda self, v: setattr(self._s, name, v), doc=doc
+    )
+
+
 class SAM(Optimizer):
     """Sharpness-Aware Minimization around ``base_optimizer`` (a class, built with ``**kwargs``).
 
     Args:
-        params: parameters or parameter groups (groups may set their own ``sam_rho`` (or ``rho``
-            when the base optimizer has no rho), ``adaptive``, ``eta``, ``adaptive_weights_only``
-            next to the base optimizer's options).
+        params: parameters, ``model.named_parameters()`` (needed by the official ASAM rule, see
+            ``adaptive_weights_only``) or parameter groups (groups may set their own ``rho`` (or
+            ``sam_rho``), ``adaptive``, ``eta``, ``adaptive_weights_only`` next to the base
+            optimizer's options).
         base_optimizer: the optimizer class that takes the update step, e.g. ``torch.optim.SGD``.
         rho: radius of the ascent (per group), the familiar alias of ``sam_rho``; refused as
             ambiguous when the base optimizer has its own rho (Adadelta): then use ``sam_rho=``
             for the radius and ``rho=`` for Adadelta's. ``rho=0`` is exactly the base optimizer.
         p: the ball's norm, in (1, inf]; ``float('inf')`` gives e = rho sign(g). Global over groups.
         adaptive: ASAM, e = T * ascent(T g) with T = |w| + eta (p=2: rho T^2 g / ||T g||).
-        eta: ASAM's offset (0.01 as in the official code; 0 as in the popular port).
-        adaptive_weights_only: apply T only to tensors of dimension >= 2 (biases and normalization
-            parameters get plain SAM), as the official ASAM does; False rescales every tensor.
+            Two ASAMs go by this name, so ``adaptive=True`` needs ``eta=`` too (refused without):
+            the official code's (SamsungLabs/ASAM) is ``SAM(model.named_parameters(), ...,
+            adaptive=True, eta=0.01)``; davda54's ``adaptive=True`` (T = |w| on every tensor) is
+            ``adaptive=True, eta=0, adaptive_weights_only=False``.
+        eta: ASAM's offset (0.01 in the official code; 0 in davda54's). No default.
+        adaptive_weights_only: True (the official ASAM): T rescales exactly the parameters whose
+            name contains ``"weight"`` (linear/conv kernels, embeddings, BatchNorm / LayerNorm /
+            GroupNorm weights); the others (biases, or any parameter not named ``*weight*``) get
+            T = 1, i.e. plain SAM. The names come from ``model.named_parameters()`` passed as
+            ``params`` (torch's named parameter groups); without names this option is refused.
+            False: T rescales every tensor.
         normalize: False gives the theory's unnormalized ascent e = rho g.
         layerwise: per-tensor norms with a trust ratio, e_l = rho ||w_l|| g_l / ||g_l|| (the
             Look-LayerSAM perturbation of LookSAM's paper).
         max_grad_norm: clip the *update* gradient (at w + e) to this global 2-norm.
-        sam_rho: the radius, unambiguous with any base optimizer (default 0.05).
+        sam_rho: the radius, unambiguous with any base optimizer (default 0.05). The groups keep
+            it under ``"rho"`` as davda54's wrapper does (``opt.param_groups[0]["rho"]``), or
+            under ``"sam_rho"`` when the base optimizer has a ``rho`` of its own (Adadelta).
         sam_eps: added to norms in denominators (``functional``'s eps rule; default 1e-12).
         sam_foreach: use ``torch._foreach_*`` kernels (default: when all parameters share a
             device).
         **kwargs: the base optimizer's options (lr, momentum, weight_decay, eps, foreach, ...),
             passed to it unchanged.
     """
+
+    _perturbed = _kept("perturbed", "The tensors perturb() moved to w + e (restore() empties it).")
+    _first_done = _kept("first_done", "first_step ran and second_step (or restore) not yet.")
+    _opt_called = _kept("opt_called", "Read by torch's LR schedulers: a step was taken.")
 
     def __init__(
         self,
@@ -91,7 +123,7 @@ class SAM(Optimizer):
         rho: float | None = None,
         p: float = 2.0,
         adaptive: bool = False,
-        eta: float = 0.01,
+        eta: float | None = None,
         adaptive_weights_only: bool = True,
         normalize: bool = True,
         layerwise: bool = False,
@@ -103,6 +135,8 @@ class SAM(Optimizer):
         **kwargs: Any,
     ) -> None:
         wrapper = type(self).__name__
+        self._s = _StepState()
+        self._perturbed, self._first_done = [], False
         if isinstance(base_optimizer, Optimizer) or not callable(base_optimizer):
             raise ValueError(
                 "base_optimizer must be an optimizer class such as torch.optim.SGD (its options go "
@@ -117,9 +151,17 @@ class SAM(Optimizer):
         sam_foreach = legacy_option(wrapper, "foreach", "sam_foreach", sam_foreach, *legacy)
         sam_eps = 1e-12 if sam_eps is None else sam_eps
         check_number("rho", rho)
-        check_number("eta", eta)
+        if eta is not None:
+            check_number("eta", eta)
         check_number("sam_eps", sam_eps)
-        if isinstance(p, bool) or not isinstance(p, (int, float)) or not p > 1:
+        if isinstance(p, bool):  # davda54's positional SAM(params, SGD, 0.05, True)
+            raise ValueError(
+                f"p={p!r}: the 4th positional argument of {wrapper} is p (the ball's norm), not "
+                f"adaptive. davda54's SAM(params, SGD, 0.05, True) is {wrapper}(params, SGD, "
+                "rho=0.05, adaptive=True, eta=0, adaptive_weights_only=False); the official ASAM "
+                f"is {wrapper}(model.named_parameters(), SGD, rho=0.5, adaptive=True, eta=0.01)"
+            )
+        if not isinstance(p, (int, float)) or not p > 1:
             raise ValueError(f"p must be a number in (1, inf] (got {p!r})")
         if max_grad_norm is not None:
             check_number("max_grad_norm", max_grad_norm, positive=True)
@@ -135,12 +177,14 @@ class SAM(Optimizer):
         if sam_foreach is not None:
             check_bool("sam_foreach", sam_foreach)
         self._base_kw = base_kw
-        self._sam_defaults = dict(
-            sam_rho=float(rho),
-            adaptive=adaptive,
-            eta=float(eta),
-            adaptive_weights_only=adaptive_weights_only,
-        )
+        # davda54's group key when it is free; Adadelta's rho keeps its own meaning.
+        self._rho_key = "sam_rho" if "rho" in base_kw else "rho"
+        self._sam_defaults = {
+            self._rho_key: float(rho),
+            "adaptive": adaptive,
+            "eta": None if eta is None else float(eta),
+            "adaptive_weights_only": adaptive_weights_only,
+        }
         super().__init__(params, {**self._sam_defaults, **kwargs})
         base = base_optimizer(self.param_groups, **kwargs)
         if not isinstance(base, Optimizer):
@@ -162,7 +206,6 @@ class SAM(Optimizer):
         self._backup: dict[Tensor, Tensor] = {}  # scratch: w while perturbed; not in state_dict
         self._buffer_cache: tuple[tuple, list[Tensor]] = ((), [])
         self._foreach_cache: dict[tuple, bool] = {}
-        self._perturbed: list[Tensor] = []
 
     # ------------------------------------------------------------------------------ param groups
     def _global_group_keys(self) -> set[str]:
@@ -178,27 +221,58 @@ class SAM(Optimizer):
                 f"{bad} apply to all parameter groups at once: set them in {wrapper}(...), not in "
                 "a param group"
             )
-        if "rho" in group and "rho" not in self._base_kw:  # the base has no rho: it is ours
-            if "sam_rho" in group:
+        if self._rho_key == "rho" and "sam_rho" in group:  # the base has no rho: both are ours
+            if "rho" in group:
                 raise ValueError("a param group sets both rho and sam_rho")
-            group["sam_rho"] = group.pop("rho")
+            group["rho"] = group.pop("sam_rho")
         for k, v in self._sam_defaults.items():
             group.setdefault(k, v)
-        check_number("rho (sam_rho of a param group)", group["sam_rho"])
-        check_number("eta (of a param group)", group["eta"])
+        check_number(f"rho ({self._rho_key} of a param group)", group[self._rho_key])
         check_bool("adaptive (of a param group)", group["adaptive"])
         check_bool("adaptive_weights_only (of a param group)", group["adaptive_weights_only"])
+        if group["eta"] is not None:
+            check_number("eta (of a param group)", group["eta"])
+        if group["adaptive"]:
+            self._check_asam_group(group)
         return group
+
+    def _check_asam_group(self, group: dict[str, Any]) -> None:
+        """adaptive=True must say which ASAM (eta), and the official rule needs names."""
+        wrapper = type(self).__name__
+        params = group["params"]
+        if not isinstance(params, (Tensor, set)):
+            group["params"] = params = list(params)  # a generator would be consumed below
+        if group["eta"] is None:
+            raise ValueError(
+                f"{wrapper}(adaptive=True) needs eta=: two ASAMs go by this name. The official "
+                f"ASAM (T = |w| + 0.01 on parameters named *weight*, norm layers included): "
+                f"{wrapper}(model.named_parameters(), ..., adaptive=True, eta=0.01). davda54's "
+                f"adaptive=True (T = |w| on every tensor): {wrapper}(params, ..., adaptive=True, "
+                "eta=0, adaptive_weights_only=False)"
+            )
+        if group["adaptive_weights_only"]:
+            names = group.get("param_names")
+            if names is None and isinstance(params, list):  # (name, tensor) pairs, not yet split
+                names = [q[0] for q in params if isinstance(q, tuple) and len(q) == 2]
+            if names is None or isinstance(params, (Tensor, set)) or len(names) != len(params):
+                raise ValueError(
+                    f"{wrapper}(adaptive=True, adaptive_weights_only=True) rescales the "
+                    "parameters whose name contains 'weight' (the official ASAM rule: kernels and "
+                    "norm-layer weights, not biases), so it needs their names: pass "
+                    "model.named_parameters() as params (torch >= 2.6), or set "
+                    "adaptive_weights_only=False to rescale every tensor"
+                )
 
     def _group_rho(self, group: dict[str, Any]) -> float:
         """The group's radius. Writing ``group["rho"] = ...`` during training is how SAM loops
-        schedule rho (davda54-style code does it): when the base optimizer has no ``rho`` of its
-        own, such a write is the radius, moved into ``sam_rho`` here (never silently ignored; a
-        later read of ``group["rho"]`` then fails loudly instead of returning a stale value)."""
-        if "rho" in group and "rho" not in self._base_kw:
-            group["sam_rho"] = group.pop("rho")
-            check_number("rho (of a param group)", group["sam_rho"])
-        return group["sam_rho"]
+        schedule rho (davda54-style code does it); when the base optimizer has no ``rho`` of its
+        own that key is the radius, and a write of ``group["sam_rho"]`` (older code of ours) is
+        moved into it here (never silently ignored)."""
+        if self._rho_key == "rho" and "sam_rho" in group:
+            group["rho"] = group.pop("sam_rho")
+        rho = group[self._rho_key]
+        check_number(f"rho ({self._rho_key} of a param group)", rho)
+        return rho
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group to both this wrapper and its base optimizer (they share the list), with
@@ -251,6 +325,32 @@ class SAM(Optimizer):
         else:
             for d, s in zip(dst, src):
                 d.add_(s)
+
+    def _asam_scaled(self) -> set[int]:
+        """ids of the tensors ASAM's T rescales: in groups with ``adaptive`` and
+        ``adaptive_weights_only=False`` all of them; with ``adaptive_weights_only=True`` (the
+        official code's ``if 'weight' in name``) those whose parameter name contains "weight"."""
+        ids: set[int] = set()
+        for g in self.param_groups:
+            if not g["adaptive"]:
+                continue
+            self._check_asam_group(g)  # a loaded checkpoint or a later write may have changed it
+            if not g["adaptive_weights_only"]:
+                ids.update(id(p) for p in g["params"])
+            else:
+                ids.update(id(p) for p, n in zip(g["params"], g["param_names"]) if "weight" in n)
+        return ids
+
+    def _ascent_sign(self, groups: Iterable[dict[str, Any]]) -> float:
+        """-1 when the base optimizer maximizes (``maximize=True``: the update ascends L, so the
+        perturbation must descend it), else +1; one objective, so all groups must agree."""
+        flags = {bool(g.get("maximize", False)) for g in groups}
+        if len(flags) > 1:
+            raise ValueError(
+                f"{type(self).__name__}: some param groups have maximize=True and others not; "
+                "SAM's ascent is over one objective: set maximize the same in every group"
+            )
+        return -1.0 if flags == {True} else 1.0
 
     # ------------------------------------------------------------------------------ two-step API
     @torch.no_grad()
@@ -312,16 +412,26 @@ class SAM(Optimizer):
             if rho_scale != 1.0:
                 raise ValueError("rho_scale applies to the single ascent only (iters=None)")
         params = [p for _, p, _ in sel]
-        gs = [gr for _, _, gr in sel]
+        # A sparse gradient enters the ascent as its dense equivalent: e(g) is the same function
+        # of the values (zero rows stay zero for p = 2 and ASAM), and w + e is dense anyway.
+        gs = [gr.to_dense() if gr.is_sparse else gr for _, _, gr in sel]
+        sign = self._ascent_sign(grp for grp, _, _ in sel)
+        if sign < 0:  # the base optimizer maximizes: the adversary of -L descends L
+            gs = [-g for g in gs]
+            if grad_at is not None:
+                inner = grad_at
+
+                def grad_at() -> list[Tensor | None]:  # type: ignore[misc]
+                    return [None if g is None else -g for g in inner()]
+
         backup = self._buffers(params)
         self._copy(backup, params)
         scale = None
         if any(grp["adaptive"] for grp, _, _ in sel):
+            scaled = self._asam_scaled()
             scale = [
-                F.asam_scale([w], grp["eta"], grp["adaptive_weights_only"])[0]
-                if grp["adaptive"]
-                else None
-                for (grp, _, _), w in zip(sel, backup)
+                F.asam_scale([w], grp["eta"], weights_only=False)[0] if id(p) in scaled else None
+                for (grp, p, _), w in zip(sel, backup)
             ]
         kw = dict(normalize=self.normalize, scale=scale, eps=self.eps)
         foreach = self._use_foreach(params)
@@ -341,9 +451,10 @@ class SAM(Optimizer):
                 self._add(params, e)
                 with torch.enable_grad():
                     new = grad_at()  # type: ignore[misc]
+                out = [new[index[id(p)]] for p in params]
                 return [
-                    torch.zeros_like(p) if new[index[id(p)]] is None else new[index[id(p)]]
-                    for p in params
+                    torch.zeros_like(p) if g is None else g.to_dense() if g.is_sparse else g
+                    for p, g in zip(params, out)
                 ]
 
             e = F.multi_step_perturbation(
@@ -355,6 +466,7 @@ class SAM(Optimizer):
     @torch.no_grad()
     def restore(self) -> None:
         """w <- the weights saved by ``perturb`` (an exact copy, not w + e - e)."""
+        self._first_done = False
         if self._perturbed:
             self._copy(self._perturbed, self._buffers(self._perturbed))
             self._perturbed = []
@@ -383,35 +495,72 @@ class SAM(Optimizer):
         With a GradScaler pass it here too: the normalized ascent is invariant to the loss scale,
         the unnormalized one is divided by it.
         """
+        if self._first_done:
+            raise RuntimeError(
+                f"{type(self).__name__}.first_step called twice: call second_step() after the "
+                "second backward"
+            )
         rho_scale = 1.0
         if scaler is not None and not self.normalize and scaler.is_enabled():
             rho_scale = 1.0 / float(scaler.get_scale())
         self.perturb(rho_scale=rho_scale)
+        self._first_done = True
         if zero_grad:
             self.zero_grad()
         return True
 
+    def _check_first_done(self) -> None:
+        if not self._first_done:
+            raise RuntimeError(
+                f"{type(self).__name__}.second_step called without first_step: the order is "
+                "backward, first_step, backward at w + e, second_step (or step(closure) after "
+                "the first backward)"
+            )
+
     def second_step(self, zero_grad: bool = False, scaler: Any = None) -> None:
-        """Restore w, then step the base optimizer with the gradient taken at w + e."""
+        """Restore w, then step the base optimizer with the gradient taken at w + e (RuntimeError
+        without a ``first_step`` before it)."""
+        self._check_first_done()
         self.restore()
         self.update(scaler)
         if zero_grad:
             self.zero_grad()
 
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
+    # ``scaler.step(opt, closure)`` would unscale only the first gradient and step with the
+    # still-scaled second one; with this flag torch's GradScaler calls ``step`` directly (setting
+    # ``grad_scale`` / ``found_inf`` on us), where it is refused with the spelling that works.
+    _step_supports_amp_scaling = True
+
+    def step(  # type: ignore[override]
+        self, closure: Callable[[], Any] | None = None, scaler: Any = None
+    ) -> Any:
         """first_step, closure() (the forward-backward at w + e, run with grad enabled),
         second_step. The caller must already have run the first forward-backward. Returns the
-        closure's loss."""
+        closure's loss. With a GradScaler: ``opt.step(closure, scaler=scaler)``, then
+        ``scaler.update()`` (``scaler.step(opt, closure)`` is refused: it cannot unscale the
+        second pass's gradient)."""
+        self._refuse_scaler_step()
         if closure is None:
             raise ValueError(
-                "SAM.step needs a closure that runs forward and backward (the second pass); "
-                "or call first_step() and second_step() yourself"
+                f"{type(self).__name__}.step needs a closure that runs forward and backward (the "
+                "second pass); or call first_step() and second_step() yourself"
             )
-        self.first_step(zero_grad=True)
+        self.first_step(zero_grad=True, scaler=scaler)
         with torch.enable_grad():
             loss = closure()
-        self.second_step()
+        self.second_step(scaler=scaler)
         return loss
+
+    def _refuse_scaler_step(self) -> None:
+        if "grad_scale" in self.__dict__ or "found_inf" in self.__dict__:
+            self.__dict__.pop("grad_scale", None)  # the scaler deletes them only on success
+            self.__dict__.pop("found_inf", None)
+            raise RuntimeError(
+                f"scaler.step({type(self).__name__.lower()}, ...) cannot work: the scaler unscales "
+                "the first gradient only and the closure's gradient (at w + e) would step still "
+                "scaled. Write opt.step(closure, scaler=scaler) then scaler.update(); or "
+                "first_step(scaler=scaler), backward, second_step(scaler=scaler)"
+            )
 
     # ------------------------------------------------------------------------------ state
     def _extra_state(self) -> dict:
@@ -429,17 +578,49 @@ class SAM(Optimizer):
         return sd
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:  # type: ignore[override]
+        """Load a ``state_dict()`` of this wrapper, of an older version of it, of davda54's SAM
+        or of pytorch-optimizer's SAM (both keep the radius under ``"rho"`` and the ASAM flag
+        under ``"adaptive"`` in the groups).
+
+        - The radius is moved to this wrapper's key (``"rho"``, or ``"sam_rho"`` with a base
+          optimizer that has its own rho); older checkpoints of ours have ``"sam_rho"``.
+        - Group options a peer does not store are filled in: a peer's ``adaptive=True`` means
+          T = |w| on every tensor, i.e. ``eta=0, adaptive_weights_only=False`` (a UserWarning
+          says so when this wrapper was built with other values); the rest from the constructor.
+        - The peers' per-parameter ``"old_p"`` weight copies are dropped (the weights are in the
+          model; keeping them would carry a copy of the model in every later checkpoint).
+        - Under ``"sam"``, this wrapper's own state (LookSAM's counter and g_v).
+        """
         sd = dict(state_dict)
         extra = sd.pop("sam", {})
-        # Checkpoints written before the radius was renamed sam_rho keep it under "rho" (only
-        # when the base optimizer has no rho of its own could it have been SAM's).
-        if "rho" not in self._base_kw and any(
-            "sam_rho" not in g and "rho" in g for g in sd.get("param_groups", [])
-        ):
-            sd["param_groups"] = [
-                {("sam_rho" if k == "rho" else k): v for k, v in g.items()}
-                for g in sd["param_groups"]
-            ]
+        groups = []
+        for g in sd.get("param_groups", []):
+            g = dict(g)
+            if self._rho_key == "rho" and "sam_rho" in g:
+                g["rho"] = g.pop("sam_rho")
+            if "eta" not in g:  # a peer's group (davda54 / pytorch-optimizer): their ASAM
+                if g.get("adaptive") is True:
+                    peer = {"eta": 0.0, "adaptive_weights_only": False}
+                    mine = {k: self._sam_defaults[k] for k in peer}
+                    if mine != peer:
+                        warnings.warn(
+                            f"{type(self).__name__}.load_state_dict: the checkpoint's "
+                            "adaptive=True has no eta (davda54 / pytorch-optimizer): it is loaded "
+                            f"as their ASAM, eta=0, adaptive_weights_only=False (not {mine})",
+                            UserWarning,
+                            stacklevel=2,
+                        )
+                    g.update(peer)
+                for k, v in self._sam_defaults.items():
+                    g.setdefault(k, v)
+            groups.append(g)
+        if "param_groups" in sd:
+            sd["param_groups"] = groups
+        if "state" in sd:  # the peers' weight copies ("old_p") are scratch, not optimizer state
+            sd["state"] = {
+                i: {k: v for k, v in st.items() if k != "old_p"} for i, st in sd["state"].items()
+            }
+            sd["state"] = {i: st for i, st in sd["state"].items() if st}
         self.base_optimizer.load_state_dict(sd)
         # Optimizer.load_state_dict rebuilds the group dicts and the state: share them again.
         self.param_groups = self.base_optimizer.param_groups
@@ -457,7 +638,7 @@ class SAM(Optimizer):
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(base={type(self.base_optimizer).__name__}, "
-            f"sam_rho={self.param_groups[0]['sam_rho']}, p={self.p}, "
+            f"rho={self._group_rho(self.param_groups[0])}, p={self.p}, "
             f"normalize={self.normalize}, adaptive={self.param_groups[0]['adaptive']})"
         )
 
@@ -487,12 +668,31 @@ class LookSAM(SAM):
     ascent step whose gradients overflow stores no direction and does not count: the next step
     is an ascent step again (the scaler skips the update and lowers the scale, as with SAM).
 
+    DistributedDataParallel, per-worker ascent (``sharpness.local_grads`` around every first
+    backward, as for SAM): on an ascent step each worker perturbs with its own g and keeps its own
+    g_v, and the second backward averages the SAM gradients; on the other steps each worker forms
+    g + alpha (||g|| / ||g_v||) g_v from its own g and g_v, and ``second_step`` averages these
+    over the workers (one all-reduce), so every replica takes the same update: the average of the
+    per-worker LookSAM gradients, as SAM's update is the average of the per-worker SAM gradients.
+    ``looksam_sync=None`` does this whenever ``torch.distributed`` is initialized with more than
+    one process; False never (independent models per process).
+
+    Sparse gradients are refused (the reuse step adds the dense g_v to g): use SAM, or dense ones.
+
     Args (besides SAM's):
         k: the period (an ascent every k steps); ``k=1`` is SAM.
         alpha: the reuse weight, a finite number >= 0 (the paper uses 0.7), the familiar alias of
             ``looksam_alpha``; refused as ambiguous when the base optimizer has its own alpha
             (RMSprop, ASGD): then ``looksam_alpha=`` is LookSAM's and ``alpha=`` the base's.
+        looksam_sync: average the reuse steps' gradients over the ``torch.distributed`` default
+            group (None: when it is initialized with world size > 1; True: required; False: never).
     """
+
+    looksam_step = _kept("looksam_step", "Steps taken so far (an ascent when it is 0 mod k).")
+    _gv = _kept("gv", "Per parameter: g during an ascent step, then g_v.")
+    _ascent_params = _kept("ascent_params", "The parameters of the current ascent step.")
+    _ascending = _kept("ascending", "Between first_step and second_step of an ascent step.")
+    _stash = _kept("stash", "A skipped step's first-pass gradients, for second_step.")
 
     def __init__(
         self,
@@ -504,8 +704,11 @@ class LookSAM(SAM):
         layerwise: bool = False,
         *,
         looksam_alpha: float | None = None,
+        looksam_sync: bool | None = None,
         **kwargs: Any,
     ) -> None:
+        if looksam_sync is not None:
+            check_bool("looksam_sync", looksam_sync)
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise ValueError(f"k must be an integer >= 1 (got {k!r})")
         if isinstance(base_optimizer, Optimizer) or not callable(base_optimizer):
@@ -521,10 +724,8 @@ class LookSAM(SAM):
         self.k = k
         self.alpha = float(alpha)  # type: ignore[arg-type]
         self.looksam_step = 0
-        self._gv: dict[Tensor, Tensor] = {}  # g during an ascent step, then g_v
-        self._ascent_params: list[Tensor] = []
-        self._ascending = False  # between first_step and second_step of an ascent step
-        self._stash: list[tuple[Tensor, Tensor | None]] | None = None  # a skipped step's grads
+        self._gv, self._ascent_params, self._ascending, self._stash = {}, [], False, None
+        self.sync = looksam_sync
 
     def _global_group_keys(self) -> set[str]:
         keys = super()._global_group_keys() | set(LOOKSAM_GLOBAL_OPTIONS)
@@ -540,13 +741,44 @@ class LookSAM(SAM):
     def _rho_is_zero(self) -> bool:
         return all(self._group_rho(g) == 0 for g in self.param_groups)
 
+    def _world(self) -> int:
+        """The number of processes to average the reuse gradients over (1: no averaging)."""
+        dist = torch.distributed
+        on = dist.is_available() and dist.is_initialized()
+        if self.sync is True and not on:
+            raise RuntimeError("LookSAM(looksam_sync=True) needs torch.distributed initialized")
+        if self.sync is False or not on:
+            return 1
+        return dist.get_world_size()
+
+    def _check_dense(self) -> None:
+        if self._rho_is_zero():
+            return
+        for gi, g in enumerate(self.param_groups):
+            names = g.get("param_names")
+            for i, p in enumerate(g["params"]):
+                if p.grad is not None and p.grad.is_sparse:
+                    what = repr(names[i]) if names else f"{i} of param group {gi}"
+                    raise ValueError(
+                        f"LookSAM: parameter {what} (shape {tuple(p.shape)}) has a sparse "
+                        "gradient; the reuse step adds the dense direction g_v to it. Use SAM "
+                        "(sparse gradients work there) or a dense gradient (e.g. nn.Embedding("
+                        "..., sparse=False))"
+                    )
+
     @torch.no_grad()
     def first_step(self, zero_grad: bool = False, scaler: Any = None) -> bool:
         """On an ascent step: keep g, then SAM's first step (returns True). On the other steps:
         keep the gradients aside for ``second_step`` (clearing ``p.grad`` with ``zero_grad``) and
         return False: no second backward is needed, and one run anyway is ignored."""
+        self._check_dense()
         if not self.ascent_due:
+            if self._first_done:
+                raise RuntimeError(
+                    "LookSAM.first_step called twice: call second_step() after the backward"
+                )
             self._stash = [(p, p.grad) for _, p in self._params()]
+            self._first_done = True
             if zero_grad:
                 self.zero_grad()
             return False
@@ -568,6 +800,12 @@ class LookSAM(SAM):
 
     @torch.no_grad()
     def second_step(self, zero_grad: bool = False, scaler: Any = None) -> None:
+        """Take the update after ``first_step`` (RuntimeError without one). On an ascent step:
+        restore w, store g_v = g_s - (<g, g_s> / ||g||^2) g, step with g_s. On the other steps:
+        put back the first pass's gradients g (ignoring any second backward), step with
+        g + alpha (||g|| / ||g_v||) g_v, averaged over the workers under torch.distributed (see
+        the class docstring)."""
+        self._check_first_done()
         advance = True
         if self._ascending:
             self._ascending = False
@@ -589,11 +827,16 @@ class LookSAM(SAM):
                 self._gv = dict(zip(ps, gv))
                 if scaler is not None and scaler.is_enabled():
                     # An overflow in either pass makes g_v non-finite: keep no direction and
-                    # retry the ascent next step (the scaler skips this update).
-                    if not torch.isfinite(F.lp_norm(gv, math.inf, foreach=foreach)).item():
+                    # retry the ascent next step (the scaler skips this update). Workers decide
+                    # together (one worker's local first pass may overflow alone).
+                    bad = (~torch.isfinite(F.lp_norm(gv, math.inf, foreach=foreach))).float()
+                    if self._world() > 1:
+                        torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)
+                    if bad.item():
                         self._gv = {}
                         advance = False
         else:
+            self._first_done = False
             if self._stash is not None:  # the first pass's gradients, whatever came since
                 for p, g in self._stash:
                     p.grad = g
@@ -610,22 +853,40 @@ class LookSAM(SAM):
                     out=gs,
                     foreach=self._use_foreach(ps),
                 )
+            self._average_grads()
         self.update(scaler)
         if advance:
             self.looksam_step += 1
         if zero_grad:
             self.zero_grad()
 
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
+    def _average_grads(self) -> None:
+        """p.grad <- the mean of p.grad over the workers (a reuse step under torch.distributed).
+        Each worker's gradient there is its own g + alpha (||g|| / ||g_v||) g_v (g_v differs per
+        worker), so without this the replicas would take different updates and drift apart."""
+        world = self._world()
+        if world == 1:
+            return
+        grads = [p.grad for _, p in self._params() if p.grad is not None]
+        works = [torch.distributed.all_reduce(g, async_op=True) for g in grads]
+        for w in works:
+            w.wait()
+        for g in grads:
+            g.div_(world)
+
+    def step(  # type: ignore[override]
+        self, closure: Callable[[], Any] | None = None, scaler: Any = None
+    ) -> Any:
         """Like SAM.step, but the closure runs only on ascent steps (1 in k); returns its loss
         or None on the other steps."""
+        self._refuse_scaler_step()
         if closure is None:
             raise ValueError("LookSAM.step needs a closure that runs the second forward-backward")
         loss = None
-        if self.first_step(zero_grad=True):
+        if self.first_step(zero_grad=True, scaler=scaler):
             with torch.enable_grad():
                 loss = closure()
-        self.second_step()
+        self.second_step(scaler=scaler)
         return loss
 
     def _extra_state(self) -> dict:

@@ -19,6 +19,7 @@ from sharpness import SAM, LookSAM
 from sharpness import functional as F
 
 ORDERS = [("meta", "cpu"), ("cpu", "meta")]
+ASAM_EVERY_TENSOR = dict(adaptive=True, eta=0.01, adaptive_weights_only=False)
 
 
 def _pair(d0: str, d1: str, seed: int = 0) -> list[torch.Tensor]:
@@ -56,7 +57,7 @@ def test_functional_rules_on_two_devices(d0, d1):
     [
         lambda ps: SAM(ps, torch.optim.SGD, rho=0.05, lr=0.1, momentum=0.9),
         lambda ps: SAM(ps, torch.optim.SGD, rho=0.05, lr=0.1, p=3.0, max_grad_norm=1.0),
-        lambda ps: SAM(ps, torch.optim.SGD, rho=0.5, lr=0.1, adaptive=True),
+        lambda ps: SAM(ps, torch.optim.SGD, rho=0.5, lr=0.1, **ASAM_EVERY_TENSOR),
         lambda ps: SAM(ps, torch.optim.SGD, rho=0.05, lr=0.1, layerwise=True),
         lambda ps: LookSAM(ps, torch.optim.SGD, rho=0.05, k=2, lr=0.1, momentum=0.9),
         lambda ps: LookSAM(ps, torch.optim.SGD, rho=0.05, k=2, lr=0.1, layerwise=True),

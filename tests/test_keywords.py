@@ -193,16 +193,16 @@ def test_looksam_alpha_is_ambiguous_with_rmsprop_and_asgd():
 
 
 def test_davda54_style_calls_keep_working():
-    """``SAM(params, SGD, rho=0.05, adaptive=True, lr=0.1, momentum=0.9)`` and the positional
-    rho, with no warning."""
+    """``SAM(params, SGD, rho=0.05, lr=0.1, momentum=0.9)`` and the positional rho, with no
+    warning; the radius is read and written as ``param_groups[i]["rho"]`` as in davda54's."""
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        opt = SAM(_params(), torch.optim.SGD, rho=0.07, adaptive=True, lr=0.1, momentum=0.9)
+        opt = SAM(_params(), torch.optim.SGD, rho=0.07, lr=0.1, momentum=0.9)
         pos = SAM(_params(), torch.optim.SGD, 0.07, lr=0.1)
         look = LookSAM(_params(), torch.optim.SGD, 0.07, 3, 0.5, lr=0.1)
-    assert opt.param_groups[0]["sam_rho"] == 0.07 and opt.param_groups[0]["adaptive"] is True
-    assert opt.param_groups[0]["momentum"] == 0.9 and pos.param_groups[0]["sam_rho"] == 0.07
-    assert (look.k, look.alpha, look.param_groups[0]["sam_rho"]) == (3, 0.5, 0.07)
+    assert opt.param_groups[0]["rho"] == 0.07 and opt.param_groups[0]["adaptive"] is False
+    assert opt.param_groups[0]["momentum"] == 0.9 and pos.param_groups[0]["rho"] == 0.07
+    assert (look.k, look.alpha, look.param_groups[0]["rho"]) == (3, 0.5, 0.07)
     with pytest.raises(ValueError, match="not both"):
         SAM(_params(), torch.optim.SGD, rho=0.1, sam_rho=0.1)
 
@@ -277,7 +277,7 @@ def test_add_param_group_is_validated_and_its_rho_is_used():
     assert len(opt.param_groups) == 1 and len(opt.base_optimizer.param_groups) == 1
     opt.add_param_group({"params": last, "rho": 0.0})  # SGD has no rho: it is SAM's radius
     assert opt.param_groups is opt.base_optimizer.param_groups
-    assert opt.param_groups[1]["sam_rho"] == 0.0 and opt.param_groups[1]["momentum"] == 0
+    assert opt.param_groups[1]["rho"] == 0.0 and opt.param_groups[1]["momentum"] == 0
     x, y = tiny_data()
     w0 = params_of(model)
     loss_fn(model, x, y).backward()
@@ -286,20 +286,20 @@ def test_add_param_group_is_validated_and_its_rho_is_used():
     assert moved == [True, True, False, False]  # the added group's rho 0 holds its tensors
 
 
-def test_checkpoint_with_the_old_rho_key_loads():
-    """State dicts written before the rename keep SAM's radius under "rho"."""
+def test_checkpoint_with_the_sam_rho_key_loads():
+    """State dicts of the previous version keep SAM's radius under "sam_rho" (now "rho")."""
     model = tiny_model()
     opt = SAM(model.parameters(), torch.optim.SGD, rho=0.05, lr=0.1, momentum=0.9)
     sam_train(model, opt, 2)
     sd = opt.state_dict()
     sd["param_groups"] = [
-        {("rho" if k == "sam_rho" else k): v for k, v in g.items()} for g in sd["param_groups"]
+        {("sam_rho" if k == "rho" else k): v for k, v in g.items()} for g in sd["param_groups"]
     ]
-    sd["param_groups"][0]["rho"] = 0.02
+    sd["param_groups"][0]["sam_rho"] = 0.02
     buf = io.BytesIO()
     torch.save(sd, buf)
     buf.seek(0)
     fresh = SAM(model.parameters(), torch.optim.SGD, rho=0.05, lr=0.1, momentum=0.9)
     fresh.load_state_dict(torch.load(buf, weights_only=True))
-    assert fresh.param_groups[0]["sam_rho"] == 0.02 and "rho" not in fresh.param_groups[0]
+    assert fresh.param_groups[0]["rho"] == 0.02 and "sam_rho" not in fresh.param_groups[0]
     sam_train(model, fresh, 1, start=2)  # and it runs

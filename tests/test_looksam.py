@@ -154,7 +154,7 @@ def test_rho_set_to_zero_mid_run_gives_the_base_optimizers_steps():
     sgd = torch.optim.SGD(ref.parameters(), lr=LR, momentum=MOM)
     sgd.load_state_dict(copy.deepcopy(opt.base_optimizer.state_dict()))  # a copy: not aliased
     for g in opt.param_groups:
-        g["sam_rho"] = 0.0
+        g["rho"] = 0.0
     sam_train(model, opt, 6, start=6)
     for t in range(6, 12):
         x, y = tiny_data(seed=100 + t)

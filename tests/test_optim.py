@@ -12,6 +12,7 @@ from sharpness import SAM, LookSAM
 from tests.core_utils import loss_fn, params_of, sam_train, tiny_data, tiny_model
 
 D = torch.float64
+DAVDA54_ASAM = dict(adaptive=True, eta=0.0, adaptive_weights_only=False)  # T = |w|, all
 
 
 def _assert_same(a, b):
@@ -78,7 +79,7 @@ def test_rho_zero_equals_base_optimizer_bit_for_bit(closure_api):
         dict(rho=0.05),
         dict(rho=0.05, p=float("inf")),
         dict(rho=0.05, p=3.0),
-        dict(rho=0.5, adaptive=True),
+        dict(rho=0.5, adaptive=True, eta=0.01, adaptive_weights_only=False),
         dict(rho=0.05, normalize=False),
         dict(rho=0.05, layerwise=True),
         dict(rho=0.05, max_grad_norm=0.1),
@@ -194,7 +195,7 @@ def _roundtrip(sd):
     "make",
     [
         lambda ps: SAM(ps, torch.optim.SGD, rho=0.05, lr=0.1, momentum=0.9),
-        lambda ps: SAM(ps, torch.optim.Adam, rho=0.5, adaptive=True, lr=1e-2),
+        lambda ps: SAM(ps, torch.optim.Adam, rho=0.5, lr=1e-2, **DAVDA54_ASAM),
         lambda ps: LookSAM(ps, torch.optim.SGD, rho=0.05, k=3, lr=0.1, momentum=0.9),
     ],
 )
