@@ -20,7 +20,15 @@ $(STAMP): requirements.txt pyproject.toml
 	@$(PYTHON) -m venv $(VENV)
 	@$(PIP) install --upgrade pip
 	@$(PIP) install -r requirements.txt
+	@# The library (the wheel holds `sharpness` only), editable; an older venv's monorepo install
+	@# (distribution sharpness-suite) goes first.
+	@$(PIP) uninstall -y sharpness-suite 2>/dev/null || true
 	@$(PIP) install --no-deps --no-build-isolation -e .
+	@# The suite's packages (suite, deep_nets, analysis, ...) run from this checkout: a .pth file
+	@# puts it on this venv's path, so workers, CLI subprocesses and notebooks find them from any
+	@# directory, and nothing is installed under their generic names.
+	@$(PY) -c "import pathlib, sysconfig; pathlib.Path(sysconfig.get_paths()['purelib'], \
+	  'sharpness-suite-checkout.pth').write_text('$(CURDIR)\n')"
 	@touch $@
 
 # Fashion-MNIST from Debian's package when we can install it (root + apt); otherwise the loader

@@ -2,12 +2,21 @@
 
 SAM (Foret et al. 2021) minimizes max_{||e||_p <= rho} L(w + e) with the first-order ascent
 e(w) of ``sharpness.functional.perturbation`` and the update w <- base_step(w, grad L(w + e(w))).
-The calling convention is the one researchers know from the popular wrapper:
+The calling convention is the one researchers know from the popular wrapper (davda54/sam):
 
-    loss_fn(model(x), y).backward()          # gradient at w
-    opt.first_step(zero_grad=True)           # w <- w + e(w)
-    loss_fn(model(x), y).backward()          # gradient at w + e
-    opt.second_step(zero_grad=True)          # w restored, base optimizer steps
+```python
+import torch
+from torch import nn
+from sharpness import SAM
+
+model, loss_fn = nn.Linear(4, 2), nn.functional.cross_entropy
+x, y = torch.randn(8, 4), torch.randint(0, 2, (8,))
+opt = SAM(model.parameters(), torch.optim.SGD, rho=0.05, lr=0.1, momentum=0.9)
+loss_fn(model(x), y).backward()  # gradient at w
+opt.first_step(zero_grad=True)  # w <- w + e(w)
+loss_fn(model(x), y).backward()  # gradient at w + e
+opt.second_step(zero_grad=True)  # w restored, base optimizer steps
+```
 
 or ``opt.step(closure)`` after the first backward, with a closure that runs the second
 forward-backward. Differences from that wrapper, each a reported defect there:
