@@ -171,9 +171,12 @@ def asam_scale(
 ) -> list[Tensor | None]:
     """The ASAM operator T_w = |w| + eta, one tensor per weight (None means T = identity).
 
-    With ``weights_only`` tensors of dimension <= 1 (biases, normalization parameters) get None,
-    i.e. plain SAM, as in the official ASAM code; ``weights_only=False, eta=0`` is the popular
-    variant that rescales every tensor by |w|.
+    With ``weights_only`` tensors of dimension <= 1 (biases, but also normalization weights) get
+    None, i.e. plain SAM: a structural rule for callers without parameter names. The official
+    ASAM code selects by name instead (every parameter named ``*weight*``, BatchNorm/LayerNorm
+    weights included); ``sharpness.SAM`` applies that rule (``adaptive_weights_only=True`` with
+    ``model.named_parameters()``). ``weights_only=False, eta=0`` is davda54's variant, which
+    rescales every tensor by |w|.
     """
     if eta < 0:
         raise ValueError(f"eta must be >= 0 (got {eta})")

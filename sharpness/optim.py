@@ -31,13 +31,19 @@ Keywords. Every keyword the base optimizer accepts goes to it unchanged
 (``SAM(params, torch.optim.Adam, lr=1e-3, eps=1e-6)`` sets Adam's eps). The wrappers' own options
 have names no ``torch.optim`` optimizer uses (``sam_rho``, ``p``, ``adaptive``, ``eta``,
 ``adaptive_weights_only``, ``normalize``, ``layerwise``, ``max_grad_norm``, ``sam_eps``,
-``sam_foreach``; LookSAM: ``k``, ``looksam_alpha``), with two familiar aliases: ``rho`` is SAM's
-radius and LookSAM's ``alpha`` its reuse weight, unless the base optimizer has an option of the
-same name (Adadelta's ``rho``; RMSprop's and ASGD's ``alpha``): then the short name is ambiguous
-and refused, and ``sam_rho=`` / ``looksam_alpha=`` set the wrapper's value while ``rho=`` /
-``alpha=`` go to the base optimizer. For backward compatibility ``eps=`` and ``foreach=`` still
-set ``sam_eps`` / ``sam_foreach`` (with a FutureWarning) when the base optimizer has no such
-option (SGD has no eps).
+``sam_foreach``; LookSAM: ``k``, ``looksam_alpha``, ``looksam_sync``), with two familiar aliases:
+``rho`` is SAM's radius and LookSAM's ``alpha`` its reuse weight, unless the base optimizer has an
+option of the same name (Adadelta's ``rho``; RMSprop's and ASGD's ``alpha``): then the short name
+is ambiguous and refused, and ``sam_rho=`` / ``looksam_alpha=`` set the wrapper's value while
+``rho=`` / ``alpha=`` go to the base optimizer. For backward compatibility ``eps=`` and
+``foreach=`` still set ``sam_eps`` / ``sam_foreach`` (with a FutureWarning) when the base
+optimizer has no such option (SGD has no eps). In the param groups the radius is
+``group["rho"]``, as in davda54's wrapper (``group["sam_rho"]`` with Adadelta).
+
+Also different from davda54's: ``adaptive=True`` needs ``eta=`` (two ASAMs go by that name, see
+``SAM``); a GradScaler goes to ``first_step/second_step(scaler=)`` or ``step(closure,
+scaler=)``; ``maximize=True`` base optimizers, sparse gradients (SAM), DDP with LookSAM and
+``torch.compile(opt.second_step)`` work; davda54 / pytorch-optimizer checkpoints load.
 """
 
 from __future__ import annotations
