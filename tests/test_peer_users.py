@@ -241,8 +241,12 @@ def test_a_peer_checkpoint_loads_and_training_continues_as_the_resumed_peer(peer
     m_ours.load_state_dict(m_peer.state_dict())
     ours = SAM(m_ours.parameters(), torch.optim.SGD, rho=0.05, lr=LR, momentum=MOM,
                **(DAVDA54_ASAM if adaptive else {}))  # fmt: skip
+    fresh_keys = set(ours.state_dict()["param_groups"][0])
     ours.load_state_dict(sd)
     assert ours.param_groups[0]["rho"] == rho and ours.param_groups[0]["adaptive"] is adaptive
+    # every option of ours is in the loaded groups (a later write of adaptive, a checkpoint of
+    # ours saved from here) and nothing of the peers' scratch is
+    assert fresh_keys <= set(ours.state_dict()["param_groups"][0])
     peer_train(m_peer, theirs, 3, start=3)
     peer_train(m_ours, ours, 3, start=3)
     # pytorch-optimizer sums the squared norm in float32 (tests/test_oracle.py): ~1e-10 here
