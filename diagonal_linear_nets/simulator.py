@@ -54,7 +54,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -261,9 +261,6 @@ class SimResult:
     # the iteration a run of ``simulate`` was stopped at by ``on_chunk`` (None: ran to the end);
     # a stopped result is partial: its u, v, beta are the state at that iteration
     stopped_at: int | None = None
-
-    def run_dicts(self) -> list[dict]:
-        return [asdict(r) | {"label": r.label()} for r in self.runs]
 
 
 def log_schedule(iters: int, points: int = 200, first: int = 100) -> np.ndarray:
@@ -724,9 +721,3 @@ def _c_steps(st, alive, k, idx, cfg, runs, diverged, t0) -> None:
     for q, i in enumerate(alive):
         if div[q] >= 0:
             diverged[i] = t0 + int(div[q])
-
-
-def test_loss_of(beta: np.ndarray, problem: Problem) -> float:
-    """||X_test beta - y_test||^2 / (2 n_test)."""
-    r = problem.X_test.numpy() @ beta - problem.y_test.numpy()
-    return float(0.5 * np.mean(r * r))
