@@ -1,9 +1,9 @@
 """The deep-net trainer's configuration: one dataclass whose fields carry their own help text.
 
 ``TrainConfig`` holds every option of ``deep_nets/train.py`` under the original code's flag names
-(REFERENCE.md §4.1; the parity table in deep_nets/README.md says, flag by flag, where we match the
-original and where we differ). Each field's metadata holds its ``--help`` text (with the unit),
-its group and its choices: ``build_parser`` generates the command line from it, so a flag is
+(PAPERS.md#deep-nets-setup; the parity table in deep_nets/README.md says, flag by flag, where we
+match the original and where we differ). Each field's metadata holds its ``--help`` text (with the
+unit), its group and its choices: ``build_parser`` generates the command line from it, so a flag is
 declared in exactly one place. ``check_config`` rejects combinations that make no sense *before*
 any data is loaded, with a message naming the flags; the CLI turns those messages into
 ``parser.error``.

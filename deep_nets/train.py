@@ -4,7 +4,7 @@
         --sam_rho=0.05 --acc_steps=8 --out_dir=runs/fmnist_msam16
 
 Flag names and meanings follow the original code of "Towards Understanding Sharpness-Aware
-Minimization" (REFERENCE.md §4.1); deep_nets/README.md has the flag-by-flag parity table. The
+Minimization" (PAPERS.md#deep-nets); deep_nets/README.md has the flag-by-flag parity table. The
 pieces, each in one place: the flags and their checks (``deep_nets/config.py``), one step function
 per SAM variant (``deep_nets/steps.py``), evaluation, the logged sharpness and SWA
 (``deep_nets/evaluation.py``), and here the schedules, the run state with its checkpoint, and the

@@ -1,7 +1,8 @@
 """Batched float64 simulator of diagonal linear networks trained by GD, SGD, n-SAM, 1-SAM, m-SAM.
 
-Model and loss (REFERENCE.md §4.2). beta = u (.) v with u0 = alpha 1, v0 = 0 (``param="uv"``), or
-beta = u^2 - v^2 with u0 = v0 = alpha (``param="u2v2"``); the loss of a set S of examples is
+Model and loss (PAPERS.md#diagonal-setup). beta = u (.) v with u0 = alpha 1, v0 = 0
+(``param="uv"``), or beta = u^2 - v^2 with u0 = v0 = alpha (``param="u2v2"``); the loss of a set S
+of examples is
 
     L_S(beta) = ||X_S beta - y_S||^2 / (2 |S|),  g_S = grad_beta L_S = X_S^T r_S / |S|,
     r = X beta - y.

@@ -78,7 +78,7 @@ class Interrupted(KeyboardInterrupt):
 
 @dataclass
 class Config:
-    """One comparison. Defaults are the reference notebook's 1-D setting (REFERENCE.md 4.3)."""
+    """One comparison. Defaults are the reference notebook's 1-D setting (PAPERS.md#relu-nets)."""
 
     task: str = "reference1d"
     d: int = 5  # teacher task: input dimension

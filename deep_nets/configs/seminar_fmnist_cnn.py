@@ -1,5 +1,5 @@
-"""seminar_fmnist_cnn: the seminar deck's own table (REFERENCE.md 1): Fashion-MNIST ConvNet, SGD
-vs SAM at rho 0.05 with a cosine schedule.
+"""seminar_fmnist_cnn: the seminar deck's own table (PAPERS.md#seminar-deck): Fashion-MNIST
+ConvNet, SGD vs SAM at rho 0.05 with a cosine schedule.
 
 Claim: SAM is slightly better than SGD on Fashion-MNIST with a small ConvNet.
 Paper number (the seminar's accuracy): SGD 0.8730, SAM 0.8751.
