@@ -14,9 +14,9 @@ Experiment 1 -- implicit bias on the reference 12-point 1-D data (PAPERS.md#relu
       the sweep 0.03, 0.1, 0.3; 1-SAM at 0.3 over-regularizes, at 0.03 SAM behaves like GD);
     - exp1_*_gd_matched: GD stopped at each SAM run's final training loss (loss-matched control:
       is SAM simpler, or does it only fit less?).
-    Command (exp1_main): python one_layer_relu_nets/train.py --algorithms gd nsam 1sam --rhos 0.3
+    Command (exp1_main): python -m one_layer_relu_nets.train --algorithms gd nsam 1sam --rhos 0.3
         --lr 5e-5 --lr_schedule linear --iterations 1000000 --num_seeds 5 --out_dir runs/exp1
-    and the control: python one_layer_relu_nets/train.py --algorithms gd --lr 5e-5
+    and the control: python -m one_layer_relu_nets.train --algorithms gd --lr 5e-5
         --lr_schedule linear --iterations 1000000 --match_losses_of runs/exp1 --out_dir ...
 
 Experiment 2 -- teacher-student in d = 5 (3 teacher neurons, width-50 student, 20 training
