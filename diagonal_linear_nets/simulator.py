@@ -623,10 +623,24 @@ def simulate(
 
 
 SNAPSHOT_KEYS = (
-    "t", "j", "engine", "log_iters", "u", "v", "train_loss", "test_loss", "l1", "diverged_at",
-    "state_at", "track", "stream_runs", "stream_keys", "stream_pos", "stream_has_gauss",
+    "t",
+    "j",
+    "engine",
+    "log_iters",
+    "u",
+    "v",
+    "train_loss",
+    "test_loss",
+    "l1",
+    "diverged_at",
+    "state_at",
+    "track",
+    "stream_runs",
+    "stream_keys",
+    "stream_pos",
+    "stream_has_gauss",
     "stream_gauss",
-)  # fmt: skip
+)
 
 
 def _stream_states(streams: dict[int, np.random.RandomState]) -> dict[str, np.ndarray]:
