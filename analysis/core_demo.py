@@ -1,6 +1,6 @@
 """What the core shows on its own: SGD vs SAM vs ASAM vs LookSAM on MNIST-1D with an MLP.
 
-Claims checked (SAM paper §1, REFERENCE.md §1, §5):
+Claims checked (PAPERS.md#sam-numbers, PAPERS.md#looksam):
 1. SAM converges to flatter minima: lower top Hessian eigenvalue than SGD (paper, WRN-40-10 on
    CIFAR-10: lambda_max 24.2 for SGD vs 1.0 for SAM).
 2. SAM improves test error over SGD (paper: e.g. CIFAR-10 WRN-28-10 2.7% vs 3.5%).

@@ -1,5 +1,5 @@
-"""Diagonal linear networks (REFERENCE.md §4.2): the original notebook's experiments at its own
-settings, the paper's Fig. 6, the theory check; figures and the claims table.
+"""Diagonal linear networks (PAPERS.md#diagonal-nets): the original notebook's experiments at its
+own settings, the paper's Fig. 6, the theory check; figures and the claims table.
 
 ``reproduce(profile, results_dir, figures_dir)`` hands one ``suite.launch.Run`` per experiment
 (run directories under ``results/diagonal_linear_nets/<exp>/``) to ``suite.launch.run_all``: a
@@ -58,8 +58,8 @@ PAPER = "Towards Understanding SAM (Andriushchenko & Flammarion 2022)"
 D = 30
 N = 10_001  # the notebook's num_iter = 10^4 + 1
 GRID = [0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 0.9]
-# The original notebook's printed test losses (REFERENCE.md §4.2), in the order of the runs of
-# each experiment below (None: the notebook prints nan, the run diverges).
+# The original notebook's printed test losses (PAPERS.md#diagonal-notebook), in the order of the
+# runs of each experiment below (None: the notebook prints nan, the run diverges).
 NOTEBOOK = {
     "cell_nsam": [0.015056044189449159, 0.015143589149560101, 0.01532189739609112,
                   0.01598195225147282, 0.018241642036376265, 0.03606494489010675],

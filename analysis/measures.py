@@ -747,9 +747,9 @@ def figure3(results_dir: Path, figures_dir: Path, profile: str) -> list[dict[str
 
 # ---------------------------------------- Figure 4: exact lambda_max of small nets (GD vs SAM)
 FIG4 = "measures_small_nets_lambda_max.png"
-# Diagonal linear nets at the original notebook's cell-3 setting (REFERENCE.md 4.2): n = 20,
-# d = 30, sparsity 3, alpha 0.1, gamma 10/d, 10^4 + 1 steps; rho 0.1 in the original convention
-# for both SAM variants (1-SAM's suite rho is 0.2). One data set per seed.
+# Diagonal linear nets at the original notebook's cell-3 setting (PAPERS.md#diagonal-notebook):
+# n = 20, d = 30, sparsity 3, alpha 0.1, gamma 10/d, 10^4 + 1 steps; rho 0.1 in the original
+# convention for both SAM variants (1-SAM's suite rho is 0.2). One data set per seed.
 DIAG = dict(n=20, d=30, alpha=0.1, gamma=10 / 30, iters=10_001, rho=0.1)
 DIAG_SEEDS = {"test": [0, 1, 2], "quick": [0, 1, 2, 3, 4], "full": list(range(10))}
 DIAG_ALGOS = {"gd": "GD", "nsam": "n-SAM", "1sam": "1-SAM"}

@@ -500,7 +500,7 @@ def _exp2_rows(results_dir: Path, profile: str) -> list[dict]:
         rows.append(_row(
             f"teacher-student ReLU net: {ALG_LABEL[alg]} lowers the test loss vs {base_name} "
             "(seed-paired)",
-            "diagonal nets (REFERENCE 4.2): 1-SAM test loss far below GD's, n-SAM ~ GD; "
+            "diagonal nets (PAPERS.md#diagonal-nets): 1-SAM test loss far below GD's, n-SAM ~ GD; "
             "no ReLU numbers in the paper",
             f"test loss {base_name} {fmt_mean_std(base['test_loss'], '.3g')}, "
             f"{ALG_LABEL[alg]} (rho {rho:g}) {fmt_mean_std(sam['test_loss'], '.3g')}; train "

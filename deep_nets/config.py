@@ -1,9 +1,9 @@
 """The deep-net trainer's configuration: one dataclass whose fields carry their own help text.
 
 ``TrainConfig`` holds every option of ``deep_nets/train.py`` under the original code's flag names
-(REFERENCE.md §4.1; the parity table in deep_nets/README.md says, flag by flag, where we match the
-original and where we differ). Each field's metadata holds its ``--help`` text (with the unit),
-its group and its choices: ``build_parser`` generates the command line from it, so a flag is
+(PAPERS.md#deep-nets-setup; the parity table in deep_nets/README.md says, flag by flag, where we
+match the original and where we differ). Each field's metadata holds its ``--help`` text (with the
+unit), its group and its choices: ``build_parser`` generates the command line from it, so a flag is
 declared in exactly one place. ``check_config`` rejects combinations that make no sense *before*
 any data is loaded, with a message naming the flags; the CLI turns those messages into
 ``parser.error``.
@@ -72,7 +72,7 @@ def _f(default: Any, group: str, help: str, choices: tuple | None = None, **meta
 
 @dataclass
 class TrainConfig:
-    """Every option of the trainer; ``deep_nets/train.py --help`` prints the metadata."""
+    """Every option of the trainer; ``python -m deep_nets.train --help`` prints the metadata."""
 
     # ---- data
     dataset: str = _f("cifar10", "data", "data set", choices=("<DATASETS>",))
@@ -388,7 +388,7 @@ def _field_type(f: dataclasses.Field) -> type:
 def build_parser() -> argparse.ArgumentParser:
     """The command line, generated from ``TrainConfig``'s field metadata (one flag per field)."""
     p = argparse.ArgumentParser(
-        prog="deep_nets/train.py",
+        prog="python -m deep_nets.train",
         description="Deep-network trainer with SAM, m-SAM, n-SAM, ASAM, LookSAM and random "
         "perturbations; flags named as in the original code of 'Towards Understanding SAM'.",
         epilog="Named configs (--config): " + ", ".join(list_configs()),

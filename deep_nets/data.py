@@ -66,7 +66,7 @@ AUGMENT_FLIP = {
 }
 
 # CIFAR-10 class indices: 0 airplane, 1 automobile, 2 bird, 3 cat, 4 deer, 5 dog, 6 frog,
-# 7 horse, 8 ship, 9 truck. Asymmetric noise of the reference (REFERENCE.md section 4.1).
+# 7 horse, 8 ship, 9 truck. Asymmetric noise of the reference (PAPERS.md#deep-nets-data).
 CIFAR10_ASYM_MAP: dict[int, int] = {9: 1, 2: 0, 3: 5, 5: 3, 4: 7}
 
 SYSTEM_FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -601,7 +601,7 @@ def corrupt_labels(
     *,
     dataset: str = "cifar10",
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Label noise of REFERENCE.md section 4.1. Returns (noisy labels, bool mask of relabeled).
+    """Label noise of PAPERS.md#deep-nets-data. Returns (noisy labels, bool mask of relabeled).
 
     sym: exactly round(p n) examples, uniformly without replacement, get a label drawn uniformly
     from the K - 1 other classes (y + U{1..K-1} mod K), so every chosen label really changes.

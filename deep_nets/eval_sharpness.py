@@ -1,10 +1,10 @@
 """Measure a trained deep net: m-sharpness, Hessian spectrum, loss landscape, interpolation.
 
-    python deep_nets/eval_sharpness.py --model_path RUN_DIR/checkpoint.pt --measure hessian
-    python deep_nets/eval_sharpness.py --model_path RUN_DIR --measure msharpness --m 16 128 \\
+    python -m deep_nets.eval_sharpness --model_path RUN_DIR/checkpoint.pt --measure hessian
+    python -m deep_nets.eval_sharpness --model_path RUN_DIR --measure msharpness --m 16 128 \\
         --rho 0.05 0.1 --kind worst --steps 20
-    python deep_nets/eval_sharpness.py --model_path RUN_DIR --measure landscape --dim 2
-    python deep_nets/eval_sharpness.py --model_path ERM_RUN --measure interpolate \\
+    python -m deep_nets.eval_sharpness --model_path RUN_DIR --measure landscape --dim 2
+    python -m deep_nets.eval_sharpness --model_path ERM_RUN --measure interpolate \\
         --other_path ERM_TO_SAM_RUN/checkpoint.pt --recompute_bn
 
 The original's script name. The model and data come from the run directory's ``config.json``
@@ -21,28 +21,24 @@ running statistics). All definitions are in ``sharpness.measures``.
 
 from __future__ import annotations
 
+import argparse
+import csv
+import io
+import math
 import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-if __package__ in (None, ""):  # run as a script: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
 
-import argparse  # noqa: E402
-import csv  # noqa: E402
-import io  # noqa: E402
-import math  # noqa: E402
-import time  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
-from typing import Any  # noqa: E402
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from torch import Tensor, nn  # noqa: E402
-
-from sharpness import measures as M  # noqa: E402
-from suite.cli import finite_float, progress, select_device  # noqa: E402
-from suite.rundir import atomic_write_json, atomic_write_text, file_sha256, read_json  # noqa: E402
+from sharpness import measures as M
+from suite.cli import finite_float, progress, select_device
+from suite.rundir import atomic_write_json, atomic_write_text, file_sha256, read_json
 
 MEASURES = ("msharpness", "hessian", "landscape", "interpolate")
 SPLITS = ("train", "val", "test")
@@ -295,7 +291,9 @@ def _norm(text: str) -> float:
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m deep_nets.eval_sharpness",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     g = ap.add_argument_group("what and where")
     g.add_argument(

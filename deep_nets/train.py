@@ -1,10 +1,10 @@
 """Deep-network trainer with SAM, m-SAM, n-SAM, ASAM, LookSAM and random perturbations.
 
-    python deep_nets/train.py --dataset=fashion_mnist --model=resnet_tiny_gn --epochs=10 \\
+    python -m deep_nets.train --dataset=fashion_mnist --model=resnet_tiny_gn --epochs=10 \\
         --sam_rho=0.05 --acc_steps=8 --out_dir=runs/fmnist_msam16
 
 Flag names and meanings follow the original code of "Towards Understanding Sharpness-Aware
-Minimization" (REFERENCE.md §4.1); deep_nets/README.md has the flag-by-flag parity table. The
+Minimization" (PAPERS.md#deep-nets); deep_nets/README.md has the flag-by-flag parity table. The
 pieces, each in one place: the flags and their checks (``deep_nets/config.py``), one step function
 per SAM variant (``deep_nets/steps.py``), evaluation, the logged sharpness and SWA
 (``deep_nets/evaluation.py``), and here the schedules, the run state with its checkpoint, and the
@@ -17,33 +17,29 @@ SHA-256, sizes, normalization, noise counts), ``metrics.jsonl`` (one JSON object
 the first one before any step), ``summary.json``, ``checkpoint.pt`` (rewritten atomically after
 every epoch and on Ctrl-C; ``--resume`` continues it, giving the same metrics as an uninterrupted
 run on CPU) and ``best.pt`` (the weights with the lowest validation error so far).
-``torchrun --nproc_per_node=N deep_nets/train.py ...`` trains with DistributedDataParallel.
+``torchrun --nproc_per_node=N -m deep_nets.train ...`` trains with DistributedDataParallel.
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import dataclasses
+import math
+import os
 import sys
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-if __package__ in (None, ""):  # run as a script: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
 
-import contextlib  # noqa: E402
-import copy  # noqa: E402
-import dataclasses  # noqa: E402
-import math  # noqa: E402
-import os  # noqa: E402
-import time  # noqa: E402
-from dataclasses import dataclass, field  # noqa: E402
-from typing import Any  # noqa: E402
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torch.distributed as dist  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from torch import Tensor, nn  # noqa: E402
-
-from deep_nets.config import (  # noqa: E402
+from deep_nets.config import (
     LR_SCHEDULES,
     RESUME_FREE_FIELDS,
     TrainConfig,
@@ -51,10 +47,10 @@ from deep_nets.config import (  # noqa: E402
     check_config,
     load_named_config,
 )
-from deep_nets.evaluation import evaluate, logged_sharpness, swa_bn_update, swa_update  # noqa: E402
-from deep_nets.steps import STEPS, StepContext, bn_eval, build_optimizer, step_kind  # noqa: E402
-from suite.cli import GracefulInterrupt, make_seeds, select_device  # noqa: E402
-from suite.rundir import (  # noqa: E402
+from deep_nets.evaluation import evaluate, logged_sharpness, swa_bn_update, swa_update
+from deep_nets.steps import STEPS, StepContext, bn_eval, build_optimizer, step_kind
+from suite.cli import GracefulInterrupt, make_seeds, select_device
+from suite.rundir import (
     RunDir,
     atomic_torch_save,
     atomic_write_json,
@@ -777,10 +773,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         s = train(cfg)
     except (DataError, ValueError) as e:
-        print(f"deep_nets/train.py: error: {e}", file=sys.stderr)
+        print(f"python -m deep_nets.train: error: {e}", file=sys.stderr)
         return 2
     except NonFiniteLossError as e:
-        print(f"deep_nets/train.py: stopped: {e}", file=sys.stderr)
+        print(f"python -m deep_nets.train: stopped: {e}", file=sys.stderr)
         return 1
     if s["status"] == "interrupted":
         return EXIT_INTERRUPTED

@@ -1,7 +1,8 @@
 """Batched float64 simulator of diagonal linear networks trained by GD, SGD, n-SAM, 1-SAM, m-SAM.
 
-Model and loss (REFERENCE.md §4.2). beta = u (.) v with u0 = alpha 1, v0 = 0 (``param="uv"``), or
-beta = u^2 - v^2 with u0 = v0 = alpha (``param="u2v2"``); the loss of a set S of examples is
+Model and loss (PAPERS.md#diagonal-setup). beta = u (.) v with u0 = alpha 1, v0 = 0
+(``param="uv"``), or beta = u^2 - v^2 with u0 = v0 = alpha (``param="u2v2"``); the loss of a set S
+of examples is
 
     L_S(beta) = ||X_S beta - y_S||^2 / (2 |S|),  g_S = grad_beta L_S = X_S^T r_S / |S|,
     r = X beta - y.
@@ -54,7 +55,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -261,9 +262,6 @@ class SimResult:
     # the iteration a run of ``simulate`` was stopped at by ``on_chunk`` (None: ran to the end);
     # a stopped result is partial: its u, v, beta are the state at that iteration
     stopped_at: int | None = None
-
-    def run_dicts(self) -> list[dict]:
-        return [asdict(r) | {"label": r.label()} for r in self.runs]
 
 
 def log_schedule(iters: int, points: int = 200, first: int = 100) -> np.ndarray:
@@ -625,10 +623,24 @@ def simulate(
 
 
 SNAPSHOT_KEYS = (
-    "t", "j", "engine", "log_iters", "u", "v", "train_loss", "test_loss", "l1", "diverged_at",
-    "state_at", "track", "stream_runs", "stream_keys", "stream_pos", "stream_has_gauss",
+    "t",
+    "j",
+    "engine",
+    "log_iters",
+    "u",
+    "v",
+    "train_loss",
+    "test_loss",
+    "l1",
+    "diverged_at",
+    "state_at",
+    "track",
+    "stream_runs",
+    "stream_keys",
+    "stream_pos",
+    "stream_has_gauss",
     "stream_gauss",
-)  # fmt: skip
+)
 
 
 def _stream_states(streams: dict[int, np.random.RandomState]) -> dict[str, np.ndarray]:
@@ -724,9 +736,3 @@ def _c_steps(st, alive, k, idx, cfg, runs, diverged, t0) -> None:
     for q, i in enumerate(alive):
         if div[q] >= 0:
             diverged[i] = t0 + int(div[q])
-
-
-def test_loss_of(beta: np.ndarray, problem: Problem) -> float:
-    """||X_test beta - y_test||^2 / (2 n_test)."""
-    r = problem.X_test.numpy() @ beta - problem.y_test.numpy()
-    return float(0.5 * np.mean(r * r))

@@ -1,4 +1,4 @@
-"""The implicit-bias prediction for diagonal linear networks (REFERENCE.md §4.2).
+"""The implicit-bias prediction for diagonal linear networks (PAPERS.md#diagonal-theory).
 
 Gradient flow on beta = u (.) v from u0 = alpha, v0 = 0 keeps u^2 - v^2 = alpha^2 and gives
 beta(t) = (alpha^2 / 2) sinh(-2 X^T int r dt / n); its limit is the interpolator

@@ -1,7 +1,7 @@
 """Train diagonal linear networks with GD, SGD, n-SAM, 1-SAM, m-SAM: one batched grid per call.
 
-    python diagonal_linear_nets/train.py --algo gd nsam 1sam --rho 0.01 0.1 --out_dir runs/demo
-    python diagonal_linear_nets/train.py --algo gd nsam 1sam --gamma 0.5 nsam=0.333 \\
+    python -m diagonal_linear_nets.train --algo gd nsam 1sam --rho 0.01 0.1 --out_dir runs/demo
+    python -m diagonal_linear_nets.train --algo gd nsam 1sam --gamma 0.5 nsam=0.333 \\
         --rho 0.1 --rho_convention original --iters 10001 --out_dir runs/notebook_grid
 
 Every combination of (--algo x --rho x --alpha x --seeds) is one run; GD and SGD ignore --rho (one
@@ -30,9 +30,6 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-
-if __package__ in (None, ""):  # run as a script: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 
@@ -393,6 +390,7 @@ def _per_algo(tokens: list[str], flag: str) -> tuple[list[float], dict[str, list
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
+        prog="python -m diagonal_linear_nets.train",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         parents=[common_parser()],

@@ -1,6 +1,6 @@
 """The regression tasks: the reference 12-point 1-D data set and a teacher-student task in d dims.
 
-reference1d (REFERENCE.md 4.3, "same data as Maennel et al."):
+reference1d (PAPERS.md#relu-nets, "same data as Maennel et al."):
     x = [-5.5, -4.5, ..., 5.5] / 4 + 0.07,   y = 0.345 + [-2, 1.5, 0, 0, 2, 1, 0, -1, 0, 1, 2, -1].
 teacher: x ~ N(0, I_d) (n_train and n_test points), y = sum_k a*_k relu(w*_k . x) with k teacher
     neurons, w*_k uniform on the unit sphere, a*_k = +-1 alternating, no bias and no label noise;

@@ -2,7 +2,7 @@
 ``analysis.one_layer_relu_nets.reproduce`` runs them (in this order: a loss-matched control reads
 the comparison it is matched to).
 
-Experiment 1 -- implicit bias on the reference 12-point 1-D data (REFERENCE.md 4.3).
+Experiment 1 -- implicit bias on the reference 12-point 1-D data (PAPERS.md#relu-nets).
     Claim (reference notebook figure): SAM's fitted functions are simpler (fewer kinks) than GD's.
     Reference: width 100, reference init, loss 0.5 sum of squares, lr 5e-5, up to 1e6 iterations
     or loss <= 1e-5, seeds 0-4, normalized n-SAM rho 0.3, lr decayed linearly for SAM only.
@@ -14,17 +14,17 @@ Experiment 1 -- implicit bias on the reference 12-point 1-D data (REFERENCE.md 4
       the sweep 0.03, 0.1, 0.3; 1-SAM at 0.3 over-regularizes, at 0.03 SAM behaves like GD);
     - exp1_*_gd_matched: GD stopped at each SAM run's final training loss (loss-matched control:
       is SAM simpler, or does it only fit less?).
-    Command (exp1_main): python one_layer_relu_nets/train.py --algorithms gd nsam 1sam --rhos 0.3
+    Command (exp1_main): python -m one_layer_relu_nets.train --algorithms gd nsam 1sam --rhos 0.3
         --lr 5e-5 --lr_schedule linear --iterations 1000000 --num_seeds 5 --out_dir runs/exp1
-    and the control: python one_layer_relu_nets/train.py --algorithms gd --lr 5e-5
+    and the control: python -m one_layer_relu_nets.train --algorithms gd --lr 5e-5
         --lr_schedule linear --iterations 1000000 --match_losses_of runs/exp1 --out_dir ...
 
 Experiment 2 -- teacher-student in d = 5 (3 teacher neurons, width-50 student, 20 training
     points, mean loss): test loss of GD, n-SAM and 1-SAM (normalized ascent), rho chosen per
     algorithm on 200 validation points among {0.01, 0.03, 0.1, 0.3}, compared with GD seed by
-    seed; the nonlinear counterpart of the diagonal-network result (REFERENCE.md 4.2).
+    seed; the nonlinear counterpart of the diagonal-network result (PAPERS.md#diagonal-theory).
 
-Experiment 3 -- convergence on the same teacher-student task (REFERENCE.md 4.2, convergence):
+Experiment 3 -- convergence on the same teacher-student task (PAPERS.md#convergence):
     unnormalized SAM with a constant rho reaches (near) zero training loss like GD; normalized SAM
     with a constant rho stalls at a level that grows with rho; normalized SAM with a decaying
     rho_t = rho / sqrt(1 + t) converges. Judged on the tail of each curve (median and log-log

@@ -102,10 +102,6 @@ def per_example_grads(params: Params, X: Tensor, y: Tensor) -> Params:
     return g
 
 
-def num_params(width: int, d: int) -> int:
-    return width * d + 2 * width
-
-
 def init_params(
     width: int,
     d: int,
@@ -150,10 +146,6 @@ def init_params(
 def stack_params(ps: list[Params]) -> Params:
     """Stack single-run params along a new leading runs axis."""
     return Params(*(torch.stack(ts) for ts in zip(*ps, strict=True)))
-
-
-def unstack_params(p: Params) -> list[Params]:
-    return [Params(W, b, a) for W, b, a in zip(*p, strict=True)]
 
 
 def loss_hessian(params: Params, X: Tensor, y: Tensor, weights: Tensor | float = 1.0) -> Tensor:

@@ -3,10 +3,10 @@
 
 Examples:
   # the reference 1-D experiment, the same lr schedule for every algorithm (quick version)
-  python one_layer_relu_nets/train.py --algorithms gd nsam 1sam --rhos 0.3 --lr 5e-5 \\
+  python -m one_layer_relu_nets.train --algorithms gd nsam 1sam --rhos 0.3 --lr 5e-5 \\
       --lr_schedule linear --iterations 30000 --num_seeds 5 --out_dir runs/relu_1d
   # teacher-student, test loss vs rho
-  python one_layer_relu_nets/train.py --task teacher --d 5 --width 50 --init standard \\
+  python -m one_layer_relu_nets.train --task teacher --d 5 --width 50 --init standard \\
       --reduction mean --lr 0.1 --iterations 4000 --loss_threshold 0 \\
       --rhos 0.01 0.03 0.1 0.3 --out_dir runs/relu_teacher
 """
@@ -18,12 +18,9 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the repository root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from one_layer_relu_nets.data import TASKS  # noqa: E402
-from one_layer_relu_nets.model import INITS  # noqa: E402
-from one_layer_relu_nets.training import (  # noqa: E402
+from one_layer_relu_nets.data import TASKS
+from one_layer_relu_nets.model import INITS
+from one_layer_relu_nets.training import (
     ALGORITHMS,
     BACKENDS,
     DTYPES,
@@ -37,7 +34,7 @@ from one_layer_relu_nets.training import (  # noqa: E402
     targets_digest,
     train,
 )
-from suite.cli import (  # noqa: E402
+from suite.cli import (
     common_parser,
     finite_float,
     run_dir_flags_error,
@@ -51,6 +48,7 @@ FLAG_OF = {"rhos": "--rhos", "seeds": "--seed/--num_seeds", "normalize": "--unno
 def build_parser() -> argparse.ArgumentParser:
     d = Config()
     p = argparse.ArgumentParser(
+        prog="python -m one_layer_relu_nets.train",
         description=__doc__,
         parents=[common_parser()],
         formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -78,7 +78,7 @@ class Interrupted(KeyboardInterrupt):
 
 @dataclass
 class Config:
-    """One comparison. Defaults are the reference notebook's 1-D setting (REFERENCE.md 4.3)."""
+    """One comparison. Defaults are the reference notebook's 1-D setting (PAPERS.md#relu-nets)."""
 
     task: str = "reference1d"
     d: int = 5  # teacher task: input dimension
@@ -377,20 +377,23 @@ def run_group(
         raise ValueError("thresholds need one entry per run")
     T = cfg.iterations
     lr_f = lr_factors(
-        "constant" if cfg.lr_decay_sam_only and chunk_size(algorithm, 1, 1) is None
+        "constant"
+        if cfg.lr_decay_sam_only and chunk_size(algorithm, 1, 1) is None
         else cfg.lr_schedule,
         T,
-    )  # fmt: skip
+    )
     rho_f = rho_factors(cfg.rho_schedule, T)
     if max_steps is not None:
         cfg = dataclasses.replace(cfg, iterations=min(T, max_steps))
     with torch_threads(cfg.threads):
         if use_c_backend(cfg, data, algorithm):
-            res = _run_group_c(cfg, data, algorithm, rhos, seeds, thresholds, lr_f, rho_f,
-                               bar, interrupt)  # fmt: skip
+            res = _run_group_c(
+                cfg, data, algorithm, rhos, seeds, thresholds, lr_f, rho_f, bar, interrupt
+            )
         else:
-            res = _run_group_torch(cfg, data, algorithm, rhos, seeds, thresholds, lr_f, rho_f,
-                                   bar, interrupt)  # fmt: skip
+            res = _run_group_torch(
+                cfg, data, algorithm, rhos, seeds, thresholds, lr_f, rho_f, bar, interrupt
+            )
     res.thresholds = thresholds
     return res
 
@@ -523,9 +526,21 @@ def _run_group_c(
         snaps: dict[int, tuple[float, tuple]] = {}
         t, t1 = 0, 0  # the first call only evaluates the loss at step 0
         while True:
-            st, t_new, loss = run.advance(m, omega, omega_chunk, cfg.normalize, float(rhos[i]),
-                                          1e-12, cfg.lr, lr_f[t:t1], rho_f[t:t1],
-                                          float(thresholds[i]), t, t1, T)  # fmt: skip
+            st, t_new, loss = run.advance(
+                m,
+                omega,
+                omega_chunk,
+                cfg.normalize,
+                float(rhos[i]),
+                1e-12,
+                cfg.lr,
+                lr_f[t:t1],
+                rho_f[t:t1],
+                float(thresholds[i]),
+                t,
+                t1,
+                T,
+            )
             if bar is not None:
                 bar.update(t_new - t)
             t = t_new
@@ -664,8 +679,9 @@ def train(
             # where the run lies is not what it computes: the same directory may be named by a
             # relative or an absolute path (and a control's base by its digest)
             where = ("out_dir", "match_losses_of") if cfg.match_digest else ("out_dir",)
-            diff = sorted(k for k in set(stored) | set(now)
-                          if k not in where and stored.get(k) != now.get(k))  # fmt: skip
+            diff = sorted(
+                k for k in set(stored) | set(now) if k not in where and stored.get(k) != now.get(k)
+            )
             if diff:
                 raise ValueError(
                     f"resume: {cfg.out_dir} was started with other settings ({', '.join(diff)});"
@@ -676,9 +692,12 @@ def train(
             for name in ("params.json", "data.json"):
                 (Path(cfg.out_dir) / name).unlink(missing_ok=True)
         run_dir = create_run_dir(
-            cfg.out_dir, dataclasses.asdict(cfg), device=cfg.device, resume=resume,
+            cfg.out_dir,
+            dataclasses.asdict(cfg),
+            device=cfg.device,
+            resume=resume,
             overwrite=overwrite,
-        )  # fmt: skip
+        )
     table = run_table(cfg, matched)
     groups = _groups(cfg, table)
     results: dict[str, GroupResult] = {}
@@ -709,8 +728,16 @@ def train(
             for name, ids in todo:
                 bar.set_description(name)
                 thr = [m["train_loss"] for m in matched] if matched is not None else None
-                res = run_group(cfg, data, name, [table[i][1] for i in ids],
-                                [table[i][2] for i in ids], thr, bar, interrupt)  # fmt: skip
+                res = run_group(
+                    cfg,
+                    data,
+                    name,
+                    [table[i][1] for i in ids],
+                    [table[i][2] for i in ids],
+                    thr,
+                    bar,
+                    interrupt,
+                )
                 results[name] = res
                 if run_dir is not None:
                     run_dir.write_json(f"groups/{name}.json", res.to_json())

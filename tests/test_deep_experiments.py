@@ -1,4 +1,4 @@
-"""Deep-net experiments without training: the paper configs against REFERENCE.md's settings
+"""Deep-net experiments without training: the paper configs against PAPERS.md#deep-nets-setup
 (table-driven), the claims rows' verdicts on synthetic per-seed tables, run identity, the
 interpolation measure and the small statistics the claims use."""
 
@@ -25,7 +25,8 @@ from analysis.deep_nets.runs import (
 )
 from deep_nets.config import TrainConfig, check_config, load_named_config
 
-# REFERENCE.md 4.1, written out by hand: the original's settings for each paper figure.
+# The original's settings for each paper figure (PAPERS.md#deep-nets-setup and the figures after
+# it), written out by hand.
 RESNET18_C10 = dict(dataset="cifar10", model="resnet18", batch_size=128, epochs=200, lr_max=0.1,
                     lr_schedule="piecewise", l2_reg=5e-4)  # fmt: skip
 PAPER_TABLE = {
@@ -49,7 +50,7 @@ PAPER_TABLE = {
 def test_paper_configs_match_reference(name):
     flags = load_named_config(name)
     for k, v in PAPER_TABLE[name].items():
-        assert flags[k] == v, f"{name}: {k} = {flags[k]!r}, REFERENCE.md says {v!r}"
+        assert flags[k] == v, f"{name}: {k} = {flags[k]!r}, PAPERS.md#deep-nets says {v!r}"
     check_config(TrainConfig(**flags))
     doc = __import__(f"deep_nets.configs.{name}", fromlist=["x"]).__doc__
     for field in ("Claim:", "Paper number", "Command:", "Measured here"):

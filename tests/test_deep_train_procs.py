@@ -62,7 +62,7 @@ def strip(rows):
 def test_sigint_mid_epoch_saves_and_resume_matches_uninterrupted(tmp_path):
     flags = dict(FLAGS, epochs=2, sam_rho=0.05, acc_steps=4, eval_iter_freq=4)
     run_dir = tmp_path / "interrupted"
-    cmd = [sys.executable, str(ROOT / "deep_nets" / "train.py"), *argv(flags)]
+    cmd = [sys.executable, "-m", "deep_nets.train", *argv(flags)]
     proc = subprocess.Popen(
         [*cmd, "--out_dir", str(run_dir)],
         env=env(),
@@ -110,7 +110,7 @@ def test_ddp_two_workers_equal_msam_with_one_chunk_per_worker(tmp_path):
     flags = dict(FLAGS, epochs=2, sam_rho=0.1, no_data_augm=True, l2_reg=1e-3)
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-        str(ROOT / "deep_nets" / "train.py"), *argv(flags), "--out_dir", str(tmp_path / "ddp"),
+        "-m", "deep_nets.train", *argv(flags), "--out_dir", str(tmp_path / "ddp"),
     ]  # fmt: skip
     res = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=180, cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]

@@ -16,7 +16,8 @@ D = 30
 N = 10_001  # the notebook's num_iter = 10^4 + 1; its last printed loss is after N steps
 
 # The notebook's printed test losses (tml-epfl/understanding-sam, diag_nets_sam.ipynb, read from
-# its outputs; REFERENCE.md §4.2). rho in the original's convention (1-SAM's suite rho = 2 rho).
+# its outputs; PAPERS.md#diagonal-notebook). rho in the original's convention (1-SAM's suite
+# rho = 2 rho).
 # (algo, rho_orig, gamma, alpha, printed)
 CELLS = [
     # cell 1: gamma 5/d, n-SAM grid

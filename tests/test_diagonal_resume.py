@@ -147,7 +147,7 @@ def test_ctrl_c_or_crash_then_resume_continues_bitwise(tmp_path, sig):
     flags = ["--algo", "gd", "1sam", "sgd", "--rho", "0.2", "--iters", "1000000", "--theory"]
     out = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, str(ROOT / "diagonal_linear_nets" / "train.py"), *flags]
+    cmd = [sys.executable, "-m", "diagonal_linear_nets.train", *flags]
     proc = subprocess.Popen(
         cmd + ["--out_dir", str(out), "--checkpoint_every", "0.3"],
         env=env, stderr=subprocess.PIPE, text=True,

@@ -260,8 +260,9 @@ QX, QY = torch.zeros(8, 1, dtype=D), torch.zeros(8, dtype=D)
 def test_worst_case_sharpness_of_a_quadratic_is_rho2_lambda_max_over_2():
     H = _quad([7.0, 3.0, 1.0, 0.5, 0.1, 0.0])
     rho = 0.1
-    r = m_sharpness(Quadratic(H), mean_out, QX, QY, m=8, rho=rho, steps=60, restarts=2,
-                    error_fn=None)  # fmt: skip
+    r = m_sharpness(
+        Quadratic(H), mean_out, QX, QY, m=8, rho=rho, steps=60, restarts=2, error_fn=None
+    )
     assert r["sharpness"] == pytest.approx(rho**2 * 7.0 / 2, rel=1e-8)
     assert r["n_chunks"] == 1 and r["sharpness_error"] is None
     # the gradient vanishes at the minimum: without a random start the ascent cannot move
@@ -269,12 +270,31 @@ def test_worst_case_sharpness_of_a_quadratic_is_rho2_lambda_max_over_2():
     assert r0["sharpness"] == 0.0
     # L-inf ball on a diagonal PSD quadratic: the worst corner gives rho^2 tr(H) / 2
     Hd = torch.diag(torch.tensor([4.0, 2.0, 1.0, 0.5], dtype=D))
-    r = m_sharpness(Quadratic(Hd), mean_out, QX, QY, m=8, rho=rho, p=math.inf, steps=3,
-                    restarts=1, error_fn=None)  # fmt: skip
+    r = m_sharpness(
+        Quadratic(Hd),
+        mean_out,
+        QX,
+        QY,
+        m=8,
+        rho=rho,
+        p=math.inf,
+        steps=3,
+        restarts=1,
+        error_fn=None,
+    )
     assert r["sharpness"] == pytest.approx(rho**2 * 7.5 / 2, rel=1e-12)
     # average case: E 1/2 (rho z)^T H (rho z) = rho^2 tr(H) / 2, z ~ N(0, I)
-    r = m_sharpness(Quadratic(H), mean_out, QX, QY, m=8, rho=rho, kind="average",
-                    n_directions=4000, error_fn=None)  # fmt: skip
+    r = m_sharpness(
+        Quadratic(H),
+        mean_out,
+        QX,
+        QY,
+        m=8,
+        rho=rho,
+        kind="average",
+        n_directions=4000,
+        error_fn=None,
+    )
     assert r["sharpness"] == pytest.approx(rho**2 * 11.6 / 2, rel=0.05)
 
 
@@ -288,8 +308,20 @@ def test_multi_step_ascent_never_leaves_the_ball(p, adaptive):
     w0 = torch.tensor([0.3, -1.0, 0.5, 2.0, -0.2], dtype=D)
     model = Quadratic(H, w0)
     rho = 0.2
-    m_sharpness(model, mean_out, QX, QY, m=4, rho=rho, p=p, adaptive=adaptive, steps=8,
-                restarts=2, step_size_mult=3.0, error_fn=None)  # fmt: skip
+    m_sharpness(
+        model,
+        mean_out,
+        QX,
+        QY,
+        m=4,
+        rho=rho,
+        p=p,
+        adaptive=adaptive,
+        steps=8,
+        restarts=2,
+        step_size_mult=3.0,
+        error_fn=None,
+    )
     T = w0.abs() if adaptive else torch.ones_like(w0)
     norms = [float(torch.linalg.vector_norm((w - w0) / T, ord=p)) for w in model.seen]
     assert len(norms) >= 2 * 3 * 8
@@ -361,8 +393,9 @@ def test_vectorized_chunks_equal_the_loop(kw):
         model(x * 3)
     ref = m_sharpness(model, CE, x, y, m=7, rho=0.3, seed=3, **kw)
     n_params = sum(p.numel() for p in model.parameters())
-    vec = m_sharpness(model, CE, x, y, m=7, rho=0.3, seed=3, vectorize=True,
-                      max_batched_params=3 * n_params, **kw)  # fmt: skip
+    vec = m_sharpness(
+        model, CE, x, y, m=7, rho=0.3, seed=3, vectorize=True, max_batched_params=3 * n_params, **kw
+    )
     assert vec["n_chunks"] == ref["n_chunks"] == 7
     np.testing.assert_allclose(vec["per_chunk"], ref["per_chunk"], rtol=1e-9, atol=1e-12)
     for k in ("sharpness", "sharpness_error", "loss", "perturbed_loss", "error"):
@@ -524,8 +557,9 @@ def test_batch_norm_recomputation():
     torch.testing.assert_close(m.bn.running_mean, mean, rtol=1e-12, atol=1e-14)
     torch.testing.assert_close(m.bn.running_var, var, rtol=1e-12, atol=1e-14)
     assert m.bn.momentum == model.bn.momentum
-    rows = interpolate(model, model.state_dict(), model.state_dict(), [0.0], CE, (x, y),
-                       bn_data=batches)  # fmt: skip
+    rows = interpolate(
+        model, model.state_dict(), model.state_dict(), [0.0], CE, (x, y), bn_data=batches
+    )
     with torch.no_grad():
         assert rows[0]["loss"] == pytest.approx(float(CE(m(x), y)), rel=1e-12)
         assert rows[0]["loss"] != pytest.approx(float(CE(model(x), y)), rel=1e-6)

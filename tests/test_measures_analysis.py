@@ -253,8 +253,8 @@ def test_diagonal_net_hessian_equals_the_closed_form():
 
 def test_diagonal_solutions_and_claims():
     """Seed 0 is the original notebook's data: GD and 1-SAM (rho 0.1, original convention) at
-    its cell-3 setting end at its printed test losses (REFERENCE.md 4.2); lambda_max is the top
-    eigenvalue of the closed-form Hessian at the final (u, v); the claims rows are paired by
+    its cell-3 setting end at its printed test losses (PAPERS.md#diagonal-notebook); lambda_max is
+    the top eigenvalue of the closed-form Hessian at the final (u, v); the claims rows are paired by
     seed."""
     from diagonal_linear_nets.simulator import make_problem
 

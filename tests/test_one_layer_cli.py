@@ -1,8 +1,10 @@
-"""The CLI of one_layer_relu_nets: a real run as a script, and clear errors for bad flags."""
+"""The CLI of one_layer_relu_nets: a real run (``python -m one_layer_relu_nets.train``), and clear
+errors for bad flags."""
 
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -14,14 +16,16 @@ import pytest
 from one_layer_relu_nets.train import main
 
 ROOT = Path(__file__).resolve().parents[1]
+# ``python -m`` from any directory: the checkout on the path (as running it from the root does)
+ENV = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
 
 
 def test_cli_script_runs_and_writes_a_run(tmp_path):
     out = tmp_path / "cli_run"
-    cmd = [sys.executable, str(ROOT / "one_layer_relu_nets" / "train.py"), "--algorithms", "gd",
+    cmd = [sys.executable, "-m", "one_layer_relu_nets.train", "--algorithms", "gd",
            "1sam", "--rhos", "0.1", "--iterations", "20", "--num_seeds", "2", "--seed", "3",
            "--out_dir", str(out)]  # fmt: skip
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=tmp_path, env=ENV)
     assert res.returncode == 0, res.stderr
     summary = json.loads((out / "summary.json").read_text())
     assert [(r["algorithm"], r["seed"]) for r in summary["runs"]] == [
@@ -89,9 +93,9 @@ def test_ctrl_c_saves_finished_groups_and_resume_finishes_the_run(tmp_path):
     out = tmp_path / "int"
     flags = ["--algorithms", "gd", "nsam", "--iterations", "250000", "--num_seeds", "1",
              "--n_logs", "10"]  # fmt: skip
-    cmd = [sys.executable, str(ROOT / "one_layer_relu_nets" / "train.py"), *flags]
+    cmd = [sys.executable, "-m", "one_layer_relu_nets.train", *flags]
     proc = subprocess.Popen([*cmd, "--out_dir", str(out)], stderr=subprocess.PIPE, text=True,
-                            cwd=tmp_path)  # fmt: skip
+                            cwd=tmp_path, env=ENV)  # fmt: skip
     deadline = time.time() + 120
     while not (out / "groups" / "gd.json").exists() and time.time() < deadline:
         time.sleep(0.05)
@@ -101,11 +105,11 @@ def test_ctrl_c_saves_finished_groups_and_resume_finishes_the_run(tmp_path):
     assert "--resume" in err and not (out / "summary.json").exists()
     assert not (out / "groups" / "nsam.json").exists()
     res = subprocess.run([*cmd, "--out_dir", str(out), "--resume"], capture_output=True,
-                         text=True, cwd=tmp_path, timeout=300)  # fmt: skip
+                         text=True, cwd=tmp_path, env=ENV, timeout=300)  # fmt: skip
     assert res.returncode == 0, res.stderr
     full = tmp_path / "full"
     subprocess.run([*cmd, "--out_dir", str(full)], check=True, capture_output=True, cwd=tmp_path,
-                   timeout=300)  # fmt: skip
+                   env=ENV, timeout=300)  # fmt: skip
     a, b = (json.loads((d / "summary.json").read_text())["runs"] for d in (out, full))
     assert a == b
     rows = [(out / "metrics.jsonl").read_text(), (full / "metrics.jsonl").read_text()]

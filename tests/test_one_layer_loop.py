@@ -44,8 +44,12 @@ def _original_loop(seed: int, rho: float, steps: int, iter_max: int = 1_000_000)
     """The original notebook's loop (one_layer_relu_nets/1d_nn.ipynb), in float64: loss
     0.5 sum of squares, SGD without momentum at lr_max = 5e-5; with rho > 0 the ascent
     w + rho g/||g|| and the lr of step n (1-based) lr_max (1 - n/iter_max), for SAM only."""
-    x = torch.tensor((np.array([-5.5, -4.5, -3.5, -2.5, -1.5, -0.5, 0.5, 1.5, 2.5, 3.5, 4.5,
-                                5.5]) / 4 + 0.07).reshape(-1, 1), dtype=F64)  # fmt: skip
+    x = torch.tensor(
+        (
+            np.array([-5.5, -4.5, -3.5, -2.5, -1.5, -0.5, 0.5, 1.5, 2.5, 3.5, 4.5, 5.5]) / 4 + 0.07
+        ).reshape(-1, 1),
+        dtype=F64,
+    )
     y = torch.tensor(0.345 + np.array([-2, 1.5, 0, 0, 2, 1, 0, -1, 0, 1, 2, -1]), dtype=F64)
     w = _original_init(seed)
     lr_max = 5e-5
@@ -71,9 +75,17 @@ def test_original_notebook_loop_first_3000_steps(seed, alg, rho):
     points each step; it changes only the order of a sum, so the reference keeps the order.
     (The default backend; the torch backend equals it, test_c_backend_equals_torch_backend.)"""
     backend = "auto"
-    cfg = Config(algorithms=[alg], rhos=[rho], lr=5e-5, lr_schedule="linear",
-                 lr_decay_sam_only=True, iterations=1_000_000, loss_threshold=1e-5,
-                 backend=backend, seeds=[seed])  # fmt: skip
+    cfg = Config(
+        algorithms=[alg],
+        rhos=[rho],
+        lr=5e-5,
+        lr_schedule="linear",
+        lr_decay_sam_only=True,
+        iterations=1_000_000,
+        loss_threshold=1e-5,
+        backend=backend,
+        seeds=[seed],
+    )
     res = run_group(cfg, make_dataset(cfg), alg, [rho], [seed], max_steps=3000)
     assert res.iterations == [3000] and not res.stopped[0]
     ref = _original_loop(seed, rho, 3000)
@@ -92,8 +104,17 @@ RHO_S = {
     "linear": lambda t, T: 1.0 - t / T,
     "inv_sqrt": lambda t, T: 1.0 / math.sqrt(1.0 + t),
 }
-TINY = dict(task="teacher", d=2, teacher_width=2, n_train=6, n_test=40, width=5, init="standard",
-            reduction="mean", lr=0.3)  # fmt: skip
+TINY = dict(
+    task="teacher",
+    d=2,
+    teacher_width=2,
+    n_train=6,
+    n_test=40,
+    width=5,
+    init="standard",
+    reduction="mean",
+    lr=0.3,
+)
 
 
 def _msam_reference(cfg: Config, data, m: int, rho: float, seed: int, steps: int):
@@ -130,8 +151,16 @@ def _msam_reference(cfg: Config, data, m: int, rho: float, seed: int, steps: int
 @pytest.mark.parametrize("rho_schedule", list(RHO_S))
 def test_sam_steps_equal_a_plain_autograd_loop(backend, alg, m, lr_schedule, rho_schedule):
     T = 12
-    cfg = Config(**TINY, algorithms=[alg], m=m, iterations=T, loss_threshold=0.0,
-                 lr_schedule=lr_schedule, rho_schedule=rho_schedule, backend=backend)  # fmt: skip
+    cfg = Config(
+        **TINY,
+        algorithms=[alg],
+        m=m,
+        iterations=T,
+        loss_threshold=0.0,
+        lr_schedule=lr_schedule,
+        rho_schedule=rho_schedule,
+        backend=backend,
+    )
     data = make_dataset(cfg)
     res = run_group(cfg, data, alg, [0.4, 0.1], [0, 1])
     for i, (rho, seed) in enumerate([(0.4, 0), (0.1, 1)]):
@@ -142,8 +171,16 @@ def test_sam_steps_equal_a_plain_autograd_loop(backend, alg, m, lr_schedule, rho
 
 @pytest.mark.parametrize("backend", [_backend(b) for b in BACKENDS])
 def test_unnormalized_nsam_equals_a_plain_loop(backend):
-    cfg = Config(**TINY, algorithms=["nsam"], iterations=10, loss_threshold=0.0, normalize=False,
-                 rho_schedule="inv_sqrt", lr_schedule="cosine", backend=backend)  # fmt: skip
+    cfg = Config(
+        **TINY,
+        algorithms=["nsam"],
+        iterations=10,
+        loss_threshold=0.0,
+        normalize=False,
+        rho_schedule="inv_sqrt",
+        lr_schedule="cosine",
+        backend=backend,
+    )
     data = make_dataset(cfg)
     res = run_group(cfg, data, "nsam", [0.5], [2])
     ref = _msam_reference(cfg, data, data.n, 0.5, 2, 10)
@@ -211,8 +248,16 @@ LOSS_STOP = 2e-3
 def test_c_backend_equals_torch_backend(alg, m, normalize):
     """Whole groups (params, stop steps, history rows) on both backends, runs that stop at
     different steps included."""
-    cfg = Config(**TINY, algorithms=[alg], m=m, iterations=120, loss_threshold=LOSS_STOP,
-                 normalize=normalize, lr_schedule="linear", n_logs=8)  # fmt: skip
+    cfg = Config(
+        **TINY,
+        algorithms=[alg],
+        m=m,
+        iterations=120,
+        loss_threshold=LOSS_STOP,
+        normalize=normalize,
+        lr_schedule="linear",
+        n_logs=8,
+    )
     data = make_dataset(cfg)
     a = run_group(dataclasses.replace(cfg, backend="torch"), data, alg, [0.05, 0.2], [0, 1])
     b = run_group(dataclasses.replace(cfg, backend="c"), data, alg, [0.05, 0.2], [0, 1])

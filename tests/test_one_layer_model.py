@@ -35,11 +35,35 @@ def _f(W, b, a, X):
 
 # ------------------------------------------------------------------------------- data and init
 def test_reference_data_matches_reference_md():
-    # REFERENCE.md 4.3: x = ([-5.5, ..., 5.5]) / 4 + 0.07, y = 0.345 + [-2, 1.5, 0, 0, 2, 1, ...]
-    x_expected = [-1.305, -1.055, -0.805, -0.555, -0.305, -0.055,
-                  0.195, 0.445, 0.695, 0.945, 1.195, 1.445]  # fmt: skip
-    y_expected = [-1.655, 1.845, 0.345, 0.345, 2.345, 1.345,
-                  0.345, -0.655, 0.345, 1.345, 2.345, -0.655]  # fmt: skip
+    # PAPERS.md#relu-nets: x = ([-5.5, ..., 5.5]) / 4 + 0.07, y = 0.345 + [-2, 1.5, 0, 0, 2, 1, ...]
+    x_expected = [
+        -1.305,
+        -1.055,
+        -0.805,
+        -0.555,
+        -0.305,
+        -0.055,
+        0.195,
+        0.445,
+        0.695,
+        0.945,
+        1.195,
+        1.445,
+    ]
+    y_expected = [
+        -1.655,
+        1.845,
+        0.345,
+        0.345,
+        2.345,
+        1.345,
+        0.345,
+        -0.655,
+        0.345,
+        1.345,
+        2.345,
+        -0.655,
+    ]
     data = reference_1d()
     assert data.X.shape == (12, 1) and data.y.shape == (12,)
     torch.testing.assert_close(
@@ -205,8 +229,11 @@ def test_kinks_slope_tv_active_and_path_norm_on_hand_built_net():
 
 def test_kink_merge_tolerance():
     # two equal jumps 0.005 apart: one kink (merged, total 4) at merge_tol 0.01, two at 0.001
-    p = Params(torch.tensor([[1.0], [1.0]], dtype=F64), torch.tensor([0.0, -0.005], dtype=F64),
-               torch.tensor([2.0, 2.0], dtype=F64))  # fmt: skip
+    p = Params(
+        torch.tensor([[1.0], [1.0]], dtype=F64),
+        torch.tensor([0.0, -0.005], dtype=F64),
+        torch.tensor([2.0, 2.0], dtype=F64),
+    )
     x = torch.tensor([-1.0, 1.0], dtype=F64)
     assert simplicity_1d(p, x, merge_tol=0.01)["kinks"] == 1
     assert simplicity_1d(p, x, merge_tol=0.001)["kinks"] == 2

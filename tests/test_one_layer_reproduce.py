@@ -1,5 +1,5 @@
 """The one_layer_relu_nets stage through suite.launch: the profiles' settings against the reference
-notebook's (REFERENCE.md 4.3, written out here), and run_all's skip / resume / retrain decisions
+notebook's (PAPERS.md#relu-nets, written out here), and run_all's skip / resume / retrain decisions
 on the tiny profile (a second call trains nothing; a missing summary resumes that run only; a
 changed base run retrains its loss-matched control; --force retrains all)."""
 
@@ -15,7 +15,7 @@ from suite import launch
 from suite.launch import run_state
 from tests.core_utils import LaunchRecorder
 
-# the reference notebook's 1-D setting (REFERENCE.md 4.3)
+# the reference notebook's 1-D setting (PAPERS.md#relu-nets)
 NOTEBOOK = dict(task="reference1d", width=100, init="reference", reduction="sum", lr=5e-5,
                 lr_schedule="linear", iterations=1_000_000, loss_threshold=1e-5,
                 seeds=[0, 1, 2, 3, 4], normalize=True, rho_schedule="constant",

@@ -14,8 +14,17 @@ from one_layer_relu_nets.data import reference_1d
 from one_layer_relu_nets.model import Params, forward, init_params
 from one_layer_relu_nets.training import Config, load_params, make_dataset, run_group, train
 
-SMALL_TEACHER = dict(task="teacher", d=2, teacher_width=2, n_train=8, n_test=50, width=10,
-                     init="standard", reduction="mean", lr=0.2)  # fmt: skip
+SMALL_TEACHER = dict(
+    task="teacher",
+    d=2,
+    teacher_width=2,
+    n_train=8,
+    n_test=50,
+    width=10,
+    init="standard",
+    reduction="mean",
+    lr=0.2,
+)
 
 
 def _close(a: Params, b: Params, i: int | None = None) -> None:
@@ -25,8 +34,13 @@ def _close(a: Params, b: Params, i: int | None = None) -> None:
 
 @pytest.mark.parametrize("alg", ["nsam", "1sam", "sgd"])
 def test_batched_runs_equal_single_runs(alg):
-    cfg = Config(**SMALL_TEACHER, algorithms=[alg], iterations=60, loss_threshold=0.0,
-                 batch_size=4 if alg == "sgd" else 0)  # fmt: skip
+    cfg = Config(
+        **SMALL_TEACHER,
+        algorithms=[alg],
+        iterations=60,
+        loss_threshold=0.0,
+        batch_size=4 if alg == "sgd" else 0,
+    )
     data = make_dataset(cfg)
     rhos, seeds = [0.05, 0.2, 0.05, 0.2], [0, 0, 1, 1]
     batched = run_group(cfg, data, alg, rhos, seeds)
@@ -50,8 +64,11 @@ def test_threshold_stops_runs_and_freezes_them_inside_the_batch():
             # stopped at the first iterate below the threshold: one step earlier it was above
             prev = run_group(
                 Config(**SMALL_TEACHER, iterations=res.iterations[i] - 1, loss_threshold=0.0),
-                data, "gd", [0.0], [s],
-            )  # fmt: skip
+                data,
+                "gd",
+                [0.0],
+                [s],
+            )
             assert prev.train_loss[0] > 2e-3
 
 
@@ -108,9 +125,17 @@ def test_tail_is_the_last_tenth_of_the_logged_curve():
 
 @pytest.mark.parametrize("backend", ["torch", "auto"])
 def test_summary_test_loss_is_recomputed_from_params_json(tmp_path, backend):
-    cfg = Config(**SMALL_TEACHER, algorithms=["gd", "1sam"], rhos=[0.1], seeds=[0, 1],
-                 iterations=50, loss_threshold=0.0, n_val=7, backend=backend,
-                 out_dir=str(tmp_path / "r"))  # fmt: skip
+    cfg = Config(
+        **SMALL_TEACHER,
+        algorithms=["gd", "1sam"],
+        rhos=[0.1],
+        seeds=[0, 1],
+        iterations=50,
+        loss_threshold=0.0,
+        n_val=7,
+        backend=backend,
+        out_dir=str(tmp_path / "r"),
+    )
     summary = train(cfg)
     params = load_params(tmp_path / "r")
     data = make_dataset(cfg)
@@ -127,13 +152,19 @@ def test_summary_test_loss_is_recomputed_from_params_json(tmp_path, backend):
 
 @pytest.mark.parametrize("backend", ["torch", "auto"])
 def test_divergence_is_flagged_not_crashing(backend):
-    cfg = Config(**{**SMALL_TEACHER, "lr": 50.0}, iterations=200, loss_threshold=0.0,
-                 backend=backend)  # fmt: skip
+    cfg = Config(
+        **{**SMALL_TEACHER, "lr": 50.0}, iterations=200, loss_threshold=0.0, backend=backend
+    )
     res = run_group(cfg, make_dataset(cfg), "gd", [0.0], [0])
     assert res.diverged == [True] and res.train_loss == [None] and res.iterations[0] < 200
     # the step it diverged at: one step earlier the loss was still finite
-    prev = run_group(dataclasses.replace(cfg, iterations=res.iterations[0] - 1),
-                     make_dataset(cfg), "gd", [0.0], [0])  # fmt: skip
+    prev = run_group(
+        dataclasses.replace(cfg, iterations=res.iterations[0] - 1),
+        make_dataset(cfg),
+        "gd",
+        [0.0],
+        [0],
+    )
     assert prev.diverged == [False] and prev.train_loss[0] is not None
 
 
@@ -150,8 +181,16 @@ def test_config_validation_names_the_field():
 
 def test_train_writes_the_run_format(tmp_path):
     out = tmp_path / "run"
-    cfg = Config(algorithms=["gd", "msam"], m=3, rhos=[0.1, 0.3], seeds=[0, 1], iterations=30,
-                 width=20, n_logs=5, out_dir=str(out))  # fmt: skip
+    cfg = Config(
+        algorithms=["gd", "msam"],
+        m=3,
+        rhos=[0.1, 0.3],
+        seeds=[0, 1],
+        iterations=30,
+        width=20,
+        n_logs=5,
+        out_dir=str(out),
+    )
     summary = train(cfg)
     for f in ("config.json", "metrics.jsonl", "summary.json", "params.json", "data.json"):
         assert (out / f).exists(), f
@@ -159,8 +198,13 @@ def test_train_writes_the_run_format(tmp_path):
     assert conf["config"]["algorithms"] == ["gd", "msam"] and "commit" in conf["git"]
     runs = summary["runs"]
     assert [(r["algorithm"], r["rho"], r["seed"]) for r in runs] == [
-        ("gd", 0.0, 0), ("gd", 0.0, 1), ("msam", 0.1, 0), ("msam", 0.1, 1), ("msam", 0.3, 0),
-        ("msam", 0.3, 1)]  # fmt: skip
+        ("gd", 0.0, 0),
+        ("gd", 0.0, 1),
+        ("msam", 0.1, 0),
+        ("msam", 0.1, 1),
+        ("msam", 0.3, 0),
+        ("msam", 0.3, 1),
+    ]
     assert all(r["m"] == (None if r["algorithm"] == "gd" else 3) for r in runs)
     assert all(isinstance(r["kinks"], int) and r["path_norm"] > 0 for r in runs)
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
@@ -193,15 +237,25 @@ def test_a_loss_matched_control_refuses_a_base_whose_losses_changed(tmp_path):
     from one_layer_relu_nets.training import matched_targets, targets_digest
 
     base = tmp_path / "base"
-    train(Config(algorithms=["gd", "nsam"], iterations=40, seeds=[0, 1], width=20,
-                 out_dir=str(base)))  # fmt: skip
+    train(
+        Config(algorithms=["gd", "nsam"], iterations=40, seeds=[0, 1], width=20, out_dir=str(base))
+    )
     digest = targets_digest(matched_targets(base))
-    ctl = Config(algorithms=["gd"], iterations=40, seeds=[0, 1], width=20,
-                 match_losses_of=str(base), match_digest=digest,
-                 out_dir=str(tmp_path / "c"))  # fmt: skip
+    ctl = Config(
+        algorithms=["gd"],
+        iterations=40,
+        seeds=[0, 1],
+        width=20,
+        match_losses_of=str(base),
+        match_digest=digest,
+        out_dir=str(tmp_path / "c"),
+    )
     summary = train(ctl)
-    nsam = [r for r in json.loads((base / "summary.json").read_text())["runs"]
-            if r["algorithm"] == "nsam"]  # fmt: skip
+    nsam = [
+        r
+        for r in json.loads((base / "summary.json").read_text())["runs"]
+        if r["algorithm"] == "nsam"
+    ]
     assert [r["loss_threshold"] for r in summary["runs"]] == [r["train_loss"] for r in nsam]
     s = json.loads((base / "summary.json").read_text())
     s["wall_s"] += 1.0  # not a loss: the digest stays

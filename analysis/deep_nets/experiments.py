@@ -577,7 +577,8 @@ def _mean_sd(v: list[float]) -> tuple[float, float]:
 
 
 # ------------------------------------------------------------------------- 7. the seminar table
-SEMINAR = {"SGD": 0.8730, "SAM": 0.8751}  # the deck's accuracies (REFERENCE.md 1)
+SEMINAR = {"SGD": 0.8730, "SAM": 0.8751}  # the deck's accuracies
+SEMINAR_PAPER = "Seminar deck (PAPERS.md#seminar-deck)"
 SEMINAR_TOL = 0.01  # relative tolerance on the accuracy when the deck's setting is run
 
 
@@ -610,14 +611,14 @@ def sem_report(root: Path, profile: str, figures: Path) -> list[dict[str, Any]]:
                               "not compared with the deck's"))  # fmt: skip
     rows = compare_rows(
         sgd, sam, claim="SAM beats SGD (Fashion-MNIST ConvNet, cosine lr, rho 0.05)", n=n,
-        paper="Seminar deck (REFERENCE.md 1)", paper_value="accuracy SGD 0.8730 vs SAM 0.8751",
+        paper=SEMINAR_PAPER, paper_value="accuracy SGD 0.8730 vs SAM 0.8751",
         profile=profile, figure=_rel(fig), note=note,
     )  # fmt: skip
     for lab in ("SGD", "SAM"):
         m_ = mean_std(acc[lab])[0]
         gap, se = compare_to_paper(m_ if full else None, SEMINAR[lab], rel_tol=SEMINAR_TOL)
         rows.append(dict(
-            family=FAMILY, paper="Seminar deck (REFERENCE.md 1)",
+            family=FAMILY, paper=SEMINAR_PAPER,
             claim=f"our {lab} accuracy matches the deck's within {SEMINAR_TOL:.0%} (relative)",
             paper_value=f"{SEMINAR[lab]:.4f}", ours=fmt_mean_std(acc[lab], ".4f"), gap=gap, se=se,
             profile=profile, verdict=verdict(gap, se), figure=_rel(fig), note=note,
@@ -631,7 +632,7 @@ def paper_scale_row(profile: str) -> dict[str, Any]:
         family=FAMILY,
         paper=f"{PAPER}, Figs. 1 / 9 / 12; LookSAM; SAM m-sharpness",
         claim="the experiments at paper scale (ResNet-18/34, CIFAR-10/100, 200-1000 epochs)",
-        paper_value="see REFERENCE.md 4.1",
+        paper_value="see PAPERS.md#deep-nets",
         ours="not run here (GPU-days)",
         gap="",
         se="",

@@ -58,9 +58,9 @@ PROFILES: dict[str, dict[str, Any]] = {
     ),
 }  # fmt: skip
 
-# The paper profile: the original setups (REFERENCE.md 4.1) as named configs, for a GPU with the
-# data on disk (``make reproduce PROFILE=paper``, or ``python -m analysis.deep_nets --profile
-# paper``). The experiments build the same sweeps on these bases.
+# The paper profile: the original setups (PAPERS.md#deep-nets-setup) as named configs, for a
+# GPU with the data on disk (``make reproduce PROFILE=paper``, or ``python -m analysis.deep_nets
+# --profile paper``). The experiments build the same sweeps on these bases.
 PAPER_CONFIGS = {
     "fig1": ["fig1_resnet18_cifar10_msam", "fig1_resnet34gn_cifar100_msam"],
     "m_sharpness": ["msharpness_resnet18_cifar10"],

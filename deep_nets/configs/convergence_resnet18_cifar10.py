@@ -2,9 +2,9 @@
 convergence): training loss per step of ERM, SAM, m-SAM and unnormalized SAM with a constant rho.
 
 Claim: m-SAM (and unnormalized SAM with constant rho) still drive the training loss to near zero.
-Paper number: qualitative (REFERENCE.md 4.2 Convergence): 1-SAM / m-SAM reach near-zero training
+Paper number: qualitative (PAPERS.md#convergence): 1-SAM / m-SAM reach near-zero training
 loss in practice, hence they eventually memorize noisy labels too.
-Command: python deep_nets/train.py --config convergence_resnet18_cifar10 --no_data_augm
+Command: python -m deep_nets.train --config convergence_resnet18_cifar10 --no_data_augm
     (unnormalized: add --sam_no_grad_norm; ERM: --sam_rho 0 --acc_steps 1)
 Measured here: not run (GPU-days).
 """

@@ -2,7 +2,7 @@
 
 Claim: none; checks that data, model, m-SAM, evaluation, checkpointing work end to end.
 Paper number: n/a.
-Command: python deep_nets/train.py --config debug --out_dir runs/debug
+Command: python -m deep_nets.train --config debug --out_dir runs/debug
 Measured here: 2 epochs in a few seconds on 2 CPU cores (after ~7 s generating mnist1d).
 """
 

@@ -3,7 +3,7 @@
 Claim: with noisy labels SAM's best test error is far below ERM's, but both eventually memorize
 the noisy labels (train error on the noisy examples -> 0, logged as train_err_noisy), SAM later.
 Paper number (approx.): CIFAR-10 ERM best ~20-30% / last ~49%; SAM best ~10% / last ~43%.
-Command: python deep_nets/train.py --config fig12_noisy_labels_cifar10 (ERM: --sam_rho 0)
+Command: python -m deep_nets.train --config fig12_noisy_labels_cifar10 (ERM: --sam_rho 0)
 Measured here: not run (1000 epochs on a GPU).
 """
 

@@ -3,7 +3,7 @@ ERM (the reverse switch of fig9_erm_to_sam_cifar10).
 
 Claim: SAM -> ERM keeps most of SAM's gain over ERM.
 Paper number (approx.): CIFAR-10 ERM ~4.65%, SAM -> ERM ~3.95%.
-Command: python deep_nets/train.py --config fig9_sam_to_erm_cifar10
+Command: python -m deep_nets.train --config fig9_sam_to_erm_cifar10
 Measured here: not run (GPU-days).
 """
 

@@ -2,8 +2,9 @@
 
 Claim: as quick_mnist1d_mlp (Fig. 1, m-sharpness, Fig. 9, convergence, LookSAM), with 3 seeds and
 the 10 000 Fashion-MNIST test examples so that a gap of about one point clears 2 standard errors.
-Paper number: ResNet-18 CIFAR-10 (REFERENCE.md 4.1): ERM ~5.1%, 128-SAM 4.25-4.75%, n-SAM ~5.1%.
-Command: python deep_nets/train.py --config full_fmnist_mlp (python -m analysis.reproduce
+Paper number: ResNet-18 CIFAR-10 (PAPERS.md#deep-nets-fig1): ERM ~5.1%, 128-SAM 4.25-4.75%,
+n-SAM ~5.1%.
+Command: python -m deep_nets.train --config full_fmnist_mlp (python -m analysis.reproduce
     --profile full --only deep_nets for the sweep)
 Measured here (2026-11-22, full profile, 3 seeds): ERM 13.50 +- 0.48% test error at the best-
 validation epoch; SAM (m = 128) 13.19%, m-SAM (m = 16) 13.36%, n-SAM 13.25%: within noise;

@@ -3,7 +3,7 @@
 Claim: LookSAM keeps most of SAM's gain at a fraction of SAM's extra cost.
 Paper number (ViT-S/32 ImageNet): AdamW 68.1% at 5154 img/s, SAM 68.9% at 2566 img/s, LookSAM
 68.8% at 4273 img/s, i.e. LookSAM's extra time per image is 0.20 of SAM's.
-Command: python deep_nets/train.py --config looksam_resnet18_cifar10 (SAM: --sam_variant sam)
+Command: python -m deep_nets.train --config looksam_resnet18_cifar10 (SAM: --sam_variant sam)
 Measured here: not run (GPU-days). Deviation: CIFAR-10 ResNet-18 with SGD instead of ViT/ImageNet
 with AdamW; alpha 0.7 (the public code's default).
 """

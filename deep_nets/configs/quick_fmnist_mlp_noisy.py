@@ -5,7 +5,7 @@ memorizing the noisy labels (train error on the noisy examples -> 0), SAM later;
 (the best-validation epoch) matters.
 Paper number (CIFAR-10, ResNet, 1000 epochs, approx.): ERM best ~20-30% / last ~49% test error;
 SAM best ~10% / last ~43%.
-Command: python deep_nets/train.py --config quick_fmnist_mlp_noisy (ERM; SAM: --sam_rho 0.1)
+Command: python -m deep_nets.train --config quick_fmnist_mlp_noisy (ERM; SAM: --sam_rho 0.1)
 Measured here (2026-11-22, seed 0, this config): ERM best 27.4% / last 59.0% test error, train
 error on the noisy examples 0.3% at the end; SAM (rho 0.1) best 25.5% / last 55.8%, noisy train
 error 2.8% at the end (it crossed 50% at epoch ~20 vs ~15 for ERM). With 10% of the data and 60

@@ -4,8 +4,9 @@ convergence, LookSAM) in ``make reproduce`` (analysis/deep_nets, profile quick).
 Claim: the experiments' directions (m-SAM with small m beats ERM; n-SAM and random perturbations
 do not; ERM -> SAM improves; m-SAM still fits the training set; LookSAM keeps SAM's gain cheaply),
 shown on a CPU in minutes; the quick profile shows the pipeline, the full profile settles claims.
-Paper number: ResNet-18 CIFAR-10 (REFERENCE.md 4.1): ERM ~5.1%, 128-SAM 4.25-4.75%, n-SAM ~5.1%.
-Command: python deep_nets/train.py --config quick_mnist1d_mlp (ERM); the sweep adds --sam_rho,
+Paper number: ResNet-18 CIFAR-10 (PAPERS.md#deep-nets-fig1): ERM ~5.1%, 128-SAM 4.25-4.75%,
+n-SAM ~5.1%.
+Command: python -m deep_nets.train --config quick_mnist1d_mlp (ERM); the sweep adds --sam_rho,
     --acc_steps, --sam_variant, --sam_use_prev_batch, --add_weight_perturb_scale
     (python -m analysis.reproduce --only deep_nets)
 Measured here: see results/deep_nets/claims.csv and deep_nets/README.md (Experiments).

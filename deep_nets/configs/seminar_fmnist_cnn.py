@@ -1,9 +1,9 @@
-"""seminar_fmnist_cnn: the seminar deck's own table (REFERENCE.md 1): Fashion-MNIST ConvNet, SGD
-vs SAM at rho 0.05 with a cosine schedule.
+"""seminar_fmnist_cnn: the seminar deck's own table (PAPERS.md#seminar-deck): Fashion-MNIST
+ConvNet, SGD vs SAM at rho 0.05 with a cosine schedule.
 
 Claim: SAM is slightly better than SGD on Fashion-MNIST with a small ConvNet.
 Paper number (the seminar's accuracy): SGD 0.8730, SAM 0.8751.
-Command: python deep_nets/train.py --config seminar_fmnist_cnn (SGD); add --sam_rho 0.05 (SAM)
+Command: python -m deep_nets.train --config seminar_fmnist_cnn (SGD); add --sam_rho 0.05 (SAM)
 Measured here (2026-11-22, quick profile: width 16, 10% of the training set, 4 epochs, 2000 test
 examples, 2 seeds): accuracy SGD 0.725 +- 0.006, SAM 0.712 +- 0.017 (within noise). Full
 profile (width 32, 25%, 10 epochs, 3 seeds, 10 000 test examples): SGD 0.841 +- 0.002, SAM

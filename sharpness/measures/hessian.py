@@ -155,9 +155,12 @@ class HessianOperator:
         if not live:  # the gradient does not depend on w: H = 0
             return torch.zeros(self.dim, dtype=self.dtype, device=self.device)
         hs = torch.autograd.grad(
-            [grads[i] for i in live], self.params, grad_outputs=[vs[i] for i in live],
-            retain_graph=retain, allow_unused=True,
-        )  # fmt: skip
+            [grads[i] for i in live],
+            self.params,
+            grad_outputs=[vs[i] for i in live],
+            retain_graph=retain,
+            allow_unused=True,
+        )
         return flat([torch.zeros_like(p) if h is None else h for p, h in zip(self.params, hs)])
 
     def hvp(self, v: Tensor) -> Tensor:

@@ -154,10 +154,25 @@ def m_sharpness(
     if vectorize:
         with eval_mode(model, eval_mode_):
             clean_l, clean_e, pert_l, pert_e = _vectorized(
-                model, loss_fn, error_fn, names, base, scale, x[: chunks * m], y[: chunks * m],
-                chunks, kind=kind, rho=rho, p=p, steps=steps, step=step, restarts=restarts,
-                n_directions=n_directions, gen=gen, max_params=max_batched_params,
-            )  # fmt: skip
+                model,
+                loss_fn,
+                error_fn,
+                names,
+                base,
+                scale,
+                x[: chunks * m],
+                y[: chunks * m],
+                chunks,
+                kind=kind,
+                rho=rho,
+                p=p,
+                steps=steps,
+                step=step,
+                restarts=restarts,
+                n_directions=n_directions,
+                gen=gen,
+                max_params=max_batched_params,
+            )
         per_chunk = [b - a for a, b in zip(clean_l, pert_l)]
         per_chunk_err = [b - a for a, b in zip(clean_e, pert_e)]
     else:
