@@ -329,7 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--name",
         type=_name,
         default=None,
-        help="output folder RUN_DIR/measures/<name>/ (default: the measure)",
+        help="output folder RUN_DIR/measures/<name>/, a plain folder name (default: the measure)",
     )
     g.add_argument("--overwrite", action="store_true", help="replace an existing result")
     g.add_argument(

@@ -537,7 +537,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--wd",
         type=finite_float,
         default=0.0,
-        help="weight decay as in the original GD: w -= wd*w each step (default: 0)",
+        help="weight decay >= 0 as in the original GD: w -= wd*w each step (default: 0)",
     )
     a(
         "--balancedness",

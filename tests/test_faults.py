@@ -202,10 +202,14 @@ def test_killed_driver_takes_its_workers_along_and_the_rerun_logs_each_row_once(
             workers = _workers(psutil.Process(proc.pid))
             started += workers
             assert len(workers) == 2 and any(_unfinished(d) for d in dirs)  # lands mid-run
+            mid = [d for d in dirs if _unfinished(d)]
             proc.send_signal(sig)
             proc.wait(timeout=120)
             # no orphan: every worker ends with its driver
             _wait(lambda w=workers: all(_gone(p) for p in w), 60, f"the workers to die ({sig!r})")
+            if sig != signal.SIGKILL:  # passed on as a Ctrl-C: each trainer saved and stopped
+                status = [read_json(d / "summary.json")["status"] for d in mid]
+                assert set(status) <= {"interrupted", "finished"}, status
         rerun = subprocess.run(
             [PY, str(script), str(results)],
             env=ENV,
