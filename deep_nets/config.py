@@ -422,10 +422,15 @@ def check_config(cfg: TrainConfig, world_size: int = 1) -> None:
         raise ValueError(msg)
 
     d = TrainConfig()
+    f32_max = 3.4028234663852886e38  # the largest float32
     for f in dataclasses.fields(TrainConfig):
         v = getattr(cfg, f.name)
         if isinstance(v, float) and not math.isfinite(v):
             bad(f"--{f.name} must be a finite number (got {v})")
+        # every float flag multiplies float32 (or half) tensors: beyond float32's range it
+        # cannot even be applied (torch raises an overflow deep inside the step)
+        if isinstance(v, float) and abs(v) > f32_max:
+            bad(f"--{f.name} {v:g} is too large: the weights are float32 (|x| <= {f32_max:.3g})")
         ch = _choices(f)
         if ch is not None and v is not None and v not in ch:
             bad(f"--{f.name} {v!r}: unknown; choose from {', '.join(map(str, ch))}")
@@ -452,6 +457,8 @@ def check_config(cfg: TrainConfig, world_size: int = 1) -> None:
         bad(f"--sharpness_rho must be > 0 (got {cfg.sharpness_rho})")
     if not cfg.sam_step_size_mult > 0:
         bad(f"--sam_step_size_mult must be > 0 (got {cfg.sam_step_size_mult})")
+    if not cfg.momentum < 1:  # beta >= 1: the velocity never forgets, the step grows without end
+        bad(f"--momentum must be in [0, 1) (got {cfg.momentum})")
     if not 0 < cfg.frac_train <= 1:
         bad(f"--frac_train must be in (0, 1] (got {cfg.frac_train})")
     if not 0 <= cfg.p_label_noise < 1:
@@ -501,6 +508,11 @@ def check_config(cfg: TrainConfig, world_size: int = 1) -> None:
             f"--model {cfg.model} (--model_width {cfg.model_width}) does not fit "
             f"--dataset {cfg.dataset} (input shape {tuple(shape)}): {e}"
         ) from e
+    except (RuntimeError, MemoryError) as e:  # the allocation of the weights failed
+        raise ValueError(
+            f"--model_width {cfg.model_width}: the {cfg.model} model does not fit in memory "
+            f"({type(e).__name__}); choose a smaller --model_width"
+        ) from None
 
 
 def _check_no_effect(cfg: TrainConfig, d: TrainConfig, bad) -> None:

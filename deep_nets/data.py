@@ -146,7 +146,10 @@ def sha256_file(path: str | os.PathLike) -> str:
 
 
 def _file_record(path: Path) -> dict[str, Any]:
-    return {"path": str(path), "bytes": path.stat().st_size, "sha256": sha256_file(path)}
+    try:
+        return {"path": str(path), "bytes": path.stat().st_size, "sha256": sha256_file(path)}
+    except OSError as e:
+        raise DataError(f"cannot read {path}: {e.strerror or e}") from None
 
 
 def download_file(url: str, dest: str | os.PathLike, sha256: str, *, timeout: float = 60.0) -> Path:
@@ -189,7 +192,10 @@ def download_file(url: str, dest: str | os.PathLike, sha256: str, *, timeout: fl
 
 def _open_maybe_gzip(path: Path) -> bytes:
     """All bytes of `path`, gunzipped when it starts with the gzip magic number."""
-    raw = path.read_bytes()
+    try:
+        raw = path.read_bytes()
+    except OSError as e:  # no read permission, an I/O error: name the file
+        raise DataError(f"cannot read {path}: {e.strerror or e}") from None
     if raw[:2] == b"\x1f\x8b":
         try:
             return gzip.decompress(raw)
@@ -229,18 +235,22 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
 def _find_idx(directory: Path, stem: str) -> Path | None:
     for name in (stem + ".gz", stem):
         p = directory / name
-        if p.is_file():
-            return p
+        try:
+            if p.is_file():
+                return p
+        except OSError as e:  # a folder on the way without permission
+            raise DataError(f"cannot read {p}: {e.strerror or e}") from None
     return None
 
 
 def _fashion_dir_candidates(data_dir: str | os.PathLike | None) -> list[Path]:
-    dirs = []
-    if data_dir is not None:
-        d = Path(data_dir)
-        dirs += [d, d / "fashion-mnist", d / "fashion_mnist"]
-    dirs.append(SYSTEM_FASHION_MNIST_DIR)
-    return dirs
+    """Where to look: the given --data_dir (or its fashion-mnist subfolder) and nothing else,
+    so that a --data_dir is used or refused, never silently replaced; without one, the Debian
+    package's folder."""
+    if data_dir is None:
+        return [SYSTEM_FASHION_MNIST_DIR]
+    d = Path(data_dir)
+    return [d, d / "fashion-mnist", d / "fashion_mnist"]
 
 
 def _fashion_mnist_raw(data_dir: str | os.PathLike | None, download: bool) -> dict[str, Any]:
@@ -260,7 +270,15 @@ def _fashion_mnist_raw(data_dir: str | os.PathLike | None, download: bool) -> di
             f"dataset-fashion-mnist ({SYSTEM_FASHION_MNIST_DIR})"
         )
         if not download:
-            raise DataError(f"Fashion-MNIST not found in --data_dir={data_dir}; {how}")
+            missing = (
+                ", ".join(s + ".gz" for s in stems if _find_idx(Path(data_dir), s) is None)
+                if data_dir is not None
+                else ", ".join(FASHION_MNIST_FILES)
+            )
+            raise DataError(
+                f"Fashion-MNIST not found in --data_dir={data_dir} (missing: {missing}, or the "
+                f"same names without .gz); {how}"
+            )
         try:
             for name, digest in FASHION_MNIST_FILES.items():
                 if not (target / name).is_file():

@@ -25,6 +25,7 @@ import argparse
 import csv
 import io
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -38,7 +39,13 @@ from torch import Tensor, nn
 
 from sharpness import measures as M
 from suite.cli import finite_float, progress, select_device
-from suite.rundir import atomic_write_json, atomic_write_text, file_sha256, read_json
+from suite.rundir import (
+    atomic_write_json,
+    atomic_write_text,
+    file_sha256,
+    load_error_reason,
+    read_json,
+)
 
 MEASURES = ("msharpness", "hessian", "landscape", "interpolate")
 SPLITS = ("train", "val", "test")
@@ -73,8 +80,11 @@ def load_state_dict(path: Path, flag: str = "--model_path") -> dict[str, Tensor]
     never unpickles anything but tensors."""
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # any unpickling error: say which flag and file
-        raise ValueError(f"{flag} {path}: not a loadable checkpoint ({e})") from e
+    except Exception as e:  # any unpickling error: say which flag and file (never torch's advice)
+        raise ValueError(
+            f"{flag} {path}: not a loadable checkpoint ({load_error_reason(e)}); the file is "
+            "refused (only tensors are loaded)"
+        ) from None
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
         obj = obj["model"]
     if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
@@ -89,7 +99,7 @@ def run_config(run_dir: Path, flag: str = "--model_path") -> dict[str, Any]:
             f"{flag}: {run_dir} is not a run directory of deep_nets/train.py (no config.json "
             "next to the checkpoint)"
         )
-    cfg = read_json(cfg_path).get("config")
+    cfg = read_json(cfg_path, want_dict=True).get("config")
     if not isinstance(cfg, dict) or "dataset" not in cfg or "model" not in cfg:
         raise ValueError(f"{flag}: {cfg_path} has no trainer config (keys dataset, model)")
     return cfg
@@ -289,6 +299,16 @@ def _norm(text: str) -> float:
     raise argparse.ArgumentTypeError(f"--norm: choose 2 or inf, got {text!r}")
 
 
+def _name(text: str) -> str:
+    """argparse ``type=`` for --name: one folder name, so the result stays in RUN_DIR/measures/."""
+    if not text or text in (".", "..") or "/" in text or os.sep in text or "\0" in text:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} must be a plain folder name (no '/', not '.' or '..'): the result goes to "
+            "RUN_DIR/measures/<name>/"
+        )
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="python -m deep_nets.eval_sharpness",
@@ -305,9 +325,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--measure", type=str, required=True, choices=MEASURES)
     g.add_argument(
         "--name",
-        type=str,
+        type=_name,
         default=None,
-        help="output folder RUN_DIR/measures/<name>/ (default: the measure)",
+        help="output folder RUN_DIR/measures/<name>/, a plain folder name (default: the measure)",
     )
     g.add_argument("--overwrite", action="store_true", help="replace an existing result")
     g.add_argument(

@@ -49,13 +49,17 @@ from deep_nets.config import (
 )
 from deep_nets.evaluation import evaluate, logged_sharpness, swa_bn_update, swa_update
 from deep_nets.steps import STEPS, StepContext, bn_eval, build_optimizer, step_kind
-from suite.cli import GracefulInterrupt, make_seeds, select_device
+from suite.cli import GracefulInterrupt, make_seeds, out_dir_error, select_device
 from suite.rundir import (
     RunDir,
+    RunDirError,
     atomic_torch_save,
     atomic_write_json,
     create_run_dir,
+    load_error_reason,
     read_json,
+    run_dir_lock,
+    safe_torch_load,
 )
 
 __all__ = ["TrainConfig", "build_parser", "config_from_argv", "main", "train"]
@@ -200,8 +204,9 @@ def load_model_path(model: nn.Module, path: str, model_name: str | None = None) 
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # any unpickling or format error: say which flag, file and format
         raise ValueError(
-            f"--model_path {path}: cannot be read as a checkpoint: {what} ({e})"
-        ) from e
+            f"--model_path {path}: cannot be read as a checkpoint: {what} "
+            f"({load_error_reason(e)}); the file is refused (only tensors are loaded)"
+        ) from None
     original = isinstance(obj, dict) and isinstance(obj.get("last"), dict)
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
         obj = obj["model"]
@@ -244,13 +249,16 @@ def _default_out_dir(cfg: TrainConfig) -> str:
     return f"runs/deep_nets/{cfg.dataset}_{cfg.model}_{tag}_seed{cfg.seed}"
 
 
-def _check_resume_config(run: RunDir, cfg: TrainConfig) -> None:
-    old = run.config.get("config", {})
+def _check_resume_config(path: Path, cfg: TrainConfig, old: dict | None = None) -> None:
+    """--resume continues only a run of the same flags: those of ``path``'s config.json, or
+    ``old`` (a checkpoint's own config)."""
+    if old is None:
+        old = read_json(path / "config.json", want_dict=True).get("config", {})
     new = cfg.to_dict()
     diff = [k for k in new if k not in RESUME_FREE_FIELDS and k in old and old[k] != new[k]]
     if diff:
         raise ValueError(
-            f"--resume: the run in {run.path} was started with different flags: "
+            f"--resume: the run in {path} was started with different flags: "
             + ", ".join(f"--{k} {old[k]!r} (now {new[k]!r})" for k in diff)
         )
 
@@ -285,8 +293,12 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         _check_data_dir(cfg)
         if cfg.workers > 0:
             torch.set_num_threads(cfg.workers)
-        run = Trainer(cfg, dd, device, Path(cfg.out_dir or _default_out_dir(cfg)))
-        return run.loop()
+        out = Path(cfg.out_dir or _default_out_dir(cfg))
+        if problem := out_dir_error(out):
+            raise RunDirError(problem)
+        # one writer per run directory (rank 0 writes it), for the whole run
+        with run_dir_lock(out) if dd.main else contextlib.nullcontext():
+            return Trainer(cfg, dd, device, out).loop()
     finally:
         if dd.initialized_here and dist.is_initialized():
             dist.destroy_process_group()
@@ -373,13 +385,20 @@ class Trainer:
     def _open_run_dir(self) -> None:
         cfg, dd, info = self.cfg, self.dd, self.splits.info
         self.run: RunDir | None = None
+        ckpt = self.out_dir / CHECKPOINT
+        ck = None
+        if cfg.resume and ckpt.exists():  # read (and checked) before anything is written
+            ck = safe_torch_load(ckpt, "a checkpoint of deep_nets/train.py", self.device)
+            if not isinstance(ck, dict) or not isinstance(ck.get("config"), dict):
+                raise RunDirError(f"{ckpt} is not a checkpoint of deep_nets/train.py")
+            _check_resume_config(self.out_dir, cfg, ck["config"])  # a stray or swapped file
         if dd.main:
             self.run = create_run_dir(
                 self.out_dir, cfg.to_dict(), device=self.device, resume=cfg.resume
             )
-            conf = read_json(self.run.path / "config.json")
+            conf = read_json(self.run.path / "config.json", want_dict=True)
             if cfg.resume:
-                _check_resume_config(self.run, cfg)
+                _check_resume_config(self.run.path, cfg)
                 old = conf.get("data")
                 if old is not None and _data_digest(old) != _data_digest(info):
                     raise ValueError(
@@ -391,14 +410,39 @@ class Trainer:
                 atomic_write_json(self.run.path / "config.json", conf)
         if dd.world > 1:
             dist.barrier()
-        ckpt = self.out_dir / CHECKPOINT
-        if cfg.resume and ckpt.exists():
-            self._load_checkpoint(ckpt)
+        if ck is not None:
+            self._load_checkpoint(ckpt, ck)
         elif cfg.resume and self.run is not None:
             self.run.truncate_metrics(0)  # a run that never reached a checkpoint starts over
 
-    def _load_checkpoint(self, path: Path) -> None:
-        ck = torch.load(path, map_location=self.device, weights_only=True)
+    def _load_checkpoint(self, path: Path, ck: dict[str, Any]) -> None:
+        try:
+            self._restore(ck)
+        except (KeyError, TypeError, RuntimeError, ValueError) as e:
+            raise RunDirError(
+                f"{path} does not match this run ({type(e).__name__}: {str(e)[:200]}); the file "
+                "is damaged or from another version: start over in a new --out_dir"
+            ) from None
+        st = self.st
+        self.best = None
+        if (self.out_dir / BEST).exists():
+            self.best = safe_torch_load(self.out_dir / BEST, "the best weights (best.pt)")
+        if self.run is not None:
+            n = len(self.run.metrics())
+            if n < st.n_rows:  # rows lost: a summary from the rest would be invented numbers
+                raise RunDirError(
+                    f"{self.run.metrics_path} has {n} rows, fewer than the {st.n_rows} its "
+                    f"checkpoint {path} counts: the run directory was edited or damaged; "
+                    "restore the file, or start the run over in a new --out_dir"
+                )
+            self.run.truncate_metrics(st.n_rows)
+            print(
+                f"resumed {self.out_dir} at epoch {st.epoch} step {st.step_in_epoch} "
+                f"(global step {st.global_step})",
+                flush=True,
+            )
+
+    def _restore(self, ck: dict[str, Any]) -> None:
         self.model.load_state_dict(ck["model"])
         self.swa.load_state_dict(ck["swa"])
         self.opt.load_state_dict(ck["optimizer"])
@@ -414,16 +458,6 @@ class Trainer:
         torch.set_rng_state(ck["rng"]["torch"].cpu())
         if self.is_cuda and ck["rng"].get("cuda") is not None:
             torch.cuda.set_rng_state(ck["rng"]["cuda"].cpu(), self.device)
-        self.best = None
-        if (self.out_dir / BEST).exists():
-            self.best = torch.load(self.out_dir / BEST, map_location="cpu", weights_only=True)
-        if self.run is not None:
-            self.run.truncate_metrics(st.n_rows)
-            print(
-                f"resumed {self.out_dir} at epoch {st.epoch} step {st.step_in_epoch} "
-                f"(global step {st.global_step})",
-                flush=True,
-            )
 
     def save_checkpoint(self, gen_state: list[Tensor] | None) -> None:
         gens, st, dd = None, self.st, self.dd
@@ -615,8 +649,12 @@ class Trainer:
             f"{self.st.global_step}): loss {float(loss)}, perturbed loss "
             f"{None if ploss is None else float(ploss)}"
             f"{' (first non-finite within the last 50 steps)' if self.is_cuda else ''}"
-            f"; the last good checkpoint is {self.out_dir / CHECKPOINT} (end of epoch {epoch})"
         )
+        ckpt = self.out_dir / CHECKPOINT
+        if ckpt.exists():  # none is written before the end of the first epoch
+            msg += f"; the last good checkpoint is {ckpt} (end of epoch {epoch})"
+        else:
+            msg += "; no checkpoint was written yet (the loss diverged in the first epoch)"
         if self.dd.main:
             print(msg, file=sys.stderr, flush=True)
         self.summary("diverged", msg)
@@ -748,13 +786,15 @@ def config_from_argv(argv: list[str] | None = None) -> TrainConfig:
     except ValueError as e:
         parser.error(str(e))
     out = Path(cfg.out_dir or _default_out_dir(cfg))
+    if problem := out_dir_error(out):
+        parser.error(problem)
     if (out / "config.json").exists() and not cfg.resume:
         parser.error(
             f"--out_dir {out} already holds a run: add --resume or choose another --out_dir"
         )
     if cfg.resume and (out / "config.json").exists():
         try:
-            _check_resume_config(RunDir(out), cfg)
+            _check_resume_config(out, cfg)
         except ValueError as e:
             parser.error(str(e))
     try:
@@ -775,6 +815,9 @@ def main(argv: list[str] | None = None) -> int:
     except (DataError, ValueError) as e:
         print(f"python -m deep_nets.train: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a full disk, an unwritable file: the message names the file
+        print(f"python -m deep_nets.train: error: {e}", file=sys.stderr)
+        return 1
     except NonFiniteLossError as e:
         print(f"python -m deep_nets.train: stopped: {e}", file=sys.stderr)
         return 1

@@ -47,18 +47,28 @@ from diagonal_linear_nets.simulator import (
 from diagonal_linear_nets.theory import predict_interpolator, relative_distance
 from suite.cli import (
     GracefulInterrupt,
+    available_memory,
     common_parser,
     finite_float,
     finite_or_none,
     run_dir_flags_error,
 )
-from suite.rundir import atomic_write_bytes, config_hash, create_run_dir, read_json, to_json
+from suite.rundir import (
+    RunDirError,
+    atomic_write_bytes,
+    config_hash,
+    create_run_dir,
+    read_json,
+    run_dir_lock,
+    to_json,
+)
 
 CHECKPOINT = "checkpoint.npz"
 EXIT_INTERRUPTED = 130
-# TrainConfig fields that say how to run, not what is computed: left out of config.json's
-# "config" (the run's identity, compared by --resume and by suite.launch).
-RUNTIME_FIELDS = ("overwrite", "resume", "checkpoint_every", "stop_after_iter")
+# TrainConfig fields that say how or where to run, not what is computed: left out of config.json's
+# "config" (the run's identity, compared by --resume and by suite.launch). out_dir among them: the
+# same run reached by another spelling of its path (or a copied results tree) is the same run.
+RUNTIME_FIELDS = ("out_dir", "overwrite", "resume", "checkpoint_every", "stop_after_iter")
 
 
 @dataclass
@@ -173,8 +183,14 @@ def save_checkpoint(path: Path, snapshot: dict[str, np.ndarray], identity: str) 
 
 def load_checkpoint(path: Path, identity: str) -> dict[str, np.ndarray]:
     """Read a checkpoint without unpickling anything; refuse one of another config."""
-    with np.load(path, allow_pickle=False) as z:
-        snap = {k: z[k] for k in z.files}
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            snap = {k: z[k] for k in z.files}
+    except Exception as e:  # noqa: BLE001 - not an .npz of plain arrays (or torn): name it
+        raise RunDirError(
+            f"{path} cannot be read as a checkpoint ({type(e).__name__}: {str(e)[:200]}); it is "
+            "refused: delete it (the run restarts) or pass --overwrite"
+        ) from None
     if str(snap.pop("config_hash", "")) != identity:
         raise ValueError(
             f"{path} belongs to another config than {path.parent / 'config.json'}: delete it "
@@ -184,7 +200,23 @@ def load_checkpoint(path: Path, identity: str) -> dict[str, np.ndarray]:
 
 
 def _finished(summary_path: Path) -> bool:
-    return summary_path.exists() and read_json(summary_path).get("status", "finished") == "finished"
+    """Whether the run's summary says it finished; an unreadable summary does not (the run is
+    resumed or retrained, and the summary rewritten)."""
+    if not summary_path.exists():
+        return False
+    try:
+        return read_json(summary_path, want_dict=True).get("status", "finished") == "finished"
+    except (OSError, ValueError):
+        return False
+
+
+def data_bytes(config: TrainConfig) -> int:
+    """About the peak memory of a grid in bytes: float64 n x d and n_test x d per seed, times
+    2.5 (the sampling's temporaries, the tensor copies) plus one per run of the seed (its
+    per-example buffers). Measured at n = 10^6, d = 30: GD alone 2.3x, GD + n-SAM + 1-SAM 4.5x."""
+    seeds = len(set(config.seeds))
+    per_seed = len(config.runs()) / seeds
+    return int(8 * config.d * (config.n + config.n_test) * seeds * (2.5 + per_seed))
 
 
 def train(config: TrainConfig) -> Path:
@@ -193,7 +225,14 @@ def train(config: TrainConfig) -> Path:
     ``config.resume``: continue the run in ``out_dir`` from its checkpoint (a ValueError names
     the flags that differ from the stored run's; a finished run is left as it is; a run without
     a checkpoint starts over). summary.json's "status" is "finished", "interrupted" (Ctrl-C) or
-    "stopped" (``stop_after_iter``); the last two leave checkpoint.npz for ``resume``."""
+    "stopped" (``stop_after_iter``); the last two leave checkpoint.npz for ``resume``.
+    The run directory's lock (``suite.rundir.run_dir_lock``) is held throughout: another live
+    writer is a ``RunDirBusyError`` naming its PID."""
+    with run_dir_lock(config.out_dir):
+        return _train(config)
+
+
+def _train(config: TrainConfig) -> Path:
     runs = config.runs()
     cfg = config.sim_config()
     for r in runs:
@@ -205,7 +244,8 @@ def train(config: TrainConfig) -> Path:
     ckpt = out / CHECKPOINT
     resume_from = None
     if config.resume and (out / "config.json").exists():
-        diff = changed_flags(read_json(out / "config.json").get("config", {}), config)
+        stored = read_json(out / "config.json", want_dict=True).get("config", {})
+        diff = changed_flags({k: v for k, v in stored.items() if k not in RUNTIME_FIELDS}, config)
         if diff:
             raise ValueError(
                 f"--resume: the run in {out} was started with different flags: {', '.join(diff)}"
@@ -498,7 +538,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--wd",
         type=finite_float,
         default=0.0,
-        help="weight decay as in the original GD: w -= wd*w each step (default: 0)",
+        help="weight decay >= 0 as in the original GD: w -= wd*w each step (default: 0)",
     )
     a(
         "--balancedness",
@@ -591,6 +631,12 @@ def config_from_args(argv: list[str] | None = None) -> TrainConfig:
         p.error(f"--batch_size must be in [1, --n={args.n}] (got {args.batch_size})")
     if args.sgd_skip < 0:
         p.error("--sgd_skip must be >= 0")
+    seeds = {"--seed": [args.seed], "--seeds": args.seeds or [], "--sgd_seed": [args.sgd_seed]}
+    for flag, vals in seeds.items():
+        if any(v is not None and not 0 <= v < 2**32 for v in vals):
+            p.error(f"{flag} must be in [0, 2**32 - 1] (numpy RandomState seeds)")
+    if args.wd < 0:
+        p.error(f"--wd must be >= 0 (the original GD's w -= wd * w; got {args.wd})")
     if args.noise < 0:
         p.error("--noise must be >= 0")
     if args.iters < 1:
@@ -610,7 +656,7 @@ def config_from_args(argv: list[str] | None = None) -> TrainConfig:
     out = args.out_dir or f"runs/diag_{'_'.join(args.algo)}_seed{args.seed}"
     if problem := run_dir_flags_error(out, args.resume, args.overwrite):
         p.error(problem)
-    return TrainConfig(
+    config = TrainConfig(
         out_dir=out,
         algo=args.algo,
         rho=rho,
@@ -647,6 +693,15 @@ def config_from_args(argv: list[str] | None = None) -> TrainConfig:
         checkpoint_every=args.checkpoint_every,
         stop_after_iter=args.stop_after_iter,
     )
+    need, have = data_bytes(config), available_memory()
+    if have is not None and need > have:  # refused before allocating (else the OOM killer)
+        fit = int(args.n * have / need) - 1
+        p.error(
+            f"--n {args.n} --d {args.d} --n_test {args.n_test} ({len(config.runs())} runs): the "
+            f"grid needs about {need / 2**30:.1f} GiB of memory and {have / 2**30:.1f} GiB is "
+            f"available; with these flags at most about --n {max(fit, 0)} fits"
+        )
+    return config
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -666,7 +721,10 @@ def main(argv: list[str] | None = None) -> int:
     except RuntimeError as e:  # e.g. --engine c without a C compiler
         print(f"error: --engine: {e}", file=sys.stderr)
         return 2
-    status = read_json(path / "summary.json").get("status")
+    except OSError as e:  # a full disk, an unwritable file: the message names the file
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    status = read_json(path / "summary.json", want_dict=True).get("status")
     if status == "interrupted":
         return EXIT_INTERRUPTED
     print(f"wrote {path}" + (f" ({status})" if status != "finished" else ""))

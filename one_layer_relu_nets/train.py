@@ -40,9 +40,35 @@ from suite.cli import (
     run_dir_flags_error,
     select_device,
 )
+from suite.rundir import run_dir_lock
 
 # Config field -> the flag that sets it (error messages name the flag).
 FLAG_OF = {"rhos": "--rhos", "seeds": "--seed/--num_seeds", "normalize": "--unnormalized"}
+TEACHER_FLAGS = ("d", "teacher_width", "n_train", "n_test", "n_val", "data_seed")
+SAM_FLAGS = ("rhos", "unnormalized", "rho_schedule")
+
+
+def no_effect_error(parser: argparse.ArgumentParser, args: argparse.Namespace) -> str | None:
+    """A flag set away from its default where it changes nothing (as deep_nets refuses them):
+    the teacher task's flags with --task reference1d, SAM's without a SAM algorithm, --m
+    without msam, --batch_size with GD alone (full batch)."""
+
+    def changed(name: str) -> bool:
+        return getattr(args, name) != parser.get_default(name)
+
+    algs = set(args.algorithms)
+    teacher = "with --task reference1d (the fixed 12-point data); they apply to --task teacher"
+    checks = [
+        (TEACHER_FLAGS, args.task == "reference1d", teacher),
+        (SAM_FLAGS, not algs & {"nsam", "1sam", "msam"}, "without a SAM algorithm"),
+        (("m",), "msam" not in algs, "without --algorithms msam"),
+        (("batch_size",), algs == {"gd"}, "with --algorithms gd alone (full batch)"),
+    ]
+    for names, applies, why in checks:
+        bad = [f"--{n}" for n in names if applies and changed(n)]
+        if bad:
+            return f"{', '.join(bad)} {'has' if len(bad) == 1 else 'have'} no effect {why}"
+    return None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -297,6 +323,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--num_seeds must be >= 1 (got {args.num_seeds})")
     if args.seed < 0:
         parser.error(f"--seed must be >= 0 (got {args.seed})")
+    if args.data_seed < 0:
+        parser.error(f"--data_seed must be >= 0 (got {args.data_seed})")
+    if problem := no_effect_error(parser, args):
+        parser.error(problem)
     if args.out_dir is None:
         if args.resume:
             parser.error("--resume needs the --out_dir of the run to continue")
@@ -321,7 +351,8 @@ def main(argv: list[str] | None = None) -> int:
         flag = FLAG_OF.get(field_name, "--" + field_name)
         parser.error(f"{flag}: {str(e).split(':', 1)[1].strip()}")
     try:
-        summary = train(cfg, resume=args.resume, overwrite=args.overwrite)
+        with run_dir_lock(cfg.out_dir):  # one writer per run directory, for the whole run
+            summary = train(cfg, resume=args.resume, overwrite=args.overwrite)
     except Interrupted:
         print(
             f"interrupted: the finished algorithms are saved in {cfg.out_dir}; continue with the "
@@ -331,6 +362,9 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except ValueError as e:  # e.g. a --resume with other flags than the stored run's
         parser.error(str(e))
+    except OSError as e:  # a full disk, an unwritable file: the message names the file
+        print(f"{parser.prog}: error: {e}", file=sys.stderr)
+        return 1
     for r in summary["runs"]:
         extra = f" kinks {r['kinks']}" if "kinks" in r else ""
         test = f" test {r['test_loss']:.3g}" if r.get("test_loss") is not None else ""

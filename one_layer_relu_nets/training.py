@@ -675,7 +675,7 @@ def train(
     if cfg.out_dir is not None:
         cfg_path = Path(cfg.out_dir) / "config.json"
         if resume and cfg_path.exists():
-            stored, now = read_json(cfg_path)["config"], dataclasses.asdict(cfg)
+            stored, now = read_json(cfg_path, want_dict=True)["config"], dataclasses.asdict(cfg)
             # where the run lies is not what it computes: the same directory may be named by a
             # relative or an absolute path (and a control's base by its digest)
             where = ("out_dir", "match_losses_of") if cfg.match_digest else ("out_dir",)
@@ -706,7 +706,7 @@ def train(
         for name, _ in groups:
             f = gdir / f"{name}.json"
             if f.exists():
-                results[name] = GroupResult.from_json(read_json(f))
+                results[name] = GroupResult.from_json(read_json(f, want_dict=True))
         # metrics.jsonl holds exactly the finished groups' rows (a crash may have cut it short)
         atomic_write_text(
             run_dir.metrics_path,

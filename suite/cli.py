@@ -76,6 +76,28 @@ def select_device(name: str | None = None) -> torch.device:
     return dev
 
 
+def available_memory() -> int | None:
+    """Bytes of memory this process can still allocate: the kernel's MemAvailable, capped by a
+    cgroup (container) limit; None where neither can be read (then nothing is checked)."""
+    have = None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    have = int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:  # cgroup v2: the container's limit minus what it uses
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit.isdigit():
+            used = int(Path("/sys/fs/cgroup/memory.current").read_text().strip())
+            room = max(0, int(limit) - used)
+            have = room if have is None else min(have, room)
+    except (OSError, ValueError):
+        pass
+    return have
+
+
 def progress(iterable=None, **kwargs):
     """tqdm that switches itself off when stderr is not a terminal (logs, CI, notebooks' stdout)."""
     from tqdm.auto import tqdm
@@ -119,6 +141,8 @@ def run_dir_flags_error(out_dir: str | os.PathLike, resume: bool, overwrite: boo
     them, and ``--resume`` needs such a run. The caller passes the message to ``parser.error``."""
     if resume and overwrite:
         return "--resume and --overwrite exclude each other: continue the run or replace it"
+    if problem := out_dir_error(out_dir):
+        return problem
     exists = (Path(out_dir) / "config.json").exists()
     if exists and not (resume or overwrite):
         return (
@@ -127,6 +151,24 @@ def run_dir_flags_error(out_dir: str | os.PathLike, resume: bool, overwrite: boo
         )
     if resume and not exists:
         return f"--resume: {out_dir} holds no run to continue (no config.json)"
+    return None
+
+
+def out_dir_error(out_dir: str | os.PathLike) -> str | None:
+    """Why ``--out_dir`` cannot hold a run (None: it can), checked before any data is loaded: it
+    or a folder above it is a file, or the folder that would hold it is not writable."""
+    path = Path(out_dir)
+    for p in (path, *path.parents):
+        if p.exists():
+            if not p.is_dir():
+                return f"--out_dir {out_dir}: {p} is a file, not a folder; choose another directory"
+            if not os.access(p, os.W_OK | os.X_OK):
+                where = "is" if p == path else f"would be created in {p}, which is"
+                return (
+                    f"--out_dir {out_dir} {where} not writable (permissions or a read-only "
+                    "file system); choose another directory"
+                )
+            return None
     return None
 
 

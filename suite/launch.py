@@ -29,8 +29,13 @@ Launchers (``configure(launcher=...)``):
   Ctrl-C reaches this process alone, which passes it on once to every worker: a trainer with a
   Ctrl-C handler (``suite.cli.GracefulInterrupt``) saves its checkpoint and stops, one without
   stops at once (as it would in this process); the queued runs are dropped and ``run_all``
-  raises KeyboardInterrupt. The next call resumes them. As with any spawned worker, a script
-  that calls ``run_all`` with ``jobs > 1`` needs the ``if __name__ == "__main__":`` guard.
+  raises KeyboardInterrupt. The next call resumes them. SIGTERM and SIGHUP (``kill``, ``docker
+  stop``, a closed terminal) are handled the same way. Workers never outlive this process: if it
+  dies without passing anything on (SIGKILL, the OOM killer), the kernel kills them at once
+  (Linux ``PR_SET_PDEATHSIG``) and, on every platform, a thread in each worker watching its
+  parent ends it, so a rerun never trains a run directory beside an orphan. As with any
+  spawned worker, a script that calls ``run_all`` with ``jobs > 1`` needs the
+  ``if __name__ == "__main__":`` guard.
 - ``slurm``: one SLURM job per run through submitit (``slurm_partition``, ``timeout_min``, GPUs...
   from ``configure(slurm=...)``). A job that is preempted or reaches its time limit receives
   submitit's signal, requeues itself (submitit's checkpointing protocol) and, when it starts again,
@@ -38,6 +43,11 @@ Launchers (``configure(launcher=...)``):
   (the results land in the same run directories) and raises if any job failed, naming it.
 - ``submitit-local``: the same jobs as real subprocesses of this machine (submitit's
   ``LocalExecutor``): what the tests use, and a way to run a stage's runs in parallel.
+
+One writer per run directory: ``execute`` holds the directory's lock
+(``suite.rundir.run_dir_lock``) from deciding what to do until the trainer returns; a second
+driver (or a trainer started by hand) on the same directory gets ``RunDirBusyError`` naming the
+PID that holds it, and the run's rows are never written twice.
 
 Progress: ``run_all`` reports each run to the reporter installed by ``set_reporter`` (the
 ``make reproduce`` progress display); without one it prints one line per run.
@@ -54,7 +64,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from suite.rundir import config_hash, read_json
+from suite.rundir import LOCK_NAME, config_hash, read_json, run_dir_lock
 
 LAUNCHERS = ("local", "slurm", "submitit-local")
 # summary["status"] values meaning "this run has ended and its result stands"; a diverged run is a
@@ -167,7 +177,7 @@ def config_diff(run: Run) -> list[str]:
     """The config keys (outside ``run.ignore``) whose values differ between ``run.config`` and
     the run directory's ``config.json`` (all of ``run.config``'s keys when there is none)."""
     try:
-        stored = read_json(Path(run.out_dir) / "config.json").get("config", {})
+        stored = read_json(Path(run.out_dir) / "config.json", want_dict=True).get("config", {})
     except (OSError, ValueError):
         stored = {}
     keys = sorted((set(stored) | set(run.config)) - set(run.ignore))
@@ -186,9 +196,9 @@ def run_state(run: Run) -> str:
     d = Path(run.out_dir)
     cfg_path = d / "config.json"
     if not cfg_path.exists():
-        return "stale" if d.exists() and any(d.iterdir()) else "new"
+        return "stale" if d.exists() and any(p.name != LOCK_NAME for p in d.iterdir()) else "new"
     try:
-        stored = read_json(cfg_path).get("config", {})
+        stored = read_json(cfg_path, want_dict=True).get("config", {})
     except (OSError, ValueError):
         return "stale"
     if _identity(stored, run.ignore) != _identity(run.config, run.ignore):
@@ -196,7 +206,7 @@ def run_state(run: Run) -> str:
     summary_path = d / "summary.json"
     if summary_path.exists():
         try:
-            status = read_json(summary_path).get("status", "finished")
+            status = read_json(summary_path, want_dict=True).get("status", "finished")
         except (OSError, ValueError):
             return "resume"
         if status in ENDED:
@@ -213,8 +223,17 @@ def plan(run: Run, force: bool = False) -> str:
 
 
 def _clear(out_dir: Path) -> None:
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
+    """Empty ``out_dir`` for a fresh run, keeping the lock file its writer holds (deleting it
+    would let a second writer lock a new file of the same name)."""
+    if not out_dir.is_dir():
+        return
+    for p in out_dir.iterdir():
+        if p.name == LOCK_NAME:
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        else:
+            p.unlink()
 
 
 def _stale_note(run: Run) -> str | None:
@@ -230,16 +249,20 @@ def execute(run: Run, force: bool = False) -> str:
     """Bring one run to completion in this process; returns "skipped", "trained" or "resumed".
 
     Raises KeyboardInterrupt when the trainer stopped on a Ctrl-C (its summary says
-    "interrupted"), so that the whole job stops with the checkpoint saved."""
-    action = plan(run, force)
-    if action == "skip":
+    "interrupted"), so that the whole job stops with the checkpoint saved. The run directory's
+    lock is held throughout: another live writer is a ``RunDirBusyError`` naming its PID."""
+    if plan(run, force) == "skip":  # a finished run is only read: no lock needed
         return "skipped"
-    if action == "fresh":
-        _clear(Path(run.out_dir))
-    run.train(resume=action == "resume")
-    summary = Path(run.out_dir) / "summary.json"
-    if summary.exists() and read_json(summary).get("status") == "interrupted":
-        raise KeyboardInterrupt(f"{run.name} interrupted; its checkpoint is in {run.out_dir}")
+    with run_dir_lock(run.out_dir):
+        action = plan(run, force)  # again: another writer may have finished it meanwhile
+        if action == "skip":
+            return "skipped"
+        if action == "fresh":
+            _clear(Path(run.out_dir))
+        run.train(resume=action == "resume")
+        summary = Path(run.out_dir) / "summary.json"
+        if summary.exists() and read_json(summary).get("status") == "interrupted":
+            raise KeyboardInterrupt(f"{run.name} interrupted; its checkpoint is in {run.out_dir}")
     return "trained" if action == "fresh" else "resumed"
 
 
@@ -283,13 +306,54 @@ def _run_local(run: Run) -> Outcome:
     return out
 
 
-def _worker_init(threads: int) -> None:
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """End this worker when the process that started it dies, however it dies (SIGKILL
+    included, when it cannot pass anything on). Its own process group keeps a terminal's
+    signals away from it, so without this an orphan would train on, racing the rerun.
+
+    Two mechanisms: on Linux the kernel sends SIGKILL at the parent's death (prctl
+    PR_SET_PDEATHSIG, through ctypes); everywhere, a daemon thread waits on multiprocessing's
+    parent sentinel (a pipe that closes when the parent dies) and kills this process."""
+    import signal
+    import sys
+    import threading
+
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        with contextlib.suppress(OSError, AttributeError):
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent_pid:  # the parent died before the prctl above took effect
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    import multiprocessing as mp
+    from multiprocessing.connection import wait
+
+    parent = mp.parent_process()
+    if parent is None:  # pragma: no cover - not a multiprocessing child
+        return
+
+    def watch() -> None:
+        wait([parent.sentinel])
+        os.kill(os.getpid(), getattr(signal, "SIGKILL", signal.SIGTERM))
+
+    threading.Thread(target=watch, name="die-with-parent", daemon=True).start()
+
+
+def _worker_init(threads: int, parent_pid: int | None = None) -> None:
     """A pool worker: its share of the cores, its own process group (a terminal's Ctrl-C goes to
-    ``run_all``'s process, which passes it on once) and Ctrl-C ignored while idle."""
+    ``run_all``'s process, which passes it on once), Ctrl-C ignored while idle, and its death
+    tied to its parent's (``_die_with_parent``)."""
     import signal
 
     os.setpgrp()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if parent_pid is not None:
+        _die_with_parent(parent_pid)
     try:
         import torch
     except ImportError:  # pragma: no cover - the suite always has torch
@@ -303,6 +367,33 @@ def cpu_count() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
         return os.cpu_count() or 1
+
+
+def _as_ctrl_c(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _stop_signals_as_ctrl_c() -> dict[int, Any]:
+    """While the pool runs, SIGTERM and SIGHUP stop it like a Ctrl-C (the workers save and
+    stop), instead of killing this process alone. Only from the main thread (signals)."""
+    import signal
+    import threading
+
+    old: dict[int, Any] = {}
+    if threading.current_thread() is not threading.main_thread():
+        return old
+    for name in ("SIGTERM", "SIGHUP"):
+        sig = getattr(signal, name, None)
+        if sig is not None and signal.getsignal(sig) in (signal.SIG_DFL, None):
+            old[sig] = signal.signal(sig, _as_ctrl_c)
+    return old
+
+
+def _restore_handlers(old: dict[int, Any]) -> None:
+    import signal
+
+    for sig, handler in old.items():
+        signal.signal(sig, handler)
 
 
 def _run_pool(runs: Sequence[Run], jobs: int) -> list[Outcome]:
@@ -325,10 +416,11 @@ def _run_pool(runs: Sequence[Run], jobs: int) -> list[Outcome]:
         max_workers=jobs,
         mp_context=mp.get_context("spawn"),
         initializer=_worker_init,
-        initargs=(max(1, cpu_count() // jobs),),
+        initargs=(max(1, cpu_count() // jobs), os.getpid()),
     )
     running: dict[Any, tuple[Run, str | None]] = {}
     error: BaseException | None = None
+    old_handlers = _stop_signals_as_ctrl_c()
     try:
         while queue or running:
             while queue and len(running) < jobs and error is None:
@@ -357,6 +449,8 @@ def _run_pool(runs: Sequence[Run], jobs: int) -> list[Outcome]:
                 os.kill(proc.pid, signal.SIGINT)
         pool.shutdown(wait=True, cancel_futures=True)
         raise
+    finally:
+        _restore_handlers(old_handlers)
     pool.shutdown(wait=True)
     if error is not None:
         raise error
