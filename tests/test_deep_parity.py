@@ -416,3 +416,45 @@ def test_model_path_that_is_not_a_checkpoint_explains_itself(tmp_path):
     torch.save([1, 2], lst)
     with pytest.raises(ValueError, match="plain state dict of tensors; got list"):
         load_model_path(m, str(lst))
+
+
+# ------------------------------------------------- parity 10: models and label-noise counts
+def test_group_norm_has_width_over_2_groups_in_every_layer():
+    """The original's PreActResNet: gn_groups = model_width // 2 for every GroupNorm."""
+    for name, width in [("resnet_tiny_gn", 16), ("resnet18_gn", 8), ("resnet34_gn", 64)]:
+        m = build_model(name, in_channels=3, num_classes=10, width=width, input_shape=(3, 32, 32))
+        groups = {g.num_groups for g in m.modules() if isinstance(g, nn.GroupNorm)}
+        assert groups == {width // 2}, (name, groups)
+    with pytest.raises(ValueError, match="even width"):
+        build_model("resnet_tiny_gn", in_channels=3, num_classes=10, width=5,
+                    input_shape=(3, 32, 32))  # fmt: skip
+
+
+def test_vgg16_conv_biases_start_at_zero_under_the_originals_init():
+    def conv_biases(init):
+        torch.manual_seed(0)
+        m = build_model("vgg16", in_channels=3, num_classes=10, width=2, input_shape=(3, 32, 32),
+                        init=init)  # fmt: skip
+        return [c.bias for c in m.modules() if isinstance(c, nn.Conv2d)]
+
+    assert all(torch.equal(b, torch.zeros_like(b)) for b in conv_biases("original"))
+    assert all(b.abs().sum() > 0 for b in conv_biases("pytorch"))
+
+
+def test_wrn28_refuses_droprate_as_the_original_never_applies_it():
+    kw = dict(in_channels=3, num_classes=10, width=1, input_shape=(3, 32, 32), droprate=0.3)
+    with pytest.raises(ValueError, match="wrn28_10"):
+        build_model("wrn28", **kw)
+    m = build_model("wrn28_10", **kw)
+    assert any(getattr(b, "droprate", 0) == 0.3 for b in m.modules())
+
+
+def test_symmetric_noise_count_is_the_originals_int():
+    import numpy as np
+
+    from deep_nets.data import corrupt_labels
+
+    y = np.arange(100) % 10
+    for p, want in [(0.29, 28), (0.3, 30), (0.125, 12), (0.999, 99)]:
+        _, noisy = corrupt_labels(y, p, "sym", 10, np.random.default_rng(0))
+        assert int(noisy.sum()) == int(p * len(y)) == want
