@@ -21,10 +21,11 @@ Splits (all seeded by `seed`, with independent streams):
   validation set is the same for every `frac_train` and noise setting;
 - `frac_train`: a seeded subset of the remaining training examples;
 - label noise (training labels; validation labels too with `noisy_val`; test labels stay clean):
-  symmetric: exactly round(p n) training examples, drawn uniformly without replacement, get a
-  label drawn uniformly from the K - 1 *other* classes; asymmetric (CIFAR-10 only): for each
-  source class c in {truck, bird, cat, dog, deer}, exactly round(p n_c) of its examples are
-  relabeled truck->automobile, bird->airplane, cat->dog, dog->cat, deer->horse.
+  symmetric: exactly int(p n) training examples (the original's count), drawn uniformly without
+  replacement, get a label drawn uniformly from the K - 1 *other* classes; asymmetric (CIFAR-10
+  only): for each source class c in {truck, bird, cat, dog, deer}, exactly round(p n_c) of its
+  examples are relabeled truck->automobile, bird->airplane, cat->dog, dog->cat, deer->horse (the
+  original's asym differs: see the parity table in deep_nets/README.md).
 """
 
 from __future__ import annotations
@@ -104,8 +105,9 @@ class DataError(ValueError):
 class Splits:
     """A data set split into train / validation / test tensors on one device.
 
-    x tensors are float32 of shape (N, C, H, W) (mnist1d: (N, 1, 40)), normalized per channel
-    as (x - mean_c) / std_c with the training split's statistics (`info["normalization"]`).
+    x tensors are in torch's default float dtype (float32 unless set) of shape (N, C, H, W)
+    (mnist1d: (N, 1, 40)), normalized per channel as (x - mean_c) / std_c with the training
+    split's statistics (`info["normalization"]`).
     y tensors are int64 class indices. `train_y` holds the (possibly noisy) training labels,
     `train_y_clean` the original ones, `noisy` = (train_y != train_y_clean) as a bool mask.
     """
@@ -621,8 +623,9 @@ def corrupt_labels(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Label noise of PAPERS.md#deep-nets-data. Returns (noisy labels, bool mask of relabeled).
 
-    sym: exactly round(p n) examples, uniformly without replacement, get a label drawn uniformly
-    from the K - 1 other classes (y + U{1..K-1} mod K), so every chosen label really changes.
+    sym: exactly int(p n) examples (the original's count, truncated), uniformly without
+    replacement, get a label drawn uniformly from the K - 1 other classes (y + U{1..K-1} mod K),
+    so every chosen label really changes.
     asym (CIFAR-10 only): for each source class c of CIFAR10_ASYM_MAP, exactly round(p n_c) of
     its examples (chosen from the clean labels, so cat<->dog is a swap, not a chain) are mapped
     to CIFAR10_ASYM_MAP[c]; the other classes are untouched.
@@ -643,7 +646,7 @@ def corrupt_labels(
     if noise_type == "sym":
         if num_classes < 2:
             raise ValueError("symmetric label noise needs at least 2 classes")
-        n_noisy = int(round(p * len(y)))
+        n_noisy = int(p * len(y))  # the original's int(n_ex * p): 0.29 * 100 -> 28
         idx = rng.choice(len(y), size=n_noisy, replace=False)
         out[idx] = (y[idx] + rng.integers(1, num_classes, size=n_noisy)) % num_classes
     else:
@@ -777,10 +780,12 @@ def load_dataset(
 
     def to_x(a: np.ndarray) -> Tensor:
         # copy=True: the in-place ops below must never write into cached source arrays.
+        # torch's default float dtype: float32, or float64 for the portable pinned test runs.
+        dt = torch.get_default_dtype()
         t = torch.from_numpy(np.ascontiguousarray(a)).to(device)
-        t = t.to(torch.float32, copy=True).div_(scale)
-        m = torch.as_tensor(mean, dtype=torch.float32, device=t.device).view(stat_shape)
-        s = torch.as_tensor(std, dtype=torch.float32, device=t.device).view(stat_shape)
+        t = t.to(dt, copy=True).div_(scale)
+        m = torch.as_tensor(mean, dtype=dt, device=t.device).view(stat_shape)
+        s = torch.as_tensor(std, dtype=dt, device=t.device).view(stat_shape)
         return t.sub_(m).div_(s)
 
     def to_y(a: np.ndarray) -> Tensor:

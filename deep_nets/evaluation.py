@@ -40,7 +40,7 @@ def evaluate(
         xb, yb = x[i : i + batch_size], y[i : i + batch_size]
         with autocast():
             logits = net(xb)
-        logits = logits.float()
+        logits = _wide(logits)
         wrong = (logits.argmax(1) != yb).double()
         out[0] += F.cross_entropy(logits, yb, reduction="sum").double()
         out[1] += wrong.sum()
@@ -71,15 +71,20 @@ def logged_sharpness(
     of m-sharpness), measured in full precision whatever ``autocast`` the training uses. Returns
     [sum of differences, number of chunks] in float64 (reduce across workers, then divide); a
     trailing partial chunk is ignored. The weights are never modified."""
-    del autocast  # the measure runs in the parameters' precision (float32): see docstring
+    del autocast  # the measure runs in the parameters' precision: see docstring
     r = m_sharpness(net, _ce, x, y, m=m, rho=rho, steps=1, error_fn=None)
     return torch.tensor(
         [math.fsum(r["per_chunk"]), r["n_chunks"]], dtype=torch.float64, device=x.device
     )
 
 
+def _wide(t: Tensor) -> Tensor:
+    """At least float32 (half-precision logits widened; float64 kept)."""
+    return t.to(torch.promote_types(t.dtype, torch.float32))
+
+
 def _ce(out: Tensor, y: Tensor) -> Tensor:
-    return F.cross_entropy(out.float(), y)
+    return F.cross_entropy(_wide(out), y)
 
 
 @torch.no_grad()

@@ -11,7 +11,7 @@ Architectures (all convolutions without bias, as in the reference implementation
   (ResNet-18: 2-2-2-2 blocks, ResNet-34: 3-4-6-3, tiny: 1-1-1-1), a 1x1 projection shortcut where
   the shape changes, a final norm + ReLU (the paper's extra activation after the last unit),
   global average pooling, a linear classifier. Norm: BatchNorm or GroupNorm with
-  gcd(32, channels) groups (32 groups as in Wu & He 2018 whenever the width allows it).
+  width // 2 groups in every layer (the original's rule: 32 at width 64, as in Wu & He 2018).
 - Wide ResNet WRN-d-k (Zagoruyko & Komodakis 2016): 3x3 stem to 16 channels, three stages of
   n = (d - 4) / 6 pre-activation basic blocks with widths 16k, 32k, 64k and strides 1, 2, 2,
   final BN + ReLU, global average pooling, linear (no dropout).
@@ -74,17 +74,22 @@ _SPECS: dict[str, tuple[str, object, str, int]] = {
 NormFactory = Callable[[int], nn.Module]
 
 
-def group_norm(channels: int) -> nn.GroupNorm:
-    """GroupNorm with gcd(32, channels) groups: 32 when possible, else the largest divisor <= 32
-    that also divides 32 (so narrow --model_width values still build)."""
-    return nn.GroupNorm(math.gcd(32, channels), channels)
+def group_norm(width: int) -> NormFactory:
+    """GroupNorm with ``width // 2`` groups in every layer, as the original (32 groups at the
+    default width 64, as in Wu & He 2018; every stage's channel count w 2^i is a multiple)."""
+    if width < 2 or width % 2:
+        raise ValueError(
+            f"--model_width {width}: the GroupNorm models have width // 2 groups in every layer "
+            "(the original's rule), which needs an even width >= 2"
+        )
+    return lambda channels: nn.GroupNorm(width // 2, channels)
 
 
-def _norm_factory(kind: str) -> NormFactory:
+def _norm_factory(kind: str, width: int) -> NormFactory:
     if kind == "bn":
         return nn.BatchNorm2d
     if kind == "gn":
-        return group_norm
+        return group_norm(width)
     raise ValueError(f"unknown norm {kind!r}")
 
 
@@ -358,7 +363,8 @@ def parse_activation(name: str) -> Callable[[Tensor], Tensor]:
 def init_original(model: nn.Module, *, linear_model: bool = False, scale_init: float = 0.0) -> None:
     """The original's ``init_weights``. Every model but ``linear`` (``init_weights_he``, from Rice
     et al.): conv weights ~ Kaiming normal (fan_out, relu gain: std = sqrt(2 / (k^2 c_out))),
-    norm layers weight 1 and bias 0, linear biases 0 (linear weights keep PyTorch's default).
+    norm layers weight 1 and bias 0, linear biases 0 (linear weights keep PyTorch's default),
+    VGG16's conv biases 0 (its constructor's).
     ``linear``: weights ~ N(0, 1) rescaled to Frobenius norm ``scale_init`` (0: all zero)."""
     for m in model.modules():
         if linear_model:
@@ -369,6 +375,8 @@ def init_original(model: nn.Module, *, linear_model: bool = False, scale_init: f
                     m.bias.zero_()
         elif isinstance(m, (nn.Conv1d, nn.Conv2d)):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if isinstance(model, VGG16) and m.bias is not None:
+                m.bias.zero_()  # the original's VGG constructor zeroes its conv biases
         elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)) and m.weight is not None:
             m.weight.fill_(1.0)
             m.bias.zero_()
@@ -431,6 +439,11 @@ def build_model(
         )
     if droprate and family not in ("preact", "wrn"):
         raise ValueError(f"--droprate is implemented for the PreAct ResNets and WRNs, not {name}")
+    if droprate and name == "wrn28":
+        raise ValueError(
+            "--droprate has no effect with --model wrn28: the original builds it without dropout "
+            "whatever --droprate says; use --model wrn28_10 for a WRN-28 with dropout"
+        )
     act = parse_activation(activation)
     if activation != "relu" and family != "preact":
         raise ValueError(f"--activation is implemented for the PreAct ResNets only, not {name}")
@@ -444,7 +457,7 @@ def build_model(
             in_channels=in_channels,
             num_classes=num_classes,
             width=w,
-            norm=_norm_factory(norm),
+            norm=_norm_factory(norm, w),
             **block,
         )
     elif family == "wrn":
@@ -453,7 +466,7 @@ def build_model(
             w,
             in_channels=in_channels,
             num_classes=num_classes,
-            norm=_norm_factory(norm),
+            norm=_norm_factory(norm, w),
             **block,
         )
     elif family == "postact":

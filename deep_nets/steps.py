@@ -190,13 +190,14 @@ def msam_step(ctx: StepContext, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor | 
 def _two_batch_step(
     ctx: StepContext, x: Tensor, y: Tensor, xa: Tensor, ya: Tensor
 ) -> tuple[Tensor, Tensor | None]:
-    """Ascent direction from the batch (xa, ya) (its pass never syncs gradients; batch-norm per
-    ``--sam_bn_update``), update gradient from (x, y) at w + e."""
-    with local_grads(ctx.net), ctx.bn_perturbed(), ctx.autocast():
+    """Ascent direction from the batch (xa, ya) at w (its pass never syncs gradients), update
+    gradient from (x, y) at w + e. Batch norm per ``--sam_bn_update``: ``first`` updates the
+    running statistics in the pass at w only (on the ascent batch), never at w + e."""
+    with local_grads(ctx.net), ctx.autocast():
         lo = ctx.loss(xa, ya)
         ctx.scaled(lo).backward()
     ctx.opt.first_step(zero_grad=True, scaler=ctx.scaler)
-    with ctx.autocast():
+    with ctx.bn_perturbed(), ctx.autocast():
         ploss = ctx.loss(x, y)
     ctx.scaled(ploss).backward()
     ctx.opt.restore()

@@ -88,6 +88,16 @@ def _kept(name: str, doc: str) -> property:
     )
 
 
+def _drop_autocast_casts() -> None:
+    """Forget autocast's cached low-precision copies of the weights after an in-place change.
+
+    Inside an autocast region each leaf weight is cast once, at its first use, and the copy is
+    reused until the outermost region exits: a forward at w + e in the same region as the one at
+    w would silently compute with w (SAM becomes ERM). The cache is empty outside autocast."""
+    if torch.is_autocast_cache_enabled():
+        torch.clear_autocast_cache()
+
+
 class SAM(Optimizer):
     """Sharpness-Aware Minimization around ``base_optimizer`` (a class, built with ``**kwargs``).
 
@@ -464,6 +474,7 @@ class SAM(Optimizer):
             def grad_at_e(e: list[Tensor]) -> list[Tensor]:
                 self._copy(params, backup)
                 self._add(params, e)
+                _drop_autocast_casts()
                 with torch.enable_grad():
                     new = grad_at()  # type: ignore[misc]
                 out = [new[index[id(p)]] for p in params]
@@ -477,6 +488,7 @@ class SAM(Optimizer):
             )
             self._copy(params, e)
         self._add(params, backup)
+        _drop_autocast_casts()
 
     @torch.no_grad()
     def restore(self) -> None:
@@ -485,6 +497,7 @@ class SAM(Optimizer):
         if self._perturbed:
             self._copy(self._perturbed, self._buffers(self._perturbed))
             self._perturbed = []
+            _drop_autocast_casts()
 
     @torch.no_grad()
     def update(self, scaler: Any = None) -> None:

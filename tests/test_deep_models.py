@@ -108,9 +108,11 @@ def test_groupnorm_variants_have_the_same_parameters_and_32_groups() -> None:
     assert count_parameters(meta_model("resnet34_gn", num_classes=100)) == preact_count(
         (3, 4, 6, 3), 64, k=100
     )
-    # Narrow widths still build: gcd(32, 8) = 8 groups at width 8.
+    # The original's rule at any width: width // 2 groups in every layer (4 at width 8).
     narrow = meta_model("resnet_tiny_gn", width=8)
-    assert min(m.num_groups for m in narrow.modules() if isinstance(m, nn.GroupNorm)) == 8
+    assert {m.num_groups for m in narrow.modules() if isinstance(m, nn.GroupNorm)} == {4}
+    with pytest.raises(ValueError, match="even width"):
+        meta_model("resnet_tiny_gn", width=5)
 
 
 @pytest.mark.parametrize(

@@ -49,14 +49,17 @@ def cfg_for(**kw) -> TrainConfig:
     return TrainConfig(**base)
 
 
-def run_step(cfg: TrainConfig, model: nn.Module, x, y, *, prev=None, kind=None, gen_seed=0):
-    """One step of the trainer's step table on ``model`` (modified in place)."""
+def run_step(
+    cfg: TrainConfig, model: nn.Module, x, y, *, prev=None, other=None, kind=None, gen_seed=0
+):
+    """One step of the trainer's step table on ``model`` (modified in place); ``other``: the
+    batch of ``--sam_perturb_batch other`` (default: (x, y))."""
     opt = build_optimizer(cfg, model)
     for g in opt.param_groups:
         g["lr"] = cfg.lr_max
     ctx = StepContext(
         cfg, opt, model, make_loss(cfg, model, model), cfg.m, list(model.parameters()),
-        torch.Generator().manual_seed(gen_seed), other_batch=lambda: (x, y),
+        torch.Generator().manual_seed(gen_seed), other_batch=lambda: other or (x, y),
         autocast=contextlib.nullcontext, prev=prev,
     )  # fmt: skip
     model.train()
@@ -193,6 +196,27 @@ def test_batch_norm_statistics_policy(policy):
     want = 0.9 * 0.1 * mu_w + 0.1 * mu_e if policy == "every" else 0.1 * mu_w
     got = run_step(cfg, tiny_net(bn=True), x, y)
     torch.testing.assert_close(got[2].running_mean, want, atol=1e-12, rtol=1e-12)
+
+
+@pytest.mark.parametrize("policy", ["first", "every"])
+@pytest.mark.parametrize("flag", ["sam_use_prev_batch", "sam_perturb_batch"])
+def test_batch_norm_statistics_policy_in_n_sam(policy, flag):
+    """n-SAM: the ascent pass at w runs on the other batch xa, the update pass at w + e on x.
+    every: 0.9 (0.1 mu(w; xa)) + 0.1 mu(w + e; x); first: the pass at w only, 0.1 mu(w; xa)
+    (not the pass at w + e, as before: that is the one ``first`` must leave out)."""
+    value = True if flag == "sam_use_prev_batch" else "other"
+    cfg = cfg_for(sam_rho=0.3, sam_bn_update=policy, l2_reg=0.0, **{flag: value})
+    x, y = batch(seed=1)
+    xa, ya = batch(seed=2)
+    ref = tiny_net(bn=True)
+    w = [p.detach().clone() for p in ref.parameters()]
+    _, deltas = original_step(ref, x, y, cfg, ascent_x=xa, ascent_y=ya)
+    mu_w = bn_input_mean(ref, w, xa)
+    mu_e = bn_input_mean(ref, [a + d for a, d in zip(w, deltas[0], strict=True)], x)
+    want = 0.9 * 0.1 * mu_w + 0.1 * mu_e if policy == "every" else 0.1 * mu_w
+    got = run_step(cfg, tiny_net(bn=True), x, y, prev=(xa, ya), other=(xa, ya))
+    torch.testing.assert_close(got[2].running_mean, want, atol=1e-12, rtol=1e-12)
+    assert int(got[2].num_batches_tracked) == (2 if policy == "every" else 1)
 
 
 def test_freeze_bn_stats_keeps_the_running_statistics():
@@ -392,3 +416,45 @@ def test_model_path_that_is_not_a_checkpoint_explains_itself(tmp_path):
     torch.save([1, 2], lst)
     with pytest.raises(ValueError, match="plain state dict of tensors; got list"):
         load_model_path(m, str(lst))
+
+
+# ------------------------------------------------- parity 10: models and label-noise counts
+def test_group_norm_has_width_over_2_groups_in_every_layer():
+    """The original's PreActResNet: gn_groups = model_width // 2 for every GroupNorm."""
+    for name, width in [("resnet_tiny_gn", 16), ("resnet18_gn", 8), ("resnet34_gn", 64)]:
+        m = build_model(name, in_channels=3, num_classes=10, width=width, input_shape=(3, 32, 32))
+        groups = {g.num_groups for g in m.modules() if isinstance(g, nn.GroupNorm)}
+        assert groups == {width // 2}, (name, groups)
+    with pytest.raises(ValueError, match="even width"):
+        build_model("resnet_tiny_gn", in_channels=3, num_classes=10, width=5,
+                    input_shape=(3, 32, 32))  # fmt: skip
+
+
+def test_vgg16_conv_biases_start_at_zero_under_the_originals_init():
+    def conv_biases(init):
+        torch.manual_seed(0)
+        m = build_model("vgg16", in_channels=3, num_classes=10, width=2, input_shape=(3, 32, 32),
+                        init=init)  # fmt: skip
+        return [c.bias for c in m.modules() if isinstance(c, nn.Conv2d)]
+
+    assert all(torch.equal(b, torch.zeros_like(b)) for b in conv_biases("original"))
+    assert all(b.abs().sum() > 0 for b in conv_biases("pytorch"))
+
+
+def test_wrn28_refuses_droprate_as_the_original_never_applies_it():
+    kw = dict(in_channels=3, num_classes=10, width=1, input_shape=(3, 32, 32), droprate=0.3)
+    with pytest.raises(ValueError, match="wrn28_10"):
+        build_model("wrn28", **kw)
+    m = build_model("wrn28_10", **kw)
+    assert any(getattr(b, "droprate", 0) == 0.3 for b in m.modules())
+
+
+def test_symmetric_noise_count_is_the_originals_int():
+    import numpy as np
+
+    from deep_nets.data import corrupt_labels
+
+    y = np.arange(100) % 10
+    for p, want in [(0.29, 28), (0.3, 30), (0.125, 12), (0.999, 99)]:
+        _, noisy = corrupt_labels(y, p, "sym", 10, np.random.default_rng(0))
+        assert int(noisy.sum()) == int(p * len(y)) == want

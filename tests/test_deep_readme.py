@@ -69,3 +69,48 @@ def test_help_states_the_defaults_the_table_names():
     for phrase in ("(default: 200)", "(default: 0.0005)", "(default: 128)", "(default: first)",
                    "(default: float16)", "(default: original)", "(default: 0.999)"):  # fmt: skip
         assert phrase in text, phrase
+
+
+# The original's get_args() defaults of the flags the table gives one, copied by hand.
+ORIGINAL_DEFAULTS = dict(
+    batch_size=128, dataset="cifar10", model="resnet18", epochs=100, lr_schedule="piecewise",
+    lr_max=0.1, p_label_noise=0.0, noise_type="sym", sam_rho=0.0, sam_step_size_mult=1.0,
+    sam_iters=1, sam_lr_mult=0.0, sam_epoch_frac_start=0.0, sam_epoch_frac_end=1.0, swa_tau=0.999,
+    add_weight_perturb_scale=0.0, mul_weight_perturb_scale=0.0, weight_perturb_distr="gauss",
+    frac_train=1, acc_steps=1, l1_reg=0.0, l2_reg=0.0, grad_gauss_std=0.0, scale_init=0.0,
+    droprate=0.0, activation="relu", seed=0, save_model_each_k_epochs=0, eval_iter_freq=-1,
+    n_eval_every_k_iter=512, batch_size_eval=512, n_final_eval=10000,
+)  # fmt: skip
+
+
+def _value(text: str):
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return str(text)
+
+
+def test_the_tables_defaults_are_the_originals_and_ours_where_it_says_same():
+    """A row `--flag` (d) | `--flag` | status: d is the original's default; "same" rows have
+    our default d too, "default differs" rows another one."""
+    ours = {a.option_strings[0][2:]: a.default for a in build_parser()._actions if a.dest != "help"}
+    checked = set()
+    for original, here, status, _ in table_rows():
+        m = re.fullmatch(r"`--([a-z0-9_]+)` \(([^):]*)(?::[^)]*)?\)", original)
+        if not m or m.group(1) not in ORIGINAL_DEFAULTS:
+            continue
+        flag, shown = m.groups()
+        assert _value(shown) == _value(ORIGINAL_DEFAULTS[flag]), (flag, shown)
+        (mine,) = flags_in(here)
+        if status == "same":
+            assert _value(ours[mine]) == _value(shown), (flag, ours[mine])
+        elif status == "default differs":
+            assert _value(ours[mine]) != _value(shown), (flag, ours[mine])
+        checked.add(flag)
+    assert checked == set(ORIGINAL_DEFAULTS), set(ORIGINAL_DEFAULTS) - checked
+
+
+def test_rows_that_differ_say_how():
+    for original, _, status, note in table_rows():
+        if status in ("different", "default differs"):
+            assert len(note) > 10, (original, note)

@@ -12,7 +12,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from tests.deep_pinned.variants import VARIANTS, run_variant
+import torch
+
+from tests.deep_pinned.variants import FLOAT32_VARIANTS, VARIANTS, run_variant
 
 PINNED = Path(__file__).with_name("pinned.json")
 
@@ -21,7 +23,10 @@ def main(names: list[str]) -> None:
     data = json.loads(PINNED.read_text()) if PINNED.exists() else {}
     for name in names or list(VARIANTS):
         with tempfile.TemporaryDirectory() as d:
-            data[name] = {"flags": VARIANTS[name], **run_variant(name, Path(d) / name)}
+            dtype = torch.float32 if name in FLOAT32_VARIANTS else torch.float64
+            got = run_variant(name, Path(d) / name, dtype)
+            del got["weights_sha256"]  # exact bytes: not portable, compared within one machine
+            data[name] = {"flags": VARIANTS[name], "dtype": str(dtype)[6:], **got}
         print("pinned", name, flush=True)
     data = {k: data[k] for k in VARIANTS if k in data}
     PINNED.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")

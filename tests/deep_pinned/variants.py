@@ -1,8 +1,10 @@
 """The fixed small runs whose exact metrics pin the deep-net trainer's behaviour.
 
-``python -m tests.deep_pinned.make`` runs each variant and writes ``pinned.json`` next to this
-file; ``tests/test_deep_pinned.py`` reruns them and asserts the same numbers bit for bit. An entry
-is regenerated only when a change of behaviour is intended, and the commit says which and why.
+``python -m tests.deep_pinned.make`` runs each variant (in float64; ``FLOAT32_VARIANTS`` in
+float32) and writes ``pinned.json`` next to this file; ``tests/test_deep_pinned.py`` reruns them
+and asserts the same numbers within a tolerance far above float64 round-off (portable across
+CPUs and thread counts) and far below any change of behaviour. An entry is regenerated only when
+a change of behaviour is intended, and the commit says which and why.
 """
 
 from __future__ import annotations
@@ -75,6 +77,9 @@ VARIANTS.update(
     now_bn_every=dict(BN, init="original", sam_rho=0.05, acc_steps=2, sam_bn_update="every"),
 )
 
+# Run in float32: autocast does not apply to float64, so this variant's pin is its float16 run.
+FLOAT32_VARIANTS = {"now_fp16"}
+
 TIMING = ("seconds", "eval_seconds", "examples_per_s", "train_cpu_seconds")
 
 
@@ -89,15 +94,35 @@ def weights_digest(state: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-def run_variant(name: str, out: Path) -> dict[str, Any]:
-    """Run one variant into ``out``; return its metrics rows (timing fields dropped) and the
-    digest of its final weights."""
+def weights_fingerprint(state: dict[str, torch.Tensor]) -> list[float]:
+    """[||w||, <w, r_1>, ..., <w, r_4>] over every floating tensor of ``state`` (float64, names
+    sorted), r_i fixed unit Gaussian directions: a change of any weight moves a projection by
+    about |change| / sqrt(numel), round-off moves them all by ~1e-16 ||w||."""
+    ts = [state[k].detach().cpu().double().reshape(-1) for k in sorted(state)]
+    w = torch.cat([t for t, k in zip(ts, sorted(state)) if state[k].is_floating_point()])
+    r = torch.randn(4, w.numel(), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    r = r / r.norm(dim=1, keepdim=True)
+    return [float(w.norm()), *map(float, r @ w)]
+
+
+def run_variant(
+    name: str, out: Path, dtype: torch.dtype = torch.float64, **overrides: Any
+) -> dict[str, Any]:
+    """Run one variant into ``out`` with torch's default float dtype ``dtype`` (the data, the
+    model and every computation of the trainer follow it); return its metrics rows (timing
+    fields dropped), the fingerprint of its final weights and buffers, the exact integer
+    buffers, and the SHA-256 of the weights (exact, for same-machine comparisons only)."""
     from deep_nets.config import TrainConfig
     from deep_nets.train import train
     from suite.rundir import load_run
 
     torch.set_num_threads(1)
-    train(TrainConfig(**VARIANTS[name], out_dir=str(out)))
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        train(TrainConfig(**{**VARIANTS[name], **overrides}, out_dir=str(out)))
+    finally:
+        torch.set_default_dtype(old)
     # The row at epoch 0 (before any step) was added after the first pin: not part of it.
     rows = [
         {k: v for k, v in r.items() if k not in TIMING}
@@ -105,4 +130,11 @@ def run_variant(name: str, out: Path) -> dict[str, Any]:
         if r["epoch"] > 0
     ]
     ck = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=True)
-    return {"rows": rows, "weights_sha256": weights_digest(ck["model"])}
+    st = ck["model"]
+    return {
+        "rows": rows,
+        "weights": weights_fingerprint(st),
+        "int_buffers": {k: v.tolist() for k, v in sorted(st.items()) if not v.is_floating_point()},
+        "scaler": ck.get("scaler"),
+        "weights_sha256": weights_digest(st),
+    }
