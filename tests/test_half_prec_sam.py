@@ -62,7 +62,8 @@ def test_msam_backward_under_one_autocast_region(m, iters, adaptive):
 
     def grad_of(autocast, rho):
         model = net()
-        opt = SAM(model.parameters(), torch.optim.SGD, rho=rho, lr=0.1, adaptive=adaptive)
+        asam = dict(adaptive=True, eta=0.01) if adaptive else {}  # the official ASAM
+        opt = SAM(model.named_parameters(), torch.optim.SGD, rho=rho, lr=0.1, **asam)
         with autocast():  # the whole m-SAM gradient in one region, as a user would write it
             msam_backward(
                 opt, model, lambda a, b: F.cross_entropy(model(a), b), x, y, m, sam_iters=iters
