@@ -31,6 +31,8 @@ from suite.captions import caption_figure
 from suite.claims import compare_seeds, compare_to_paper, fmt_mean_std, verdict, write_claims
 from suite.cli import GracefulInterrupt, make_seeds
 from suite.launch import Run, run_all
+from suite.profiles import check_table
+from suite.profiles import settings as profile_settings
 from suite.rundir import atomic_torch_save, create_run_dir, load_run
 
 OPTIMIZERS = ("sgd", "sam", "asam", "looksam")
@@ -190,22 +192,24 @@ def train_run(cfg: DemoConfig, out_dir: str, resume: bool = False) -> None:
     run_one(cfg, Path(out_dir), resume=resume)
 
 
-PROFILES = ("quick", "full", "paper", "tiny")  # tiny: for the tests only
+# (DemoConfig fields, seeds) per profile. The demo is the core's own CPU-scale check, not one of
+# the papers' experiments (those are deep_nets' paper profile): it has no paper-scale setting, and
+# ``paper`` reuses full's runs (same configs, same directories).
+PROFILES = check_table(
+    {
+        # seconds: 2 epochs of a width-16 MLP on 30% of the training set
+        "test": ({"epochs": 2, "width": 16, "frac_train": 0.3, "hessian_examples": 64}, [0, 1]),
+        "quick": ({"epochs": 40}, [0, 1, 2]),  # ~2 CPU minutes
+        "full": ({"epochs": 100}, [0, 1, 2, 3, 4]),
+        "paper": ({"epochs": 100}, [0, 1, 2, 3, 4]),
+    },
+    "core",
+)
 
 
 def settings(profile: str) -> tuple[dict, list[int]]:
-    """(DemoConfig fields, seeds) of ``profile``. quick: 40 epochs, seeds 0-2 (~2 CPU minutes);
-    full: 100 epochs, seeds 0-4; paper: the same as full. The demo is the core's own CPU-scale
-    check, not one of the paper's experiments (those are deep_nets' paper profile): it has no
-    paper-scale setting, and ``paper`` reuses full's runs (same configs, same directories).
-    tiny (the tests): 2 epochs of a width-16 MLP on 30% of the training set, seeds 0-1."""
-    if profile not in PROFILES:
-        raise ValueError(f"profile must be one of {PROFILES} (got {profile!r})")
-    if profile == "tiny":
-        return {"epochs": 2, "width": 16, "frac_train": 0.3, "hessian_examples": 64}, [0, 1]
-    if profile == "quick":
-        return {"epochs": 40}, [0, 1, 2]
-    return {"epochs": 100}, [0, 1, 2, 3, 4]
+    """(DemoConfig fields, seeds) of ``profile`` (``PROFILES``)."""
+    return profile_settings(PROFILES, profile)
 
 
 def demo_runs(profile: str, results_dir: Path) -> list[Run]:
@@ -217,7 +221,7 @@ def demo_runs(profile: str, results_dir: Path) -> list[Run]:
     for opt in OPTIMIZERS:
         for s in seeds:
             cfg = DemoConfig(optimizer=opt, seed=s, **fields)
-            name = f"{opt}_seed{s}_ep{cfg.epochs}" + ("_tiny" if profile == "tiny" else "")
+            name = f"{opt}_seed{s}_ep{cfg.epochs}" + ("_test" if profile == "test" else "")
             d = root / name
             runs.append(Run(f"{opt} seed {s}", d, asdict(cfg), partial(train_run, cfg, str(d))))
     return runs

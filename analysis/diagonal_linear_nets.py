@@ -10,8 +10,9 @@ seed 0: n = 20, d = 30, sparsity 3, n_test = 1000). Iterations: the notebook's n
 10^4 + 1 (``N``). rho is given in the original code's convention (``rho_convention="original"``:
 1-SAM's suite rho is twice it).
 
-Profiles. These settings are CPU-feasible, so every profile runs the paper's and the notebook's
-own settings (no shortened runs):
+Profiles (``PROFILES``). These settings are CPU-feasible, so every profile but test runs the
+paper's and the notebook's own settings (no shortened runs):
+- test: quick at 0.2% of the iterations (seconds, for the tests).
 - quick: every experiment below, Fig. 6 at 10^6 iterations on the paper's one data set (seed 0),
   the theory check at gamma 1/2 .. 1/60 (~1-2 minutes on one core).
 - paper: quick + the theory check at gamma 1/200 (10^6 iterations), the smallest step, where the
@@ -32,7 +33,7 @@ Experiments:
               start of the interpolation of cell 7, t in [-1, 2]).
 - fig6        the paper's Fig. 6 at the setting chosen by the documented search (``FIG6``,
               README): 10^6 iterations.
-- theory_g*   theory vs simulation at rho 0.1 for gamma in ``THEORY_GAMMAS`` (gamma x iterations
+- theory_g*   theory vs simulation at rho 0.1 for the profile's gammas (gamma x iterations
               fixed), with the flow's alpha_inf.
 """
 
@@ -51,6 +52,7 @@ from diagonal_linear_nets.train import TrainConfig, initial_loss, stored_config,
 from suite.captions import caption_figure
 from suite.claims import compare_to_paper, fmt_mean_std, verdict, write_claims
 from suite.launch import Outcome, Run, run_all
+from suite.profiles import check_table, settings
 from suite.rundir import atomic_write_json, load_run
 
 FAMILY = "diagonal_linear_nets"
@@ -90,16 +92,24 @@ FIG6_TOL = 0.25  # relative, for numbers read off a log-scale plot
 FIG6_TRAIN_DECADES = 2.0  # |log10(ours / paper)| for train losses read off a 30-decade axis
 # The Fig. 6 setting chosen by the search documented in diagonal_linear_nets/README.md.
 FIG6 = {"alpha": 0.03, "gamma": 5 / D, "rho": 0.07}
-THEORY_GAMMAS = {
-    "quick": [1 / 2, 1 / 6, 1 / 20, 1 / 60],
-    "full": [1 / 2, 1 / 6, 1 / 20, 1 / 60, 1 / 200],
-    "paper": [1 / 2, 1 / 6, 1 / 20, 1 / 60, 1 / 200],
-}
 THEORY_TIME = 5000.0  # gamma x iterations: every gamma run to the same flow time
 THEORY_TOL = 1e-3  # the paper: "within 0.1%"
 BARRIER_TOL = 1e-2  # a barrier below 1% of the initial loss counts as "no barrier"
-# The paper's Fig. 6 is one data set (the notebook's seed 0); "full" adds four more (ours).
-FIG6_SEEDS = {"quick": [0], "full": [0, 1, 2, 3, 4], "paper": [0]}
+# Per profile (module docstring): the theory check's step sizes; the data seeds of Fig. 6 (the
+# paper's Fig. 6 is one data set, the notebook's seed 0; "full" adds four more, ours); the
+# fraction of every experiment's iterations run (1: the notebook's and the paper's own; test:
+# quick at 0.2% of the iterations, seconds).
+PROFILES = check_table(
+    {
+        "test": dict(theory_gammas=[1 / 2, 1 / 6, 1 / 20, 1 / 60], fig6_seeds=[0], scale=0.002),
+        "quick": dict(theory_gammas=[1 / 2, 1 / 6, 1 / 20, 1 / 60], fig6_seeds=[0], scale=1.0),
+        "full": dict(theory_gammas=[1 / 2, 1 / 6, 1 / 20, 1 / 60, 1 / 200],
+                     fig6_seeds=[0, 1, 2, 3, 4], scale=1.0),
+        "paper": dict(theory_gammas=[1 / 2, 1 / 6, 1 / 20, 1 / 60, 1 / 200], fig6_seeds=[0],
+                      scale=1.0),
+    },
+    FAMILY,
+)  # fmt: skip
 
 
 def _cfg(root: Path, name: str, iters: int, **kw) -> TrainConfig:
@@ -108,10 +118,13 @@ def _cfg(root: Path, name: str, iters: int, **kw) -> TrainConfig:
     return TrainConfig(out_dir=str(root / name), iters=iters, rho_convention="original", **kw)
 
 
-def experiment_configs(profile: str, root: Path, scale: float = 1.0) -> dict[str, TrainConfig]:
-    """Every experiment's config (module docstring); ``scale`` < 1 shrinks iterations (tests)."""
-    if profile not in FIG6_SEEDS:
-        raise ValueError(f"profile must be one of {sorted(FIG6_SEEDS)} (got {profile!r})")
+def experiment_configs(
+    profile: str, root: Path, scale: float | None = None
+) -> dict[str, TrainConfig]:
+    """Every experiment's config (module docstring); ``scale`` (default: the profile's) < 1
+    shrinks the iterations (tests)."""
+    P = settings(PROFILES, profile)
+    scale = P["scale"] if scale is None else scale
 
     def it(x: float) -> int:
         return max(int(x * scale), 10)
@@ -135,9 +148,9 @@ def experiment_configs(profile: str, root: Path, scale: float = 1.0) -> dict[str
         "erm_N": _cfg(root, "erm_N", n, algo=["gd"], gamma=1 / D),
         "fig6": _cfg(root, "fig6", it(1_000_000), algo=["gd", "nsam", "1sam"],
                      gamma=FIG6["gamma"], alpha=[FIG6["alpha"]], rho=[FIG6["rho"]],
-                     seeds=FIG6_SEEDS[profile]),
+                     seeds=P["fig6_seeds"]),
     }  # fmt: skip
-    for g in THEORY_GAMMAS[profile]:
+    for g in P["theory_gammas"]:
         name = f"theory_g{round(1 / g)}"
         out[name] = _cfg(
             root, name, it(THEORY_TIME / g), algo=["gd", "nsam", "1sam"], gamma=g, rho=[0.1],
@@ -198,7 +211,7 @@ def train_experiment(cfg: TrainConfig, resume: bool = False) -> Path:
     return train(dataclasses.replace(cfg, resume=resume, overwrite=False))
 
 
-def experiment_runs(profile: str, results_dir: Path, scale: float = 1.0) -> list[Run]:
+def experiment_runs(profile: str, results_dir: Path, scale: float | None = None) -> list[Run]:
     """One ``suite.launch.Run`` per experiment; its config is what the trainer stores in
     config.json, so a finished run with the same settings is skipped on the next call."""
     root = Path(results_dir) / FAMILY
@@ -208,7 +221,7 @@ def experiment_runs(profile: str, results_dir: Path, scale: float = 1.0) -> list
     ]
 
 
-def run_experiments(profile: str, results_dir: Path, scale: float = 1.0) -> list[Outcome]:
+def run_experiments(profile: str, results_dir: Path, scale: float | None = None) -> list[Outcome]:
     """Bring every experiment's run directory to completion through ``suite.launch.run_all``
     (skipped when finished with the same config, resumed when interrupted, ``--force``
     retrains; the launcher and the progress display are ``make reproduce``'s)."""
@@ -725,11 +738,12 @@ def caption_figures(results_dir: str | Path) -> None:
     )  # fmt: skip
 
 
-def reproduce(profile: str, results_dir: Path, figures_dir: Path, scale: float = 1.0) -> None:
-    """Run every experiment of ``profile`` ('quick', 'full' or 'paper', module docstring)
-    through ``suite.launch``, draw and caption the figures, write claims.csv."""
-    if profile not in FIG6_SEEDS:
-        raise ValueError(f"profile must be one of {sorted(FIG6_SEEDS)} (got {profile!r})")
+def reproduce(
+    profile: str, results_dir: Path, figures_dir: Path, scale: float | None = None
+) -> None:
+    """Run every experiment of ``profile`` (``PROFILES``, module docstring) through
+    ``suite.launch``, draw and caption the figures, write claims.csv."""
+    scale = settings(PROFILES, profile)["scale"] if scale is None else scale
     run_experiments(profile, Path(results_dir), scale)
     make_figures(results_dir, figures_dir)
     caption_figures(results_dir)

@@ -72,6 +72,7 @@ from suite.captions import caption_figure
 from suite.claims import compare_seeds, fmt_mean_std, verdict, write_claims
 from suite.cli import make_seeds
 from suite.launch import Run, run_all
+from suite.profiles import check_profile, check_table
 from suite.rundir import (
     atomic_write_json,
     atomic_write_text,
@@ -107,18 +108,22 @@ class SpectrumConfig:
     save_epoch: int = -1  # also save the weights at the start of this epoch (model_epoch<k>.pt)
 
 
-PROFILES: dict[str, dict[str, Any]] = {
-    "quick": dict(seeds=[0, 1, 2], cfg=dict(epochs=30), finetune_from=20),
+_FULL = dict(
+    seeds=[0, 1, 2, 3, 4], finetune_from=70,
+    cfg=dict(epochs=100, width=256, eval_epochs=(0, 5, 10, 20, 40, 60, 80, 100)),
+)  # fmt: skip
+# The paper profile runs full's MLP: the paper's WRN-40-10 on CIFAR-10 (GPU days) is not run here
+# (its claims row says "not run"); Figure 3 then correlates the deep_nets paper profile's runs.
+PROFILES: dict[str, dict[str, Any]] = check_table({
     "test": dict(
         seeds=[0, 1], finetune_from=1,
         cfg=dict(epochs=2, width=8, hessian_examples=64, eval_epochs=(0, 2), lanczos_iter=15,
                  density_steps=10),
     ),
-    "full": dict(
-        seeds=[0, 1, 2, 3, 4], finetune_from=70,
-        cfg=dict(epochs=100, width=256, eval_epochs=(0, 5, 10, 20, 40, 60, 80, 100)),
-    ),
-}  # fmt: skip
+    "quick": dict(seeds=[0, 1, 2], cfg=dict(epochs=30), finetune_from=20),
+    "full": _FULL,
+    "paper": _FULL,
+}, FAMILY)  # fmt: skip
 
 
 def _model(width: int, data) -> nn.Module:
@@ -438,8 +443,7 @@ def reproduce(profile: str, results_dir: Path, figures_dir: Path) -> None:
     """Run the profile, draw Figures 1 to 4 with their captions, write
     results/measures/claims.csv. Figure 3 reads the deep_nets stage's runs: without them its
     claims row says "not run" and names the command."""
-    if profile not in PROFILES:
-        raise ValueError(f"profile {profile!r}: choose from {', '.join(PROFILES)}")
+    check_profile(profile)
     results_dir, figures_dir = Path(results_dir), Path(figures_dir)
     run_experiments(profile, results_dir)
     res = load_results(profile, results_dir)
@@ -552,7 +556,10 @@ FIG3_SETTINGS: dict[str, dict[str, Any]] = {
                   boot=2000),
     "full": dict(ms=(4, 16, 64, 128), rhos=(0.05, 0.1, 0.2), n_examples=1024, steps=10,
                  boot=2000),
+    "paper": dict(ms=(4, 16, 64, 128), rhos=(0.05, 0.1, 0.2), n_examples=1024, steps=10,
+                  boot=2000),
 }  # fmt: skip
+check_table(FIG3_SETTINGS, FAMILY)
 FIG3_TABLE = "msharpness_vs_error.csv"
 DEEP_NETS_CMD = "python -m analysis.reproduce --only deep_nets"
 
@@ -604,8 +611,9 @@ def fig3_table(results_dir: Path, profile: str) -> tuple[Any, str]:
     if path.exists() and meta_path.exists() and read_json(meta_path) == json_safe(meta):
         return pd.read_csv(path), note
     torch.set_num_threads(1)  # a shared machine: tiny models, one core
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # the paper pool: ResNets
     df = msharpness_vs_error(pool, st["ms"], st["rhos"], n_examples=st["n_examples"],
-                             steps=st["steps"], vectorize=True)  # fmt: skip
+                             steps=st["steps"], vectorize=True, device=device)  # fmt: skip
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, df.to_csv(index=False))
     atomic_write_json(meta_path, json_safe(meta))
@@ -751,9 +759,12 @@ FIG4 = "measures_small_nets_lambda_max.png"
 # d = 30, sparsity 3, alpha 0.1, gamma 10/d, 10^4 + 1 steps; rho 0.1 in the original convention
 # for both SAM variants (1-SAM's suite rho is 0.2). One data set per seed.
 DIAG = dict(n=20, d=30, alpha=0.1, gamma=10 / 30, iters=10_001, rho=0.1)
-DIAG_SEEDS = {"test": [0, 1, 2], "quick": [0, 1, 2, 3, 4], "full": list(range(10))}
+DIAG_SEEDS = check_table(
+    {"test": [0, 1, 2], "quick": [0, 1, 2, 3, 4], "full": list(range(10)),
+     "paper": list(range(10))},
+    FAMILY,
+)  # fmt: skip
 DIAG_ALGOS = {"gd": "GD", "nsam": "n-SAM", "1sam": "1-SAM"}
-RELU_PROFILE = {"test": "tiny", "quick": "quick", "full": "full"}
 RELU_CMD = "python -m analysis.reproduce --only one_layer_relu_nets"
 
 
@@ -817,10 +828,9 @@ def relu_lambda_max(results_dir: Path, profile: str):
     exact lambda_max it already stores per run), or None when its stage has not run."""
     from analysis import one_layer_relu_nets as relu
 
-    p = RELU_PROFILE[profile]
-    if not (relu.run_dir(results_dir, p, "exp1_main") / "summary.json").exists():
+    if not (relu.run_dir(results_dir, profile, "exp1_main") / "summary.json").exists():
         return None
-    return relu.exp1_frame(Path(results_dir), p)
+    return relu.exp1_frame(Path(results_dir), profile)
 
 
 def plot_small_nets(diag: list[dict], relu_df, path: Path) -> None:

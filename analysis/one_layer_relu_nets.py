@@ -35,6 +35,7 @@ from one_layer_relu_nets.training import (
 from suite.captions import caption_figure
 from suite.claims import compare_seeds, fmt_mean_std, verdict, write_claims
 from suite.launch import DEFAULT_IGNORE, Run, run_all
+from suite.profiles import PROFILES
 from suite.rundir import load_run, read_json
 
 FAMILY = "one_layer_relu_nets"
@@ -106,8 +107,8 @@ def run_experiments(profile: str, results_dir: Path) -> dict[str, Path]:
 
 
 def detect_profile(results_dir: Path) -> str:
-    """The most complete profile present under ``results_dir`` (paper, full, quick, tiny)."""
-    for profile in ("paper", "full", "quick", "tiny"):
+    """The most complete profile present under ``results_dir`` (paper, full, quick, test)."""
+    for profile in reversed(PROFILES):
         if (run_dir(results_dir, profile, "exp3_decaying") / "summary.json").exists():
             return profile
     raise FileNotFoundError(

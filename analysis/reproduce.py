@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from suite import launch
+from suite.profiles import PROFILES
 
 # (family, module): add a family here when it lands.
 STAGES = [
@@ -51,7 +52,6 @@ STAGE_COST = {
     "one_layer_relu_nets": 5.0,
     "measures": 2.0,
 }
-PROFILES = ("quick", "full", "paper")
 JOB_RECORD = "reproduce.json"
 LOG = "reproduce.log"
 
@@ -330,7 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=PROFILES,
         default="quick",
         help="quick: CPU, ~13 min on 2 cores; full: CPU, hours; paper: the papers' settings, "
-        "GPU + data",
+        "GPU + data; test: seconds, toy budgets (the tests)",
     )
     ap.add_argument("--results_dir", type=Path, default=Path("results"))
     ap.add_argument("--figures_dir", type=Path, default=Path("figures"))

@@ -174,27 +174,27 @@ def test_reproduce_skips_finished_runs_resumes_a_missing_one_and_force_retrains(
     rec = LaunchRecorder()
     old = launch.set_reporter(rec)
     try:
-        reproduce("tiny", results, figures)
-        runs = demo_runs("tiny", results)
+        reproduce("test", results, figures)
+        runs = demo_runs("test", results)
         assert len(runs) == 8 and rec.actions == {r.name: "trained" for r in runs}
         # Run.config is exactly what run_one stored: every run is "done" (else retrained always)
         assert all(run_state(r) == "done" for r in runs)
         first = {r.name: load_run(r.out_dir)["summary"] for r in runs}
 
         rec.actions.clear()
-        reproduce("tiny", results, figures)
+        reproduce("test", results, figures)
         assert rec.actions == {r.name: "skipped" for r in runs}
 
         (runs[3].out_dir / "summary.json").unlink()  # a run that did not finish
         rec.actions.clear()
-        reproduce("tiny", results, figures)
+        reproduce("test", results, figures)
         assert rec.actions == {r.name: "resumed" if r is runs[3] else "skipped" for r in runs}
         again = load_run(runs[3].out_dir)["summary"]
         assert _no_seconds(again) == _no_seconds(first[runs[3].name])
 
         rec.actions.clear()
         with launch.configure(force=True):
-            reproduce("tiny", results, figures)
+            reproduce("test", results, figures)
         assert rec.actions == {r.name: "trained" for r in runs}
     finally:
         launch.set_reporter(old)
@@ -204,7 +204,7 @@ def test_reproduce_skips_finished_runs_resumes_a_missing_one_and_force_retrains(
     assert cap["file"] == FIGURE and cap["key"] and (figures / FIGURE).stat().st_size > 5000
     assert "2 epochs, 2 seeds" in cap["shows"] and "width 16" in cap["shows"]
     rows = list(csv.DictReader((results / "core" / "claims.csv").open()))
-    assert len(rows) == 5 and all(r["profile"] == "tiny" for r in rows)
+    assert len(rows) == 5 and all(r["profile"] == "test" for r in rows)
 
 
 def test_profiles():

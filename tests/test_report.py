@@ -380,3 +380,65 @@ def test_jobs_reach_the_stages(tmp_path, monkeypatch, argv, jobs):
     assert read_json(res / "reproduce.json")["jobs"] == want
     with pytest.raises(SystemExit):
         reproduce.main(["--jobs", "0"])
+
+
+def _stage_runs(family: str, profile: str, results: Path) -> list:
+    """The runs the stage ``family`` launches first under ``profile`` (built, not trained)."""
+    from analysis import core_demo, measures
+    from analysis import diagonal_linear_nets as dln
+    from analysis import one_layer_relu_nets as relu
+    from analysis.deep_nets import EXPERIMENTS, _check_profile
+
+    if family == "core":
+        return core_demo.demo_runs(profile, results)
+    if family == "deep_nets":
+        P = _check_profile(profile)
+        return [s for e in EXPERIMENTS.values() for s in e.specs(P)]
+    if family == "diagonal_linear_nets":
+        return dln.experiment_runs(profile, results)
+    if family == "one_layer_relu_nets":
+        return relu.comparison_runs(profile, results, matched=False)
+    assert family == "measures"
+    measures.check_profile(profile)
+    return [
+        measures.PROFILES[profile],
+        measures.FIG3_SETTINGS[profile],
+        measures.DIAG_SEEDS[profile],
+    ]
+
+
+def test_every_stage_knows_every_profile_and_only_those(tmp_path):
+    """One vocabulary (suite.profiles): every stage of make reproduce builds its runs for test,
+    quick, full and paper (the measures stage knew no 'paper': PROFILE=paper crashed there), and
+    refuses any other name with the same message naming the four."""
+    from suite.profiles import PROFILES
+
+    assert PROFILES == ("test", "quick", "full", "paper")
+    assert reproduce.PROFILES == PROFILES
+    for family, _ in reproduce.STAGES:
+        for profile in PROFILES:
+            assert _stage_runs(family, profile, tmp_path), (family, profile)
+        for wrong in ("tiny", "huge"):
+            with pytest.raises(ValueError, match="choose from test, quick, full, paper"):
+                _stage_runs(family, wrong, tmp_path)
+
+
+def test_paper_profile_without_a_gpu_stops_at_the_check_not_a_traceback(tmp_path):
+    """`make reproduce PROFILE=paper` as a user types it (a real process) on a machine without a
+    GPU: exit 2 before any stage starts, the reasons on stderr, no traceback."""
+    import subprocess
+
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this check is about a machine without a GPU")
+    root = Path(__file__).resolve().parents[1]
+    env = {**__import__("os").environ, "PYTHONPATH": str(root)}
+    env["SHARPNESS_DATA_DIR"] = str(tmp_path / "data")
+    cmd = [sys.executable, "-m", "analysis.reproduce", "--profile", "paper", "--results_dir",
+           str(tmp_path / "r"), "--report", str(tmp_path / "REPORT.md")]  # fmt: skip
+    p = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 2, p.stdout + p.stderr
+    assert "profile paper cannot start on this machine" in p.stderr and "no GPU" in p.stderr
+    assert "Traceback" not in p.stdout + p.stderr
+    assert not (tmp_path / "r").exists() and not (tmp_path / "REPORT.md").exists()

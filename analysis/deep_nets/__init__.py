@@ -31,6 +31,7 @@ from analysis.deep_nets.runs import FAMILY, ensure_runs
 from suite import launch
 from suite.captions import caption_figure
 from suite.claims import write_claims
+from suite.profiles import settings
 from suite.rundir import atomic_write_json, read_json
 
 # the family's key figure (notebooks/overview.ipynb): the mission's noisy-label curves
@@ -44,9 +45,7 @@ def profile_root(results_dir: Path, profile: str) -> Path:
 
 
 def _check_profile(profile: str) -> dict[str, Any]:
-    if profile not in PROFILES:
-        raise ValueError(f"profile {profile!r}: choose from {', '.join(PROFILES)}")
-    return PROFILES[profile]
+    return settings(PROFILES, profile)
 
 
 def check_paper() -> list[str]:
