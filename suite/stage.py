@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -45,8 +45,17 @@ class StageContext:
     figures_dir: Path
     root: Path
 
+    outcomes: Mapping[str, Outcome] = field(default_factory=dict)  # run dir name -> launch
+
     def figure(self, name: str) -> Path:
         return self.figures_dir / name
+
+    def trained_now(self, runs: Sequence[Run]) -> bool:
+        """Whether this call trained (or resumed) any of ``runs``: a report that caches what
+        it measured on them (landscapes) measures again."""
+        return any(self.outcomes.get(Path(r.out_dir).name, None) is None
+                   or self.outcomes[Path(r.out_dir).name].action != "skipped"
+                   for r in runs)  # fmt: skip
 
 
 Text = str | Callable[[StageContext], str]
@@ -97,7 +106,9 @@ def run_stage(
     ctx = StageContext(family, profile, settings(profiles, profile), results_dir, figures_dir,
                        Path(root) if root is not None else results_dir / family)  # fmt: skip
     t0 = time.perf_counter()
+    figures_dir.mkdir(parents=True, exist_ok=True)
     dirs, outcomes = _launch(ctx, experiments)
+    ctx = replace(ctx, outcomes=outcomes)
     per_run = _update_run_seconds(ctx.root, outcomes)
     path = ctx.root / "timings.json"
     timings = read_json(path) if path.exists() else {}
@@ -105,7 +116,7 @@ def run_stage(
     for e in experiments:
         t1 = time.perf_counter()
         rows += e.report(ctx)
-        if e.figure:
+        if e.figure and ctx.figure(e.figure).exists():  # a figure the report did not draw
             shows, reading = e.caption(ctx)
             caption_figure(results_dir, family, e.figure, shows=shows, reading=reading, key=e.key)
         timings[e.name] = _timing(*dirs[e.name], outcomes, per_run, time.perf_counter() - t1)

@@ -32,6 +32,11 @@ from suite.rundir import load_run
 from tests.core_utils import LaunchRecorder
 
 
+def _rows(res: dict, profile: str, epochs: int) -> list[dict]:
+    """The claims rows as the stage writes them (family and profile filled in)."""
+    return [r.cells("core", profile) for r in claims_rows(res, epochs)]
+
+
 def test_demo_runs_write_valid_runs_count_passes_and_give_claims(tmp_path):
     out = {}
     for opt in ("sgd", "sam", "looksam"):
@@ -49,7 +54,7 @@ def test_demo_runs_write_valid_runs_count_passes_and_give_claims(tmp_path):
         assert r["summary"]["n_test"] > 0
         assert math.isfinite(r["summary"]["lambda_max"])  # largest |eigenvalue|; any sign early
 
-    rows = claims_rows({k: [v] for k, v in out.items()}, "quick", 1)
+    rows = _rows({k: [v] for k, v in out.items()}, "quick", 1)
     write_claims(tmp_path / "claims.csv", rows)  # valid columns and verdicts
     assert all(set(r) <= set(CLAIM_COLUMNS) and r["verdict"] in VERDICTS for r in rows)
     by_claim = {r["claim"]: r for r in rows}
@@ -89,7 +94,7 @@ def test_claims_verdicts_follow_the_seeds():
         "asam": [_run(a, 10.0) for a in sgd_acc],
         "looksam": [_run(a, 15.0, passes=1.2, seconds=12.0) for a in (0.60, 0.61, 0.59)],
     }
-    rows = {r["claim"]: r for r in claims_rows(res, "full", 100)}
+    rows = {r["claim"]: r for r in _rows(res, "full", 100)}
     sam = next(r for c, r in rows.items() if c.startswith("SAM lowers"))
     e_sgd, e_sam = [1 - a for a in sgd_acc], [1 - a for a in sam_acc]
     gap = statistics.fmean(e_sgd) - statistics.fmean(e_sam)
@@ -107,10 +112,10 @@ def test_claims_verdicts_follow_the_seeds():
     cost = next(r for c, r in rows.items() if "costs" in c)
     assert cost["verdict"] == "reproduced"  # 1.2 vs 1.206: within 5%
     assert "1.20x" in cost["note"]  # wall time 12 s vs 10 s
-    assert all(r["verdict"] == "not run" for r in claims_rows({}, "quick", 40))
+    assert all(r["verdict"] == "not run" for r in _rows({}, "quick", 40))
     # 1.3 passes per step is 7.8% above the paper's 1.206x: outside the 5% tolerance
     res["looksam"] = [_run(0.8, 15.0, passes=1.3) for _ in range(3)]
-    cost = next(r for r in claims_rows(res, "full", 100) if "costs" in r["claim"])
+    cost = next(r for r in _rows(res, "full", 100) if "costs" in r["claim"])
     assert cost["verdict"] == "contradicted"
 
 
