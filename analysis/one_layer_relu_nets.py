@@ -33,7 +33,8 @@ from one_layer_relu_nets.training import (
 )
 from suite.claims import ClaimRow, Gap, fmt_mean_std, gap
 from suite.launch import DEFAULT_IGNORE, Run, run_all
-from suite.profiles import PROFILES
+from suite.profiles import PROFILES as PROFILE_NAMES
+from suite.profiles import check_table
 from suite.rundir import load_run, read_json
 from suite.stage import Experiment, StageContext, run_stage
 
@@ -111,7 +112,7 @@ def run_experiments(profile: str, results_dir: Path) -> dict[str, Path]:
 
 def detect_profile(results_dir: Path) -> str:
     """The most complete profile present under ``results_dir`` (paper, full, quick, test)."""
-    for profile in reversed(PROFILES):
+    for profile in reversed(PROFILE_NAMES):
         if (run_dir(results_dir, profile, "exp3_decaying") / "summary.json").exists():
             return profile
     raise FileNotFoundError(
@@ -149,8 +150,8 @@ def history_frame(path: str | Path) -> pd.DataFrame:
     return hist.merge(meta, on="run_id")
 
 
-# the settings live in one_layer_relu_nets.experiments (per profile); the stage passes names only
-PROFILE_NAMES = {p: p for p in PROFILES}
+# {profile: {experiment: {comparison: Config}}}: one_layer_relu_nets.experiments per profile
+PROFILES = check_table({p: experiment_configs(p) for p in PROFILE_NAMES}, FAMILY)
 ORIGINAL = " (notebook lr)"  # label suffix of the reference notebook's loop (paper profile)
 
 
@@ -712,4 +713,4 @@ def _seeds(cfg: dict) -> str:
 def reproduce(profile: str, results_dir: Path, figures_dir: Path) -> list[dict]:
     """Run the comparisons of ``profile`` (see ``one_layer_relu_nets.experiments``) through
     ``suite.stage.run_stage``: the runs, the figures and their captions, claims.csv."""
-    return run_stage(FAMILY, EXPERIMENTS, PROFILE_NAMES, profile, results_dir, figures_dir)
+    return run_stage(FAMILY, EXPERIMENTS, PROFILES, profile, results_dir, figures_dir)

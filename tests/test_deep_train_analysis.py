@@ -16,7 +16,7 @@ from analysis.deep_nets.common import method
 from analysis.deep_nets.experiments import EXPERIMENTS
 from analysis.deep_nets.profiles import PROFILES
 from analysis.deep_nets.runs import run_path
-from analysis.reproduce import STAGES
+from analysis.stages import STAGES
 from suite.claims import CLAIM_COLUMNS, VERDICTS
 from suite.rundir import load_run, read_json
 

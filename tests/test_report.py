@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from analysis import reproduce
+from analysis import stages as stage_list
 from analysis.report import claims_table, key_figures, missing_results, render_report
 from suite.captions import caption_figure, read_captions
 from suite.claims import write_claims
@@ -87,7 +88,7 @@ def stages(tmp_path, monkeypatch):
     (pkg / "crash.py").write_text(textwrap.dedent(CRASH))
     monkeypatch.syspath_prepend(str(tmp_path / "pkgs"))
     monkeypatch.setattr(
-        reproduce,
+        stage_list,
         "STAGES",
         [
             ("good", "fake_stages.good"),
@@ -173,7 +174,7 @@ def _claims(path: Path, rows: list[dict]) -> None:
 
 
 def test_report_flags_hand_made_verdicts_and_stale_rows(tmp_path, monkeypatch):
-    monkeypatch.setattr(reproduce, "STAGES", [("a", "x"), ("b", "y")])
+    monkeypatch.setattr(stage_list, "STAGES", [("a", "x"), ("b", "y")])
     res = tmp_path / "results"
     # a verdict written by hand that the verdict function would not give
     _claims(res / "a" / "claims.csv", [dict(family="a", gap=0.1, se=0.1, verdict="reproduced")])
@@ -294,7 +295,8 @@ DRIVER = """
 import sys
 sys.path[:0] = [{pkgs!r}, {root!r}]
 from analysis import reproduce
-reproduce.STAGES = [("slow", "fake_stages.slow"), ("after", "fake_stages.slow")]
+from analysis import stages
+stages.STAGES = [("slow", "fake_stages.slow"), ("after", "fake_stages.slow")]
 if __name__ == "__main__":  # the runs train in spawned worker processes (--jobs)
     sys.exit(reproduce.main(sys.argv[1:]))
 """
@@ -335,7 +337,7 @@ def test_ctrl_c_stops_the_job_and_a_rerun_resumes(tmp_path):
     # the re-run: the finished run is skipped, the interrupted one resumed, the rest trained
     with pytest.MonkeyPatch.context() as mp:  # in this process: a second interpreter costs ~5 s
         mp.syspath_prepend(str(tmp_path / "pkgs"))
-        mp.setattr(reproduce, "STAGES", [("slow", "fake_stages.slow")])
+        mp.setattr(stage_list, "STAGES", [("slow", "fake_stages.slow")])
         assert reproduce.main(cmd[2:]) == 0
         sys.modules.pop("fake_stages.slow", None)
         sys.modules.pop("fake_stages", None)
@@ -370,7 +372,7 @@ def test_jobs_reach_the_stages(tmp_path, monkeypatch, argv, jobs):
 
     (tmp_path / "fake_probe.py").write_text(textwrap.dedent(PROBE))
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setattr(reproduce, "STAGES", [("probe", "fake_probe")])
+    monkeypatch.setattr(stage_list, "STAGES", [("probe", "fake_probe")])
     res = tmp_path / "r"
     rc = reproduce.main([*argv, "--only", "probe", "--results_dir", str(res), "--figures_dir",
                          str(tmp_path / "f"), "--report", str(tmp_path / "R.md")])  # fmt: skip
@@ -382,45 +384,29 @@ def test_jobs_reach_the_stages(tmp_path, monkeypatch, argv, jobs):
         reproduce.main(["--jobs", "0"])
 
 
-def _stage_runs(family: str, profile: str, results: Path) -> list:
-    """The runs the stage ``family`` launches first under ``profile`` (built, not trained)."""
-    from analysis import core_demo, measures
-    from analysis import diagonal_linear_nets as dln
-    from analysis import one_layer_relu_nets as relu
-    from analysis.deep_nets import EXPERIMENTS, _check_profile
-
-    if family == "core":
-        return core_demo.demo_runs(profile, results)
-    if family == "deep_nets":
-        P = _check_profile(profile)
-        return [s for e in EXPERIMENTS.values() for s in e.specs(P)]
-    if family == "diagonal_linear_nets":
-        return dln.experiment_runs(profile, results)
-    if family == "one_layer_relu_nets":
-        return relu.comparison_runs(profile, results, matched=False)
-    assert family == "measures"
-    measures.check_profile(profile)
-    return [
-        measures.PROFILES[profile],
-        measures.FIG3_SETTINGS[profile],
-        measures.DIAG_SEEDS[profile],
-    ]
-
-
 def test_every_stage_knows_every_profile_and_only_those(tmp_path):
-    """One vocabulary (suite.profiles): every stage of make reproduce builds its runs for test,
-    quick, full and paper (the measures stage knew no 'paper': PROFILE=paper crashed there), and
-    refuses any other name with the same message naming the four."""
-    from suite.profiles import PROFILES
+    """One vocabulary (suite.profiles): every stage of make reproduce has settings for test,
+    quick, full and paper and builds its runs for each (the measures stage knew no 'paper':
+    PROFILE=paper crashed there), and refuses any other name with the message naming the four."""
+    import importlib
+
+    from suite.profiles import PROFILES, settings
+    from suite.stage import StageContext
 
     assert PROFILES == ("test", "quick", "full", "paper")
     assert reproduce.PROFILES == PROFILES
-    for family, _ in reproduce.STAGES:
+    for family, module in stage_list.STAGES:
+        m = importlib.import_module(module)
+        assert tuple(m.PROFILES) == PROFILES, family
+        exps = m.EXPERIMENTS.values() if isinstance(m.EXPERIMENTS, dict) else m.EXPERIMENTS
         for profile in PROFILES:
-            assert _stage_runs(family, profile, tmp_path), (family, profile)
+            P = settings(m.PROFILES, profile)
+            ctx = StageContext(family, profile, P, tmp_path, tmp_path, tmp_path / family / profile)
+            assert [r for e in exps if e.wave == 0 for r in e.runs(ctx)], (family, profile)
         for wrong in ("tiny", "huge"):
             with pytest.raises(ValueError, match="choose from test, quick, full, paper"):
-                _stage_runs(family, wrong, tmp_path)
+                m.reproduce(wrong, tmp_path / "r", tmp_path / "f")
+        assert not (tmp_path / "r").exists()  # refused before anything ran
 
 
 def test_paper_profile_without_a_gpu_stops_at_the_check_not_a_traceback(tmp_path):
