@@ -16,6 +16,7 @@ deterministic count with the paper's ratio at a stated tolerance.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import asdict, dataclass
 from functools import partial
@@ -27,12 +28,15 @@ from torch import nn
 
 from sharpness import SAM, LookSAM
 from sharpness.measures import hessian_top_eigenvalue
-from suite.captions import caption_figure
-from suite.claims import compare_seeds, compare_to_paper, fmt_mean_std, verdict, write_claims
+from suite.claims import ClaimRow, compare_to_paper, fmt_mean_std, gap
 from suite.cli import GracefulInterrupt, make_seeds
-from suite.launch import Run, run_all
+from suite.launch import Run
+from suite.profiles import check_table
+from suite.profiles import settings as profile_settings
 from suite.rundir import atomic_torch_save, create_run_dir, load_run
+from suite.stage import Experiment, StageContext, run_stage
 
+FAMILY = "core"
 OPTIMIZERS = ("sgd", "sam", "asam", "looksam")
 FIGURE = "core_sgd_sam_asam_looksam.png"
 # The paper's LookSAM cost: AdamW 5154 img/s vs LookSAM (k=5) 4273 img/s on ViT-S/32.
@@ -191,66 +195,81 @@ def train_run(cfg: DemoConfig, out_dir: str, resume: bool = False) -> None:
     run_one(cfg, Path(out_dir), resume=resume)
 
 
-PROFILES = ("quick", "full", "paper", "tiny")  # tiny: for the tests only
+# (DemoConfig fields, seeds) per profile. The demo is the core's own CPU-scale check, not one of
+# the papers' experiments (those are deep_nets' paper profile): it has no paper-scale setting, and
+# ``paper`` reuses full's runs (same configs, same directories).
+PROFILES = check_table(
+    {
+        # seconds: 2 epochs of a width-16 MLP on 30% of the training set
+        "test": ({"epochs": 2, "width": 16, "frac_train": 0.3, "hessian_examples": 64}, [0, 1]),
+        "quick": ({"epochs": 40}, [0, 1, 2]),  # ~2 CPU minutes
+        "full": ({"epochs": 100}, [0, 1, 2, 3, 4]),
+        "paper": ({"epochs": 100}, [0, 1, 2, 3, 4]),
+    },
+    FAMILY,
+)
 
 
 def settings(profile: str) -> tuple[dict, list[int]]:
-    """(DemoConfig fields, seeds) of ``profile``. quick: 40 epochs, seeds 0-2 (~2 CPU minutes);
-    full: 100 epochs, seeds 0-4; paper: the same as full. The demo is the core's own CPU-scale
-    check, not one of the paper's experiments (those are deep_nets' paper profile): it has no
-    paper-scale setting, and ``paper`` reuses full's runs (same configs, same directories).
-    tiny (the tests): 2 epochs of a width-16 MLP on 30% of the training set, seeds 0-1."""
-    if profile not in PROFILES:
-        raise ValueError(f"profile must be one of {PROFILES} (got {profile!r})")
-    if profile == "tiny":
-        return {"epochs": 2, "width": 16, "frac_train": 0.3, "hessian_examples": 64}, [0, 1]
-    if profile == "quick":
-        return {"epochs": 40}, [0, 1, 2]
-    return {"epochs": 100}, [0, 1, 2, 3, 4]
+    """(DemoConfig fields, seeds) of ``profile`` (``PROFILES``)."""
+    return profile_settings(PROFILES, profile)
 
 
 def demo_runs(profile: str, results_dir: Path) -> list[Run]:
     """One ``suite.launch.Run`` per (optimizer, seed) of ``profile``; ``Run.config`` is what
     ``run_one`` stores in config.json."""
     fields, seeds = settings(profile)
-    root = Path(results_dir) / "core"
+    root = Path(results_dir) / FAMILY
     runs = []
     for opt in OPTIMIZERS:
         for s in seeds:
             cfg = DemoConfig(optimizer=opt, seed=s, **fields)
-            name = f"{opt}_seed{s}_ep{cfg.epochs}" + ("_tiny" if profile == "tiny" else "")
+            name = f"{opt}_seed{s}_ep{cfg.epochs}" + ("_test" if profile == "test" else "")
             d = root / name
             runs.append(Run(f"{opt} seed {s}", d, asdict(cfg), partial(train_run, cfg, str(d))))
     return runs
 
 
-def reproduce(profile: str, results_dir: Path, figures_dir: Path) -> None:
-    """Run every optimizer over the seeds of ``profile`` through ``suite.launch.run_all``
-    (finished runs skipped, interrupted ones resumed), plot, caption, write the claims."""
-    epochs = settings(profile)[0]["epochs"]
-    runs = demo_runs(profile, results_dir)
-    run_all(runs, stage="core")
+def report(ctx: StageContext) -> list[ClaimRow]:
+    """Plot the finished runs of every optimizer and seed and judge the claims."""
     res: dict[str, list[dict]] = {o: [] for o in OPTIMIZERS}
-    for r in runs:
+    for r in demo_runs(ctx.profile, ctx.results_dir):
         res[r.config["optimizer"]].append(load_run(r.out_dir))
-    plot(res, Path(figures_dir) / FIGURE)
-    n, c = len(res["sgd"]), runs[0].config
-    caption_figure(
-        results_dir,
+    plot(res, ctx.figure(FIGURE))
+    rows = claims_rows(res, ctx.P[0]["epochs"])
+    if ctx.profile == "paper":
+        note = " (paper = full: the demo has no paper-scale setting)"
+        rows = [dataclasses.replace(r, note=r.note + note) for r in rows]
+    return rows
+
+
+def _shows(ctx: StageContext) -> str:
+    c, seeds = DemoConfig(**ctx.P[0]), ctx.P[1]
+    return (
+        f"MNIST-1D, MLP width {c.width}, SGD / SAM / ASAM / LookSAM (k = {c.looksam_k}), "
+        f"{c.epochs} epochs, {len(seeds)} seeds: test accuracy and train loss per epoch "
+        "(mean, +- std band on accuracy), top Hessian eigenvalue at the end (mean +- std)."
+    )
+
+
+EXPERIMENTS = [
+    Experiment(
         "core",
         FIGURE,
-        shows=f"MNIST-1D, MLP width {c['width']}, SGD / SAM / ASAM / LookSAM (k = "
-        f"{c['looksam_k']}), {epochs} epochs, {n} seeds: test accuracy and train loss per "
-        "epoch (mean, +- std band on accuracy), top Hessian eigenvalue at the end (mean +- std).",
+        lambda ctx: demo_runs(ctx.profile, ctx.results_dir),
+        report,
+        key=True,
+        shows=_shows,
         reading="SAM's lambda_max below SGD's is the flatness claim, its final accuracy above "
         "SGD's the generalization claim (the paper's, at CPU scale; see the claims rows).",
-        key=True,
     )
-    note = " (paper = full: the demo has no paper-scale setting)" if profile == "paper" else ""
-    rows = claims_rows(res, profile, epochs)
-    for row in rows:
-        row["note"] += note
-    write_claims(Path(results_dir) / "core" / "claims.csv", rows)
+]
+
+
+def reproduce(profile: str, results_dir: Path, figures_dir: Path) -> list[dict]:
+    """Run every optimizer over the seeds of ``profile`` through ``suite.launch.run_all``
+    (finished runs skipped, interrupted ones resumed), plot, caption, write the claims."""
+    return run_stage(FAMILY, EXPERIMENTS, PROFILES, profile, results_dir, figures_dir)
 
 
 def plot(res: dict[str, list[dict]], out: Path) -> Path:
@@ -281,7 +300,7 @@ def plot(res: dict[str, list[dict]], out: Path) -> Path:
     return out
 
 
-def claims_rows(res: dict[str, list[dict]], profile: str, epochs: int) -> list[dict]:
+def claims_rows(res: dict[str, list[dict]], epochs: int) -> list[ClaimRow]:
     """The core's claims rows from loaded runs (``res[optimizer]`` = one ``load_run`` dict per
     seed; a missing optimizer gives ``not run`` rows). Errors are test error rates; the verdicts
     come from ``suite.claims`` only."""
@@ -309,22 +328,17 @@ def claims_rows(res: dict[str, list[dict]], profile: str, epochs: int) -> list[d
         f"{c['rho']} (ASAM {c['asam_rho']}), {n} seeds, CPU: a CPU-minutes stand-in "
         "for the paper's network and data set, so only the direction is compared"
     )
-    base = dict(family="core", profile=profile, figure=FIGURE)
     rows = []
-
-    flat = compare_seeds(vals("sgd", "lambda_max"), vals("sam", "lambda_max"))
     rows.append(
-        dict(
-            base,
+        ClaimRow(
             paper="SAM (Foret et al. 2021), Fig. 3 (Hessian spectrum)",
             claim="SAM converges to flatter minima than SGD (smaller top Hessian eigenvalue)",
             paper_value="lambda_max 24.2 (SGD) vs 1.0 (SAM), WRN-40-10 on CIFAR-10",
             ours=f"SGD {fmt_mean_std(vals('sgd', 'lambda_max'))} vs SAM "
             f"{fmt_mean_std(vals('sam', 'lambda_max'))}; ASAM "
             f"{fmt_mean_std(vals('asam', 'lambda_max'))}",
-            gap=flat.gap,
-            se=flat.se,
-            verdict=flat.verdict,
+            stat=gap(vals("sam", "lambda_max"), vals("sgd", "lambda_max")),
+            figure=FIGURE,
             note=f"{setting}; lambda_max of the train loss on {c['hessian_examples']} "
             "training examples by power iteration (the paper: Lanczos on the full training set)",
         )
@@ -336,36 +350,31 @@ def claims_rows(res: dict[str, list[dict]], profile: str, epochs: int) -> list[d
         ("looksam", "LookSAM (Liu et al. 2022), ViT-S/32 ImageNet table", "top-1 68.8% "
          "(LookSAM) vs 68.1% (AdamW), SAM 68.9%"),
     ):  # fmt: skip
-        g = compare_seeds(err("sgd"), err(opt), n_test=n_test)
         rows.append(
-            dict(
-                base,
+            ClaimRow(
                 paper=paper,
                 claim=f"{opt.upper() if opt != 'looksam' else 'LookSAM (k=5)'} lowers the test "
                 "error below SGD's",
                 paper_value=value,
                 ours=f"test error SGD {err_pct('sgd')} vs {opt} {err_pct(opt)}",
-                gap=g.gap,
-                se=g.se,
-                verdict=g.verdict,
+                stat=gap(err(opt), err("sgd"), n_test=n_test),
+                figure=FIGURE,
                 note=f"{setting}; gap in error rate, SE from the seeds and the test set "
                 f"({n_test} examples)",
             )
         )
     passes = vals("looksam", "passes_per_step")
     ratio = float(np.mean(passes)) if passes else None
-    gap, se = compare_to_paper(ratio, LOOKSAM_PAPER_COST, rel_tol=LOOKSAM_COST_TOL)
+    g, se = compare_to_paper(ratio, LOOKSAM_PAPER_COST, rel_tol=LOOKSAM_COST_TOL)
     wall = [a / b for a, b in zip(vals("looksam", "seconds"), vals("sgd", "seconds"))]
     rows.append(
-        dict(
-            base,
+        ClaimRow(
             paper="LookSAM (Liu et al. 2022), ViT-S/32 ImageNet table",
             claim="LookSAM (k=5) costs about 1.2x the base optimizer (a second pass 1 in k steps)",
             paper_value=f"{LOOKSAM_PAPER_COST:.3f}x (AdamW 5154 img/s vs LookSAM 4273 img/s)",
             ours=f"{fmt_mean_std(passes, '.3f')} forward-backward passes per step",
-            gap=gap,
-            se=se,
-            verdict=verdict(gap, se),
+            stat=gap(g, se=se),
+            figure=FIGURE,
             note=f"{setting}; passes counted (deterministic), within {LOOKSAM_COST_TOL:.0%} of "
             f"the paper's throughput ratio counts as reproduced; wall time vs SGD here "
             f"{fmt_mean_std(wall, '.2f', 'x')} (a loaded shared CPU)",

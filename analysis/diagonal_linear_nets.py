@@ -10,8 +10,9 @@ seed 0: n = 20, d = 30, sparsity 3, n_test = 1000). Iterations: the notebook's n
 10^4 + 1 (``N``). rho is given in the original code's convention (``rho_convention="original"``:
 1-SAM's suite rho is twice it).
 
-Profiles. These settings are CPU-feasible, so every profile runs the paper's and the notebook's
-own settings (no shortened runs):
+Profiles (``PROFILES``). These settings are CPU-feasible, so every profile but test runs the
+paper's and the notebook's own settings (no shortened runs):
+- test: quick at 0.2% of the iterations (seconds, for the tests).
 - quick: every experiment below, Fig. 6 at 10^6 iterations on the paper's one data set (seed 0),
   the theory check at gamma 1/2 .. 1/60 (~1-2 minutes on one core).
 - paper: quick + the theory check at gamma 1/200 (10^6 iterations), the smallest step, where the
@@ -32,7 +33,7 @@ Experiments:
               start of the interpolation of cell 7, t in [-1, 2]).
 - fig6        the paper's Fig. 6 at the setting chosen by the documented search (``FIG6``,
               README): 10^6 iterations.
-- theory_g*   theory vs simulation at rho 0.1 for gamma in ``THEORY_GAMMAS`` (gamma x iterations
+- theory_g*   theory vs simulation at rho 0.1 for the profile's gammas (gamma x iterations
               fixed), with the flow's alpha_inf.
 """
 
@@ -42,16 +43,18 @@ import dataclasses
 import functools
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from diagonal_linear_nets.simulator import make_problem
 from diagonal_linear_nets.train import TrainConfig, initial_loss, stored_config, train
-from suite.captions import caption_figure
-from suite.claims import compare_to_paper, fmt_mean_std, verdict, write_claims
+from suite.claims import ClaimRow, compare_to_paper, fmt_mean_std, gap
 from suite.launch import Outcome, Run, run_all
+from suite.profiles import check_table, settings
 from suite.rundir import atomic_write_json, load_run
+from suite.stage import Experiment, StageContext, run_stage
 
 FAMILY = "diagonal_linear_nets"
 PAPER = "Towards Understanding SAM (Andriushchenko & Flammarion 2022)"
@@ -90,16 +93,24 @@ FIG6_TOL = 0.25  # relative, for numbers read off a log-scale plot
 FIG6_TRAIN_DECADES = 2.0  # |log10(ours / paper)| for train losses read off a 30-decade axis
 # The Fig. 6 setting chosen by the search documented in diagonal_linear_nets/README.md.
 FIG6 = {"alpha": 0.03, "gamma": 5 / D, "rho": 0.07}
-THEORY_GAMMAS = {
-    "quick": [1 / 2, 1 / 6, 1 / 20, 1 / 60],
-    "full": [1 / 2, 1 / 6, 1 / 20, 1 / 60, 1 / 200],
-    "paper": [1 / 2, 1 / 6, 1 / 20, 1 / 60, 1 / 200],
-}
 THEORY_TIME = 5000.0  # gamma x iterations: every gamma run to the same flow time
 THEORY_TOL = 1e-3  # the paper: "within 0.1%"
 BARRIER_TOL = 1e-2  # a barrier below 1% of the initial loss counts as "no barrier"
-# The paper's Fig. 6 is one data set (the notebook's seed 0); "full" adds four more (ours).
-FIG6_SEEDS = {"quick": [0], "full": [0, 1, 2, 3, 4], "paper": [0]}
+# Per profile (module docstring): the theory check's step sizes; the data seeds of Fig. 6 (the
+# paper's Fig. 6 is one data set, the notebook's seed 0; "full" adds four more, ours); the
+# fraction of every experiment's iterations run (1: the notebook's and the paper's own; test:
+# quick at 0.2% of the iterations, seconds).
+PROFILES = check_table(
+    {
+        "test": dict(theory_gammas=[1 / 2, 1 / 6, 1 / 20, 1 / 60], fig6_seeds=[0], scale=0.002),
+        "quick": dict(theory_gammas=[1 / 2, 1 / 6, 1 / 20, 1 / 60], fig6_seeds=[0], scale=1.0),
+        "full": dict(theory_gammas=[1 / 2, 1 / 6, 1 / 20, 1 / 60, 1 / 200],
+                     fig6_seeds=[0, 1, 2, 3, 4], scale=1.0),
+        "paper": dict(theory_gammas=[1 / 2, 1 / 6, 1 / 20, 1 / 60, 1 / 200], fig6_seeds=[0],
+                      scale=1.0),
+    },
+    FAMILY,
+)  # fmt: skip
 
 
 def _cfg(root: Path, name: str, iters: int, **kw) -> TrainConfig:
@@ -108,10 +119,13 @@ def _cfg(root: Path, name: str, iters: int, **kw) -> TrainConfig:
     return TrainConfig(out_dir=str(root / name), iters=iters, rho_convention="original", **kw)
 
 
-def experiment_configs(profile: str, root: Path, scale: float = 1.0) -> dict[str, TrainConfig]:
-    """Every experiment's config (module docstring); ``scale`` < 1 shrinks iterations (tests)."""
-    if profile not in FIG6_SEEDS:
-        raise ValueError(f"profile must be one of {sorted(FIG6_SEEDS)} (got {profile!r})")
+def experiment_configs(
+    profile: str, root: Path, scale: float | None = None
+) -> dict[str, TrainConfig]:
+    """Every experiment's config (module docstring); ``scale`` (default: the profile's) < 1
+    shrinks the iterations (tests)."""
+    P = settings(PROFILES, profile)
+    scale = P["scale"] if scale is None else scale
 
     def it(x: float) -> int:
         return max(int(x * scale), 10)
@@ -135,9 +149,9 @@ def experiment_configs(profile: str, root: Path, scale: float = 1.0) -> dict[str
         "erm_N": _cfg(root, "erm_N", n, algo=["gd"], gamma=1 / D),
         "fig6": _cfg(root, "fig6", it(1_000_000), algo=["gd", "nsam", "1sam"],
                      gamma=FIG6["gamma"], alpha=[FIG6["alpha"]], rho=[FIG6["rho"]],
-                     seeds=FIG6_SEEDS[profile]),
+                     seeds=P["fig6_seeds"]),
     }  # fmt: skip
-    for g in THEORY_GAMMAS[profile]:
+    for g in P["theory_gammas"]:
         name = f"theory_g{round(1 / g)}"
         out[name] = _cfg(
             root, name, it(THEORY_TIME / g), algo=["gd", "nsam", "1sam"], gamma=g, rho=[0.1],
@@ -198,7 +212,7 @@ def train_experiment(cfg: TrainConfig, resume: bool = False) -> Path:
     return train(dataclasses.replace(cfg, resume=resume, overwrite=False))
 
 
-def experiment_runs(profile: str, results_dir: Path, scale: float = 1.0) -> list[Run]:
+def experiment_runs(profile: str, results_dir: Path, scale: float | None = None) -> list[Run]:
     """One ``suite.launch.Run`` per experiment; its config is what the trainer stores in
     config.json, so a finished run with the same settings is skipped on the next call."""
     root = Path(results_dir) / FAMILY
@@ -208,7 +222,7 @@ def experiment_runs(profile: str, results_dir: Path, scale: float = 1.0) -> list
     ]
 
 
-def run_experiments(profile: str, results_dir: Path, scale: float = 1.0) -> list[Outcome]:
+def run_experiments(profile: str, results_dir: Path, scale: float | None = None) -> list[Outcome]:
     """Bring every experiment's run directory to completion through ``suite.launch.run_all``
     (skipped when finished with the same config, resumed when interrupted, ``--force``
     retrains; the launcher and the progress display are ``make reproduce``'s)."""
@@ -478,42 +492,33 @@ def _losses(runs: list[dict]) -> list[float | None]:
     return [None if r["status"] == "diverged" else r["final_test_loss"] for r in runs]
 
 
-def claims(results_dir: str | Path, profile: str = "quick") -> list[dict]:
-    """The claims rows (``suite.claims.CLAIM_COLUMNS``), computed from the run directories."""
-    results_dir = Path(results_dir)
-    rows: list[dict] = []
+def _row(where: str, claim: str, paper_value: str, ours: str, gap_se: tuple[float, float],
+         figure: str, note: str = "") -> ClaimRow:  # fmt: skip
+    """A row of this family: deterministic runs, so ``gap_se`` is (gap, 0) or a tolerance's."""
+    g, se = gap_se
+    return ClaimRow(paper=f"{PAPER}, {where}", claim=claim, paper_value=paper_value, ours=ours,
+                    stat=gap(g, se=se), figure=f"figures/{FAMILY}_{figure}.png",
+                    note=note)  # fmt: skip
 
-    def row(paper, claim, paper_value, ours, gap_se, figure, note=""):
-        gap, se = gap_se
-        rows.append(
-            {
-                "family": FAMILY,
-                "paper": f"{PAPER}, {paper}",
-                "claim": claim,
-                "paper_value": paper_value,
-                "ours": ours,
-                "gap": gap,
-                "se": se,
-                "profile": profile,
-                "verdict": verdict(gap, se),
-                "figure": f"figures/{FAMILY}_{figure}.png",
-                "note": note,
-            }
-        )
 
-    tol = f"tolerance {NOTEBOOK_TOL:g} relative; gap = tolerance - worst relative deviation"
-    cells = [
-        ("cell_nsam", "notebook cell 1", "n-SAM gets worse with rho (gamma 5/d)"),
-        ("cell_1sam", "notebook cell 2", "1-SAM improves with rho up to 0.1 (gamma 5/d, "
-         "alpha 0.02)"),
-        ("curves", "notebook cell 3", "1-SAM improves with rho; SGD beats GD (gamma 10/d)"),
-        ("grid", "Fig. 5 / notebook cell 4", "the rho grid: n-SAM ~ ERM, 1-SAM much better, "
-         "diverges at 0.9"),
-    ]  # fmt: skip
-    for name, where, claim in cells:
+TOL_NOTE = f"tolerance {NOTEBOOK_TOL:g} relative; gap = tolerance - worst relative deviation"
+CELLS = {
+    "cell_nsam": ("notebook cell 1", "n-SAM gets worse with rho (gamma 5/d)"),
+    "cell_1sam": ("notebook cell 2", "1-SAM improves with rho up to 0.1 (gamma 5/d, alpha 0.02)"),
+    "curves": ("notebook cell 3", "1-SAM improves with rho; SGD beats GD (gamma 10/d)"),
+    "grid": ("Fig. 5 / notebook cell 4", "the rho grid: n-SAM ~ ERM, 1-SAM much better, "
+             "diverges at 0.9"),
+}  # fmt: skip
+
+
+def notebook_rows(results_dir: Path, names: list[str]) -> list[ClaimRow]:
+    """Each run's final test loss against the notebook's printed value, one row per cell."""
+    rows = []
+    for name in names:
+        where, claim = CELLS[name]
         runs = _runs(results_dir, name)
         ours = _losses(runs)
-        note = tol
+        note = TOL_NOTE
         stuck = [r["label"] for r in runs if _stuck(r)]
         if stuck:
             note += (f"; runs stuck far from interpolation ({', '.join(stuck)}: train loss > "
@@ -524,29 +529,36 @@ def claims(results_dir: str | Path, profile: str = "quick") -> list[dict]:
                      "1-SAM at 15/d")  # fmt: skip
         if name == "curves":
             note += "; SGD at gamma 10/(3d) from the notebook's numpy stream"
-        row(
-            where,
-            f"{claim}: the notebook's printed test losses",
-            ", ".join(_g(p) for p in NOTEBOOK[name]),
-            ", ".join(_g(o) for o in ours),
+        rows.append(_row(
+            where, f"{claim}: the notebook's printed test losses",
+            ", ".join(_g(p) for p in NOTEBOOK[name]), ", ".join(_g(o) for o in ours),
             notebook_gap(ours, NOTEBOOK[name], [_stuck(r) for r in runs]),
-            "rho_grid" if name == "grid" else "curves",
-            note,
-        )
+            "rho_grid" if name == "grid" else "curves", note,
+        ))  # fmt: skip
+    return rows
+
+
+def curves_rows(results_dir: Path) -> list[ClaimRow]:
+    return notebook_rows(results_dir, ["cell_nsam", "cell_1sam", "curves"])
+
+
+def grid_rows(results_dir: Path) -> list[ClaimRow]:
+    rows = notebook_rows(results_dir, ["grid"])
     g = grid_table(results_dir)
     best1 = np.nanmin([_loss(r) for r in g["1sam"]])
     for key, lab in (("nsam", "gamma 10/d as the original"), ("nsam_uniform", "gamma 15/d")):
         bestn = np.nanmin([_loss(r) for r in g[key]])
-        row(
-            "Fig. 5",
-            f"1-SAM's best test loss is far below n-SAM's (n-SAM at {lab})",
-            "1-SAM 6.35e-9 vs n-SAM 0.0158 (notebook)",
-            f"1-SAM {best1:.3g} vs n-SAM {bestn:.3g}",
-            (math.log10(bestn / best1), 0.0),
-            "rho_grid",
+        rows.append(_row(
+            "Fig. 5", f"1-SAM's best test loss is far below n-SAM's (n-SAM at {lab})",
+            "1-SAM 6.35e-9 vs n-SAM 0.0158 (notebook)", f"1-SAM {best1:.3g} vs n-SAM {bestn:.3g}",
+            (math.log10(bestn / best1), 0.0), "rho_grid",
             "gap = log10(n-SAM best / 1-SAM best), one data set (deterministic, se 0)"
             + ("" if key == "nsam" else "; ours: n-SAM at GD's step size, not run by the original"),
-        )
+        ))  # fmt: skip
+    return rows
+
+
+def switch_rows(results_dir: Path) -> list[ClaimRow]:
     sw = _runs(results_dir, "switch_erm_sam")
     se_ = _runs(results_dir, "switch_sam_erm")[0]
     erm = next(i for i, r in enumerate(sw) if r["algo"] == "gd")
@@ -558,184 +570,244 @@ def claims(results_dir: str | Path, profile: str = "quick") -> list[dict]:
         _at(results_dir, "switch_sam_erm", 0, n),
         se_["final_test_loss"],
     ]
-    row(
-        "Fig. 8 (diagonal nets) / notebook cell 5",
-        "ERM -> 1-SAM (rho 10) at 10^4+1 of 2(10^4+1) steps drops the test loss ~100x; "
-        "1-SAM (rho 0.175) -> ERM keeps its gain",
-        "ERM 2N 0.0146, ERM N 0.01487 -> 1-SAM 1.427e-4; 1-SAM N 1.246e-4 -> ERM 9.835e-5",
-        ", ".join(_g(o) for o in ours),
-        notebook_gap(ours, list(NOTEBOOK_SWITCH)),
-        "switch",
-        tol + "; gamma 1/d; the notebook labels the ERM -> 1-SAM print 'rho=0.9' (a stale "
-        "variable): it runs rho 10",
-    )
     b = barrier(results_dir)
-    row(
-        "Fig. 8 (interpolation, notebook cell 7)",
-        "the ERM -> 1-SAM solution stays in the ERM basin: no loss barrier on the linear path",
-        "no barrier (plot)",
-        f"barrier {b:.3g} x initial loss",
-        (BARRIER_TOL - b, 0.0),
-        "switch",
-        f"barrier = max train loss on t in [0, 1] - max endpoint, relative to the initial loss "
-        f"||y||^2/(2n); tolerance {BARRIER_TOL:g}",
-    )
+    return [
+        _row(
+            "Fig. 8 (diagonal nets) / notebook cell 5",
+            "ERM -> 1-SAM (rho 10) at 10^4+1 of 2(10^4+1) steps drops the test loss ~100x; "
+            "1-SAM (rho 0.175) -> ERM keeps its gain",
+            "ERM 2N 0.0146, ERM N 0.01487 -> 1-SAM 1.427e-4; 1-SAM N 1.246e-4 -> ERM 9.835e-5",
+            ", ".join(_g(o) for o in ours), notebook_gap(ours, list(NOTEBOOK_SWITCH)), "switch",
+            TOL_NOTE + "; gamma 1/d; the notebook labels the ERM -> 1-SAM print 'rho=0.9' (a "
+            "stale variable): it runs rho 10",
+        ),
+        _row(
+            "Fig. 8 (interpolation, notebook cell 7)",
+            "the ERM -> 1-SAM solution stays in the ERM basin: no loss barrier on the linear path",
+            "no barrier (plot)", f"barrier {b:.3g} x initial loss", (BARRIER_TOL - b, 0.0),
+            "switch",
+            f"barrier = max train loss on t in [0, 1] - max endpoint, relative to the initial "
+            f"loss ||y||^2/(2n); tolerance {BARRIER_TOL:g}",
+        ),
+    ]  # fmt: skip
+
+
+def fig6_rows(results_dir: Path) -> list[ClaimRow]:
     f6 = _runs(results_dir, "fig6")
     c6 = load_experiment(results_dir, "fig6")["config"]["config"]
     setting = (
         f"alpha {c6['alpha'][0]:g}, gamma {c6['gamma']:.3g}, rho {c6['rho'][0]:g} (original "
         f"convention), {c6['iters']} iterations; chosen by the search in the README"
     )
+    rows = []
     for algo, name in (("gd", "ERM"), ("nsam", "n-SAM"), ("1sam", "1-SAM")):
         rs = [r for r in f6 if r["algo"] == algo]
         seed0 = next(r for r in rs if r["seed"] == 0)
         vals = [r["final_test_loss"] for r in rs if r["status"] != "diverged"]
-        row(
-            "Fig. 6",
-            f"{name}'s test loss plateau",
-            f"~{PAPER_FIG6[algo]:g}",
+        rows.append(_row(
+            "Fig. 6", f"{name}'s test loss plateau", f"~{PAPER_FIG6[algo]:g}",
             f"{_g(seed0['final_test_loss'])} (seed 0); {fmt_mean_std(vals)}",
-            compare_to_paper(_loss(seed0), PAPER_FIG6[algo], rel_tol=FIG6_TOL),
-            "fig6",
+            compare_to_paper(_loss(seed0), PAPER_FIG6[algo], rel_tol=FIG6_TOL), "fig6",
             f"{setting}; the paper's number read off a log plot: tolerance {FIG6_TOL:g} relative "
             "(seed 0 = the original data)",
-        )
+        ))  # fmt: skip
     for algo, name in (("gd", "ERM"), ("nsam", "n-SAM"), ("1sam", "1-SAM")):
         r0 = next(r for r in f6 if r["algo"] == algo and r["seed"] == 0)
         tr = r0["final_train_loss"]
         dec = abs(math.log10(tr / PAPER_FIG6_TRAIN[algo])) if tr else math.nan
-        row(
-            "Fig. 6",
-            f"{name}'s final train loss (1-SAM converges much more slowly)",
-            f"~{PAPER_FIG6_TRAIN[algo]:g}",
-            f"{_g(tr)} (seed 0)",
-            (FIG6_TRAIN_DECADES - dec, 0.0),
+        rows.append(_row(
+            "Fig. 6", f"{name}'s final train loss (1-SAM converges much more slowly)",
+            f"~{PAPER_FIG6_TRAIN[algo]:g}", f"{_g(tr)} (seed 0)", (FIG6_TRAIN_DECADES - dec, 0.0),
             "fig6",
             f"{setting}; gap = {FIG6_TRAIN_DECADES:g} decades - |log10(ours/paper)|; no setting "
             "of the search matches the test plateaus and these train levels together: ours reach "
             "float64's floor (~1e-30) sooner",
-        )
+        ))  # fmt: skip
+    return rows
+
+
+def theory_rows(results_dir: Path) -> list[ClaimRow]:
     tab = theory_table(results_dir)
     small = [r for r in tab if r["gamma"] <= 1 / 60 + 1e-12]
+    rows = []
     for algo, name in (("gd", "GD"), ("nsam", "n-SAM"), ("1sam", "1-SAM")):
         rs = sorted((r for r in tab if r["algo"] == algo), key=lambda r: -r["gamma"])
         sm = [r for r in small if r["algo"] == algo]
         worst = max((r["rel_dist"] for r in sm if r["rel_dist"] is not None), default=None)
-        gap = (THEORY_TOL - worst, 0.0) if worst is not None else (math.nan, math.nan)
-        row(
+        g = (THEORY_TOL - worst, 0.0) if worst is not None else (math.nan, math.nan)
+        rows.append(_row(
             "Section 4.2 (implicit bias)",
             f"{name} converges to argmin phi_alpha_inf s.t. X beta = y: distance -> 0 as "
             "gamma -> 0, < 0.1% at gamma <= 1/60",
             "within 0.1% (rho 0.1)",
-            "; ".join(
-                f"gamma {r['gamma']:.3g}: "
-                + (f"{r['rel_dist']:.2%}" if r["rel_dist"] is not None else r["status"])
-                for r in rs
-            ),
-            gap,
-            "theory",
+            "; ".join(f"gamma {r['gamma']:.3g}: "
+                      + (f"{r['rel_dist']:.2%}" if r["rel_dist"] is not None else r["status"])
+                      for r in rs),
+            g, "theory",
             "flow alpha_inf accumulated along the trajectory; rho 0.1 original convention; "
             f"gamma x iterations = {THEORY_TIME:g}; distances only for interpolating runs",
-        )
+        ))  # fmt: skip
     ref = [r for r in tab if abs(r["gamma"] - 1 / 60) < 1e-12] or tab
     gm = {r["algo"]: r["alpha_gm"] for r in ref}
-    row(
+    rows.append(_row(
         "Section 4.2 (implicit bias)",
         "effective initialization alpha_inf: 1-SAM < n-SAM < GD = alpha",
         "1-SAM < n-SAM < GD",
         ", ".join(f"{k} {v:.4g}" for k, v in gm.items()) + " (geometric means)",
         (min(math.log(gm["gd"] / gm["nsam"]), math.log(gm["nsam"] / gm["1sam"])), 0.0),
-        "theory",
-        f"gamma {ref[0]['gamma']:.3g}; gap = smallest log-ratio of successive alpha_inf",
-    )
+        "theory", f"gamma {ref[0]['gamma']:.3g}; gap = smallest log-ratio of successive alpha_inf",
+    ))  # fmt: skip
     return rows
 
 
-def caption_figures(results_dir: str | Path) -> None:
-    """The two-line caption of each figure of ``make_figures`` (``suite.captions``), with the
-    numbers read from the run directories."""
-    results_dir = Path(results_dir)
+def claims(results_dir: str | Path, profile: str = "quick") -> list[dict]:
+    """The claims rows (``suite.claims.CLAIM_COLUMNS``), computed from the run directories."""
+    r = Path(results_dir)
+    rows = [*curves_rows(r), *grid_rows(r), *switch_rows(r), *fig6_rows(r), *theory_rows(r)]
+    return [row.cells(FAMILY, profile) for row in rows]
 
-    def cap(what: str, shows: str, reading: str, key: bool = False) -> None:
-        caption_figure(results_dir, FAMILY, f"{FAMILY}_{what}.png", shows=shows, reading=reading,
-                       key=key)  # fmt: skip
 
-    data = "the notebook's data (n = 20, d = 30, sparsity 3, numpy seed 0)"
-    cfg = lambda name: load_experiment(results_dir, name)["config"]["config"]  # noqa: E731
-    c = _runs(results_dir, "curves")
+# ------------------------------------------------------------------------------------ captions
+DATA = "the notebook's data (n = 20, d = 30, sparsity 3, numpy seed 0)"
+
+
+def _iters(results_dir: Path, name: str) -> int:
+    return load_experiment(results_dir, name)["config"]["config"]["iters"]
+
+
+def curves_reading(ctx: StageContext) -> str:
+    c = _runs(ctx.results_dir, "curves")
     gd_c = next(_loss(r) for r in c if r["algo"] == "gd")
     best_c = np.nanmin([_loss(r) for r in c if r["algo"] == "1sam"])
-    cap(
-        "curves",
-        f"Train and test loss vs iteration of GD, SGD (b = 1, gamma 10/(3d)) and 1-SAM "
-        f"(rho 0.03-0.3, original convention) on beta = u*v, {data}, gamma 10/d, alpha 0.1, "
-        f"{cfg('curves')['iters']} iterations, one run each (notebook cell 3).",
-        f"The notebook's claim: 1-SAM's test loss falls with rho and SGD beats GD; here 1-SAM's "
-        f"best {_g(best_c)} vs GD's {_g(gd_c)} (each final value vs the notebook's in the claims).",
-    )
-    g = grid_table(results_dir)
+    return (f"The notebook's claim: 1-SAM's test loss falls with rho and SGD beats GD; here "
+            f"1-SAM's best {_g(best_c)} vs GD's {_g(gd_c)} (each final value vs the notebook's in "
+            "the claims).")  # fmt: skip
+
+
+def grid_reading(ctx: StageContext) -> str:
+    g = grid_table(ctx.results_dir)
     best1 = np.nanmin([_loss(r) for r in g["1sam"]])
     bestn = np.nanmin([_loss(r) for r in g["nsam"]])
-    cap(
-        "rho_grid",
-        f"Final test loss vs rho (original convention) after {cfg('grid')['iters']} iterations: "
-        f"GD and 1-SAM at gamma 15/d, n-SAM at 10/d (as the notebook) and at 15/d, {data}, "
-        "alpha 0.1; black crosses: the notebook's printed values (Fig. 5).",
-        "Fig. 5's claim: 1-SAM's best test loss lies far below n-SAM's, which stays near GD's; "
-        f"here 1-SAM {_g(best1)}, n-SAM {_g(bestn)}, GD {_g(_loss(g['gd']))}.",
-        key=True,
-    )
-    sw = _runs(results_dir, "switch_erm_sam")
+    return ("Fig. 5's claim: 1-SAM's best test loss lies far below n-SAM's, which stays near GD's; "
+            f"here 1-SAM {_g(best1)}, n-SAM {_g(bestn)}, GD {_g(_loss(g['gd']))}.")  # fmt: skip
+
+
+def switch_shows(ctx: StageContext) -> str:
+    at = _runs(ctx.results_dir, "switch_erm_sam")[0]["switch_at"]
+    return (f"Train/test loss vs iteration of ERM, ERM -> 1-SAM (rho 10) and 1-SAM (rho 0.175) -> "
+            f"ERM switched at iteration {at} (dashed), gamma 1/d, {DATA}; right: losses on the "
+            "line from the ERM -> 1-SAM solution (t = 0) to the ERM solution (t = 1).")  # fmt: skip
+
+
+def switch_reading(ctx: StageContext) -> str:
+    sw = _runs(ctx.results_dir, "switch_erm_sam")
     erm = next(i for i, r in enumerate(sw) if r["algo"] == "gd")
-    at = sw[0]["switch_at"]
-    before = _at(results_dir, "switch_erm_sam", erm, at)
+    before = _at(ctx.results_dir, "switch_erm_sam", erm, sw[0]["switch_at"])
     after = next(_loss(r) for r in sw if r["algo"] == "1sam")
-    cap(
-        "switch",
-        f"Train/test loss vs iteration of ERM, ERM -> 1-SAM (rho 10) and 1-SAM (rho 0.175) -> "
-        f"ERM switched at iteration {at} (dashed), gamma 1/d, {data}; right: losses on the line "
-        "from the ERM -> 1-SAM solution (t = 0) to the ERM solution (t = 1).",
-        "Fig. 8's claim: switching ERM -> 1-SAM late lowers the test loss without leaving ERM's "
-        f"basin; here {_g(before)} -> {_g(after)}, barrier {barrier(results_dir):.2g} x the "
-        "initial loss.",
-    )
-    c6 = cfg("fig6")
-    f6 = _runs(results_dir, "fig6")
+    return ("Fig. 8's claim: switching ERM -> 1-SAM late lowers the test loss without leaving "
+            f"ERM's basin; here {_g(before)} -> {_g(after)}, barrier "
+            f"{barrier(ctx.results_dir):.2g} x the initial loss.")  # fmt: skip
+
+
+def fig6_shows(ctx: StageContext) -> str:
+    c6 = load_experiment(ctx.results_dir, "fig6")["config"]["config"]
+    return (f"Train and test loss vs iteration of ERM, n-SAM and 1-SAM at alpha "
+            f"{c6['alpha'][0]:g}, gamma 5/d, rho {c6['rho'][0]:g} (original convention, chosen "
+            f"by the README's search), {c6['iters']} iterations, data seeds {c6['seeds']}; "
+            "dotted: the paper's test plateaus.")  # fmt: skip
+
+
+def fig6_reading(ctx: StageContext) -> str:
+    f6 = _runs(ctx.results_dir, "fig6")
     plat = {a: next(_loss(r) for r in f6 if r["algo"] == a and r["seed"] == 0) for a in PAPER_FIG6}
-    cap(
-        "fig6",
-        f"Train and test loss vs iteration of ERM, n-SAM and 1-SAM at alpha {c6['alpha'][0]:g}, "
-        f"gamma 5/d, rho {c6['rho'][0]:g} (original convention, chosen by the README's search), "
-        f"{c6['iters']} iterations, data seeds {c6['seeds']}; dotted: the paper's test plateaus.",
-        "Fig. 6's claim: 1-SAM plateaus ~10x below ERM and n-SAM (paper 1.6e-4 vs 1.2e-3); here "
-        f"1-SAM {_g(plat['1sam'])}, ERM {_g(plat['gd'])}, n-SAM {_g(plat['nsam'])} (seed 0).",
-    )
-    tab = [r for r in theory_table(results_dir) if r["rel_dist"] is not None]
+    return ("Fig. 6's claim: 1-SAM plateaus ~10x below ERM and n-SAM (paper 1.6e-4 vs 1.2e-3); "
+            f"here 1-SAM {_g(plat['1sam'])}, ERM {_g(plat['gd'])}, n-SAM {_g(plat['nsam'])} "
+            "(seed 0).")  # fmt: skip
+
+
+def theory_reading(ctx: StageContext) -> str:
+    tab = [r for r in theory_table(ctx.results_dir) if r["rel_dist"] is not None]
     g_min = min((r["gamma"] for r in tab), default=None)
     worst = max((r["rel_dist"] for r in tab if r["gamma"] == g_min), default=math.nan)
-    cap(
-        "theory",
-        "Relative distance of the simulated solution to the hyperbolic-entropy prediction (with "
-        f"the alpha_inf tracked along the run) vs step size, GD / n-SAM / 1-SAM at rho 0.1, "
-        f"{data}, gamma x iterations = {THEORY_TIME:g}.",
-        "Section 4.2's claim: the runs converge to the predicted interpolator (within 0.1%), "
-        "here up to discretization: "
-        + (f"at most {worst:.2%} at the smallest gamma {g_min:.3g}." if tab
-           else "no run interpolated, so there is no distance to show."),
-    )  # fmt: skip
+    return ("Section 4.2's claim: the runs converge to the predicted interpolator (within 0.1%), "
+            "here up to discretization: "
+            + (f"at most {worst:.2%} at the smallest gamma {g_min:.3g}." if tab
+               else "no run interpolated, so there is no distance to show."))  # fmt: skip
 
 
-def reproduce(profile: str, results_dir: Path, figures_dir: Path, scale: float = 1.0) -> None:
-    """Run every experiment of ``profile`` ('quick', 'full' or 'paper', module docstring)
-    through ``suite.launch``, draw and caption the figures, write claims.csv."""
-    if profile not in FIG6_SEEDS:
-        raise ValueError(f"profile must be one of {sorted(FIG6_SEEDS)} (got {profile!r})")
-    run_experiments(profile, Path(results_dir), scale)
-    make_figures(results_dir, figures_dir)
-    caption_figures(results_dir)
-    root = Path(results_dir) / FAMILY
-    write_claims(root / "claims.csv", claims(results_dir, profile))
-    atomic_write_json(root / "profile.json", {"profile": profile, "scale": scale})
+# --------------------------------------------------------------------------------- the stage
+def _runs_of(*names: str) -> Callable[[StageContext], list[Run]]:
+    """``Experiment.runs``: the runs of the experiments named (a name ending in ``*``: every one
+    with that prefix)."""
+
+    def runs(ctx: StageContext) -> list[Run]:
+        return [r for r in experiment_runs(ctx.profile, ctx.results_dir, ctx.P["scale"])
+                if any(r.name == n or (n.endswith("*") and r.name.startswith(n[:-1]))
+                       for n in names)]  # fmt: skip
+
+    return runs
+
+
+def _report(figure: Callable[[Path, Path], Path], rows: Callable[[Path], list[ClaimRow]]):
+    def report(ctx: StageContext) -> list[ClaimRow]:
+        figure(ctx.results_dir, ctx.figures_dir)
+        return rows(ctx.results_dir)
+
+    return report
+
+
+EXPERIMENTS = [
+    Experiment(
+        "curves", f"{FAMILY}_curves.png", _runs_of("cell_nsam", "cell_1sam", "curves"),
+        _report(fig_curves, curves_rows),
+        shows=lambda ctx: (
+            "Train and test loss vs iteration of GD, SGD (b = 1, gamma 10/(3d)) and 1-SAM "
+            f"(rho 0.03-0.3, original convention) on beta = u*v, {DATA}, gamma 10/d, alpha "
+            f"0.1, {_iters(ctx.results_dir, 'curves')} iterations, one run each (notebook cell "
+            "3)."),
+        reading=curves_reading,
+    ),
+    Experiment(
+        "rho_grid", f"{FAMILY}_rho_grid.png", _runs_of("grid", "grid_uniform"),
+        _report(fig_grid, grid_rows), key=True,
+        shows=lambda ctx: (
+            "Final test loss vs rho (original convention) after "
+            f"{_iters(ctx.results_dir, 'grid')} iterations: GD and 1-SAM at gamma 15/d, n-SAM at "
+            f"10/d (as the notebook) and at 15/d, {DATA}, alpha 0.1; black crosses: the "
+            "notebook's printed values (Fig. 5)."),
+        reading=grid_reading,
+    ),
+    Experiment(
+        "switch", f"{FAMILY}_switch.png", _runs_of("switch_erm_sam", "switch_sam_erm", "erm_N"),
+        _report(fig_switch, switch_rows), shows=switch_shows, reading=switch_reading,
+    ),
+    Experiment(
+        "fig6", f"{FAMILY}_fig6.png", _runs_of("fig6"), _report(fig_fig6, fig6_rows),
+        shows=fig6_shows, reading=fig6_reading,
+    ),
+    Experiment(
+        "theory", f"{FAMILY}_theory.png", _runs_of("theory_g*"), _report(fig_theory, theory_rows),
+        shows="Relative distance of the simulated solution to the hyperbolic-entropy prediction "
+        "(with the alpha_inf tracked along the run) vs step size, GD / n-SAM / 1-SAM at rho 0.1, "
+        f"{DATA}, gamma x iterations = {THEORY_TIME:g}.",
+        reading=theory_reading,
+    ),
+]  # fmt: skip
+
+
+def reproduce(
+    profile: str, results_dir: Path, figures_dir: Path, scale: float | None = None
+) -> list[dict]:
+    """Run every experiment of ``profile`` (``PROFILES``, module docstring) through
+    ``suite.stage.run_stage``: the runs, the figures and their captions, claims.csv.
+    ``scale`` overrides the profile's fraction of the iterations (tests)."""
+    P = settings(PROFILES, profile)
+    if scale is not None:
+        P = {**P, "scale": scale}
+    rows = run_stage(FAMILY, EXPERIMENTS, {profile: P}, profile, results_dir, figures_dir)
+    atomic_write_json(Path(results_dir) / FAMILY / "profile.json",
+                      {"profile": profile, "scale": P["scale"]})  # fmt: skip
+    return rows
 
 
 def results_from_env() -> tuple[Path, Path]:

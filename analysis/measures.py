@@ -68,10 +68,10 @@ from torch import nn
 
 from sharpness import SAM
 from sharpness import measures as M
-from suite.captions import caption_figure
-from suite.claims import compare_seeds, fmt_mean_std, verdict, write_claims
+from suite.claims import ClaimRow, fmt_mean_std, gap
 from suite.cli import make_seeds
-from suite.launch import Run, run_all
+from suite.launch import Run
+from suite.profiles import check_profile, check_table
 from suite.rundir import (
     atomic_write_json,
     atomic_write_text,
@@ -79,6 +79,7 @@ from suite.rundir import (
     load_run,
     read_json,
 )
+from suite.stage import Experiment, StageContext, no_runs, run_stage
 
 FAMILY = "measures"
 OPTS = ("sgd", "sam")
@@ -107,18 +108,22 @@ class SpectrumConfig:
     save_epoch: int = -1  # also save the weights at the start of this epoch (model_epoch<k>.pt)
 
 
-PROFILES: dict[str, dict[str, Any]] = {
-    "quick": dict(seeds=[0, 1, 2], cfg=dict(epochs=30), finetune_from=20),
+_FULL = dict(
+    seeds=[0, 1, 2, 3, 4], finetune_from=70,
+    cfg=dict(epochs=100, width=256, eval_epochs=(0, 5, 10, 20, 40, 60, 80, 100)),
+)  # fmt: skip
+# The paper profile runs full's MLP: the paper's WRN-40-10 on CIFAR-10 (GPU days) is not run here
+# (its claims row says "not run"); Figure 3 then correlates the deep_nets paper profile's runs.
+PROFILES: dict[str, dict[str, Any]] = check_table({
     "test": dict(
         seeds=[0, 1], finetune_from=1,
         cfg=dict(epochs=2, width=8, hessian_examples=64, eval_epochs=(0, 2), lanczos_iter=15,
                  density_steps=10),
     ),
-    "full": dict(
-        seeds=[0, 1, 2, 3, 4], finetune_from=70,
-        cfg=dict(epochs=100, width=256, eval_epochs=(0, 5, 10, 20, 40, 60, 80, 100)),
-    ),
-}  # fmt: skip
+    "quick": dict(seeds=[0, 1, 2], cfg=dict(epochs=30), finetune_from=20),
+    "full": _FULL,
+    "paper": _FULL,
+}, FAMILY)  # fmt: skip
 
 
 def _model(width: int, data) -> nn.Module:
@@ -228,52 +233,59 @@ def _run(name: str, cfg: SpectrumConfig, out_dir: Path) -> Run:
     return Run(name, out_dir, asdict(cfg), functools.partial(_train_run, cfg, str(out_dir)))
 
 
-def run_experiments(profile: str, results_dir: Path) -> Path:
-    """Train (or reuse) the profile's SGD and SAM runs and the ERM -> SAM fine-tuning of seed 0,
-    then measure the landscapes; returns the profile's results folder."""
-    from deep_nets.data import load_dataset
-
-    prof = PROFILES[profile]
-    root = Path(results_dir) / FAMILY / profile
-    k = prof["finetune_from"]
+def spectrum_runs(ctx: StageContext) -> list[Run]:
+    """The profile's SGD and SAM runs, one per seed (seed 0's SGD run also saves its weights at
+    the fine-tuning epoch)."""
+    prof = ctx.P
     runs = []
     for opt in OPTS:
         for s in prof["seeds"]:
             cfg = SpectrumConfig(optimizer=opt, seed=s, **prof["cfg"])
             if opt == "sgd" and s == 0:
-                cfg.save_epoch = k
-            runs.append(_run(f"{opt} seed {s}", cfg, root / f"{opt}_seed{s}"))
-    # through suite.launch: finished runs with the same config are skipped, --force and the
-    # launchers reach them; the fine-tuning run needs seed 0's ERM weights, so it comes second
-    done = run_all(runs, stage=FAMILY)
-    # ERM -> SAM: seed 0's ERM weights at epoch k, then SAM for the remaining epochs (same
-    # cosine schedule): "Towards Understanding SAM" Fig. 9's fine-tuning, at our scale
-    cfg = SpectrumConfig(optimizer="sam", seed=0, **prof["cfg"])
-    cfg.start_from, cfg.start_epoch = str(root / "sgd_seed0" / f"model_epoch{k}.pt"), k
+                cfg.save_epoch = prof["finetune_from"]
+            runs.append(_run(f"{opt} seed {s}", cfg, ctx.root / f"{opt}_seed{s}"))
+    return runs
+
+
+def finetune_runs(ctx: StageContext) -> list[Run]:
+    """ERM -> SAM: seed 0's ERM weights at epoch k, then SAM for the remaining epochs (same
+    cosine schedule): "Towards Understanding SAM" Fig. 9's fine-tuning, at our scale. It starts
+    from seed 0's SGD run's weights, so it is launched after it (wave 1)."""
+    k = ctx.P["finetune_from"]
+    cfg = SpectrumConfig(optimizer="sam", seed=0, **ctx.P["cfg"])
+    cfg.start_from, cfg.start_epoch = str(ctx.root / "sgd_seed0" / f"model_epoch{k}.pt"), k
     cfg.eval_epochs = ()
-    done += run_all([_run("erm -> sam seed 0", cfg, root / "erm_to_sam_seed0")], stage=FAMILY)
-    land = root / "landscapes.json"
-    if not land.exists() or any(o.action != "skipped" for o in done):  # of these very runs
-        data = load_dataset("mnist1d", None, seed=0)
-        cfg = SpectrumConfig(**prof["cfg"])
-        out: dict[str, Any] = {}
-        for name in [f"{o}_seed{s}" for o in OPTS for s in prof["seeds"]]:
-            model = _model(cfg.width, data)
-            model.load_state_dict(torch.load(root / name / "model.pt", weights_only=True))
-            model.eval()
-            pts = (41, 15) if name.endswith("seed0") else (41, 3)
-            out[name] = _landscapes(model, data, cfg.hessian_examples, 0, *pts)
-        a, b = (torch.load(root / n / "model.pt", weights_only=True)
-                for n in ("sgd_seed0", "erm_to_sam_seed0"))  # fmt: skip
-        n = cfg.hessian_examples
-        ts = np.linspace(-0.5, 1.5, 21).tolist()
-        out["interpolation"] = {
-            split: M.interpolate(model, a, b, ts, F.cross_entropy, (x[:n], y[:n]))
-            for split, (x, y) in (("train", (data.train_x, data.train_y)),
-                                  ("test", (data.test_x, data.test_y)))
-        }  # fmt: skip
-        atomic_write_json(land, out)
-    return root
+    return [_run("erm -> sam seed 0", cfg, ctx.root / "erm_to_sam_seed0")]
+
+
+def measure_landscapes(ctx: StageContext) -> None:
+    """1-D and 2-D slices around every SGD / SAM solution and the ERM -> ERM->SAM interpolation,
+    kept in ``landscapes.json``; measured again when this call trained any of their runs."""
+    from deep_nets.data import load_dataset
+
+    land = ctx.root / "landscapes.json"
+    if land.exists() and not ctx.trained_now(spectrum_runs(ctx) + finetune_runs(ctx)):
+        return
+    root, prof = ctx.root, ctx.P
+    data = load_dataset("mnist1d", None, seed=0)
+    cfg = SpectrumConfig(**prof["cfg"])
+    out: dict[str, Any] = {}
+    for name in [f"{o}_seed{s}" for o in OPTS for s in prof["seeds"]]:
+        model = _model(cfg.width, data)
+        model.load_state_dict(torch.load(root / name / "model.pt", weights_only=True))
+        model.eval()
+        pts = (41, 15) if name.endswith("seed0") else (41, 3)
+        out[name] = _landscapes(model, data, cfg.hessian_examples, 0, *pts)
+    a, b = (torch.load(root / n / "model.pt", weights_only=True)
+            for n in ("sgd_seed0", "erm_to_sam_seed0"))  # fmt: skip
+    n = cfg.hessian_examples
+    ts = np.linspace(-0.5, 1.5, 21).tolist()
+    out["interpolation"] = {
+        split: M.interpolate(model, a, b, ts, F.cross_entropy, (x[:n], y[:n]))
+        for split, (x, y) in (("train", (data.train_x, data.train_y)),
+                              ("test", (data.test_x, data.test_y)))
+    }  # fmt: skip
+    atomic_write_json(land, out)
 
 
 # ----------------------------------------------------------------------------------- loading
@@ -385,13 +397,15 @@ def plot_landscapes(res: dict[str, Any], path: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------ claims
-def claims(res: dict[str, Any], profile: str) -> list[dict[str, Any]]:
-    """Claims rows (suite.claims verdicts over seeds, lower = the paper's direction)."""
-    runs = res["runs"]
-    n = len(runs["sgd"])
+def _setup(runs: dict[str, list[dict]]) -> str:
     c = runs["sgd"][0]["config"]["config"]
-    setup = (f"MNIST-1D, MLP 40-{c['width']}x2-10 (no norm), {c['epochs']} epochs, "
-             f"Hessian on {c['hessian_examples']} train ex.")  # fmt: skip
+    return (f"MNIST-1D, MLP 40-{c['width']}x2-10 (no norm), {c['epochs']} epochs, "
+            f"Hessian on {c['hessian_examples']} train ex.")  # fmt: skip
+
+
+def spectrum_rows(runs: dict[str, list[dict]]) -> list[ClaimRow]:
+    """lambda_max and lambda_max / lambda_5 at the end, SGD vs SAM over seeds (lower = the
+    paper's direction), and the paper-scale row (not run)."""
     note = ("paper: WRN-40-10 without BN on CIFAR-10 (GPU days); ours: a CPU-minutes MLP, "
             "so the magnitudes are not comparable, only the direction of the effect")  # fmt: skip
     rows = []
@@ -403,82 +417,89 @@ def claims(res: dict[str, Any], profile: str) -> list[dict[str, Any]]:
     ):  # fmt: skip
         a = [r["summary"][key] for r in runs["sgd"]]
         b = [r["summary"][key] for r in runs["sam"]]
-        g = compare_seeds(a, b, lower_is_better=True)
-        rows.append(dict(
-            family=FAMILY, paper="SAM paper (Foret et al. 2021), Hessian spectrum figure",
+        rows.append(ClaimRow(
+            paper="SAM paper (Foret et al. 2021), Hessian spectrum figure",
             claim=what, paper_value=paper,
-            ours=f"{setup}: SGD {fmt_mean_std(a)} vs SAM {fmt_mean_std(b)}",
-            gap=g.gap, se=g.se, profile=profile, verdict=g.verdict, figure=FIG1, note=note,
+            ours=f"{_setup(runs)}: SGD {fmt_mean_std(a)} vs SAM {fmt_mean_std(b)}",
+            stat=gap(b, a), figure=FIG1, note=note,
         ))  # fmt: skip
-    land = res["landscapes"]
-    seeds = PROFILES[profile]["seeds"]
-    a = [_sharpness_1d(land[f"sgd_seed{s}"]["slice_1d"]) for s in seeds]
-    b = [_sharpness_1d(land[f"sam_seed{s}"]["slice_1d"]) for s in seeds]
-    g = compare_seeds(a, b, lower_is_better=True)
-    rows.append(dict(
-        family=FAMILY, paper="SAM seminar slides / Li et al. 2018, 1-D loss landscapes",
-        claim="SAM's minimum is flatter along random filter-normalized directions "
-              "(mean train-loss rise for |alpha| <= 0.5)",
-        paper_value="qualitative (pictures)",
-        ours=f"SGD {fmt_mean_std(a)} vs SAM {fmt_mean_std(b)}, one direction per seed",
-        gap=g.gap, se=g.se, profile=profile, verdict=g.verdict, figure=FIG2,
-        note=f"{setup}; {n} seeds, one seeded random direction each",
-    ))  # fmt: skip
-    rows.append(dict(
-        family=FAMILY, paper="SAM paper, Hessian spectrum figure (paper profile)",
+    rows.append(ClaimRow(
+        paper="SAM paper, Hessian spectrum figure (paper profile)",
         claim="the same at the paper's scale (WRN-40-10 without BN, CIFAR-10)",
-        paper_value="24.2 vs 1.0; 11.4 vs 2.6", ours="not run (GPU days)", gap="", se="",
-        profile="paper", verdict="not run", figure="",
+        paper_value="24.2 vs 1.0; 11.4 vs 2.6", ours="not run (GPU days)", profile="paper",
         note="deep_nets/eval_sharpness.py --measure hessian on a WRN run gives these numbers",
     ))  # fmt: skip
     return rows
 
 
-def reproduce(profile: str, results_dir: Path, figures_dir: Path) -> None:
-    """Run the profile, draw Figures 1 to 4 with their captions, write
-    results/measures/claims.csv. Figure 3 reads the deep_nets stage's runs: without them its
-    claims row says "not run" and names the command."""
-    if profile not in PROFILES:
-        raise ValueError(f"profile {profile!r}: choose from {', '.join(PROFILES)}")
-    results_dir, figures_dir = Path(results_dir), Path(figures_dir)
-    run_experiments(profile, results_dir)
-    res = load_results(profile, results_dir)
-    plot_spectrum(res, figures_dir / FIG1)
-    plot_landscapes(res, figures_dir / FIG2)
-    caption_figures_1_2(res, results_dir)
-    rows = claims(res, profile)
+def landscape_rows(res: dict[str, Any], seeds: list[int]) -> list[ClaimRow]:
+    """The mean train-loss rise along one random filter-normalized direction per seed."""
+    land = res["landscapes"]
+    a = [_sharpness_1d(land[f"sgd_seed{s}"]["slice_1d"]) for s in seeds]
+    b = [_sharpness_1d(land[f"sam_seed{s}"]["slice_1d"]) for s in seeds]
+    return [ClaimRow(
+        paper="SAM seminar slides / Li et al. 2018, 1-D loss landscapes",
+        claim="SAM's minimum is flatter along random filter-normalized directions "
+              "(mean train-loss rise for |alpha| <= 0.5)",
+        paper_value="qualitative (pictures)",
+        ours=f"SGD {fmt_mean_std(a)} vs SAM {fmt_mean_std(b)}, one direction per seed",
+        stat=gap(b, a), figure=FIG2,
+        note=f"{_setup(res['runs'])}; {len(res['runs']['sgd'])} seeds, one seeded random "
+             "direction each",
+    )]  # fmt: skip
+
+
+def _load_runs(root: Path, seeds: list[int]) -> dict[str, list[dict]]:
+    return {o: [load_run(root / f"{o}_seed{s}") for s in seeds] for o in OPTS}
+
+
+def _spectrum(ctx: StageContext) -> list[ClaimRow]:
+    runs = _load_runs(ctx.root, ctx.P["seeds"])
+    plot_spectrum({"runs": runs}, ctx.figure(FIG1))
+    return spectrum_rows(runs)
+
+
+def _landscapes_report(ctx: StageContext) -> list[ClaimRow]:
+    measure_landscapes(ctx)
+    res = load_results(ctx.profile, ctx.results_dir)
+    plot_landscapes(res, ctx.figure(FIG2))
+    return landscape_rows(res, ctx.P["seeds"])
+
+
+def _setup_1_2(ctx: StageContext) -> str:
+    c = SpectrumConfig(**ctx.P["cfg"])
+    return (f"MNIST-1D MLP 40-{c.width}x2-10 (no norm), {c.epochs} epochs, SGD vs SAM "
+            f"(rho {c.rho}), {len(ctx.P['seeds'])} seeds; Hessian of the train loss on "
+            f"{c.hessian_examples} examples")  # fmt: skip
+
+
+def _figure3(ctx: StageContext) -> list[ClaimRow]:
     try:
-        rows += figure3(results_dir, figures_dir, profile)
+        return figure3(ctx.results_dir, ctx.figures_dir, ctx.profile)
     except FileNotFoundError as e:  # the deep_nets stage has not run: say so, do not crash
         print(f"  measures: Figure 3 not drawn: {e}", flush=True)
-        rows.append(fig3_not_run(profile, str(e)))
-    rows += figure4(results_dir, figures_dir, profile)
-    write_claims(results_dir / FAMILY / "claims.csv", rows)
+        return [fig3_not_run(str(e))]
 
 
-def caption_figures_1_2(res: dict[str, Any], results_dir: Path) -> None:
-    """The captions of Figures 1 and 2 (``suite.captions``)."""
-    c = res["runs"]["sgd"][0]["config"]["config"]
-    n = len(res["runs"]["sgd"])
-    setup = (f"MNIST-1D MLP 40-{c['width']}x2-10 (no norm), {c['epochs']} epochs, SGD vs SAM "
-             f"(rho {c['rho']}), {n} seeds; Hessian of the train loss on {c['hessian_examples']} "
-             "examples")  # fmt: skip
-    caption_figure(
-        results_dir, FAMILY, FIG1,
-        shows=f"{setup}: SLQ eigenvalue density at the end (seed 0), lambda_max and "
-        "lambda_max / lambda_5 (Lanczos) over epochs, mean +- std.",
-        reading="The SAM paper's claim: SAM ends with a much smaller lambda_max (and ratio) than "
-        "SGD (WRN: 24.2 vs 1.0; 11.4 vs 2.6).",
-        key=True,
-    )  # fmt: skip
-    caption_figure(
-        results_dir, FAMILY, FIG2,
-        shows=f"{setup}: 1-D and 2-D train-loss slices along filter-normalized random "
-        "directions (seed 0), and the linear interpolation ERM -> ERM->SAM fine-tuned (t from "
-        "-0.5 to 1.5).",
-        reading="SAM's minimum is wider along random directions; the ERM -> SAM solution stays "
-        "in the ERM basin (no barrier on the interpolation), as in Fig. 9.",
-    )  # fmt: skip
+def _fig3_shows(ctx: StageContext) -> str:
+    st = FIG3_SETTINGS[ctx.profile]
+    n = load_fig3_table(ctx.results_dir, ctx.profile)["run"].nunique()
+    return (f"m-sharpness (worst case, L2, {st['steps']} ascent steps, {st['n_examples']} "
+            f"train examples) of each deep-net run's final model against its test error; panels: "
+            f"m x rho; {n} runs.")  # fmt: skip
+
+
+def _figure4(ctx: StageContext) -> list[ClaimRow]:
+    return figure4(ctx.results_dir, ctx.figures_dir, ctx.profile)
+
+
+def reproduce(profile: str, results_dir: Path, figures_dir: Path) -> list[dict]:
+    """Run the profile, draw Figures 1 to 4 with their captions, write
+    results/measures/claims.csv (``suite.stage.run_stage``). Figure 3 reads the deep_nets
+    stage's runs: without them its claims row says "not run" and names the command."""
+    check_profile(profile)
+    return run_stage(FAMILY, EXPERIMENTS, PROFILES, profile, results_dir, figures_dir,
+                     root=Path(results_dir) / FAMILY / profile)  # fmt: skip
 
 
 # ------------------------------------------------------- helpers for Figures 3 and 4 (others' runs)
@@ -552,7 +573,10 @@ FIG3_SETTINGS: dict[str, dict[str, Any]] = {
                   boot=2000),
     "full": dict(ms=(4, 16, 64, 128), rhos=(0.05, 0.1, 0.2), n_examples=1024, steps=10,
                  boot=2000),
+    "paper": dict(ms=(4, 16, 64, 128), rhos=(0.05, 0.1, 0.2), n_examples=1024, steps=10,
+                  boot=2000),
 }  # fmt: skip
+check_table(FIG3_SETTINGS, FAMILY)
 FIG3_TABLE = "msharpness_vs_error.csv"
 DEEP_NETS_CMD = "python -m analysis.reproduce --only deep_nets"
 
@@ -604,8 +628,9 @@ def fig3_table(results_dir: Path, profile: str) -> tuple[Any, str]:
     if path.exists() and meta_path.exists() and read_json(meta_path) == json_safe(meta):
         return pd.read_csv(path), note
     torch.set_num_threads(1)  # a shared machine: tiny models, one core
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # the paper pool: ResNets
     df = msharpness_vs_error(pool, st["ms"], st["rhos"], n_examples=st["n_examples"],
-                             steps=st["steps"], vectorize=True)  # fmt: skip
+                             steps=st["steps"], vectorize=True, device=device)  # fmt: skip
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, df.to_csv(index=False))
     atomic_write_json(meta_path, json_safe(meta))
@@ -696,21 +721,20 @@ def plot_msharpness_vs_error(df, path: Path) -> None:
     plt.close(fig)
 
 
-def fig3_claims(df, note: str, profile: str) -> list[dict[str, Any]]:
+def fig3_claims(df, note: str, profile: str) -> list[ClaimRow]:
     """One row per rho: Kendall's tau at the smallest m exceeds that at the largest (m = batch);
     gap = tau_small - tau_large, its SE from the bootstrap over runs (``correlation_gap``)."""
     st = FIG3_SETTINGS[profile]
     m0, m1 = min(st["ms"]), max(st["ms"])
     rows = []
     for rho in st["rhos"]:
-        ts, tl, gap, se = correlation_gap(df, m0, m1, rho, boot=st["boot"])
-        rows.append(dict(
-            family=FAMILY, paper="Towards Understanding SAM (Andriushchenko & Flammarion 2022), "
-            "Fig. 3 / Sec. 3", claim=f"m-sharpness at small m (m={m0}) correlates better with "
+        ts, tl, g, se = correlation_gap(df, m0, m1, rho, boot=st["boot"])
+        rows.append(ClaimRow(
+            paper=FIG3_PAPER, claim=f"m-sharpness at small m (m={m0}) correlates better with "
             f"test error than at m = batch ({m1}) (rho {rho:g}, Kendall's tau)",
             paper_value="qualitative: the smallest m correlates best",
             ours=f"tau {ts:.2f} (m={m0}) vs {tl:.2f} (m={m1}), {df['run'].nunique()} runs",
-            gap=gap, se=se, profile=profile, verdict=verdict(gap, se), figure=FIG3,
+            stat=gap(g, se=se), figure=FIG3,
             note=f"{note}; worst-case L2 m-sharpness, {st['steps']} ascent steps, "
             f"{st['n_examples']} training examples drawn with seed 0 from each run's training "
             f"split (the same draw for every run of a data seed), test error at the last epoch; "
@@ -719,29 +743,22 @@ def fig3_claims(df, note: str, profile: str) -> list[dict[str, Any]]:
     return rows
 
 
-def fig3_not_run(profile: str, why: str) -> dict[str, Any]:
-    return dict(
-        family=FAMILY, paper="Towards Understanding SAM (Andriushchenko & Flammarion 2022), "
-        "Fig. 3 / Sec. 3", claim="m-sharpness at small m correlates better with test error than "
+FIG3_PAPER = "Towards Understanding SAM (Andriushchenko & Flammarion 2022), Fig. 3 / Sec. 3"
+
+
+def fig3_not_run(why: str) -> ClaimRow:
+    return ClaimRow(
+        paper=FIG3_PAPER, claim="m-sharpness at small m correlates better with test error than "
         "at m = batch", paper_value="qualitative: the smallest m correlates best", ours="not run",
-        gap="", se="", profile=profile, verdict="not run", figure=FIG3, note=why,
+        figure=FIG3, note=why,
     )  # fmt: skip
 
 
-def figure3(results_dir: Path, figures_dir: Path, profile: str) -> list[dict[str, Any]]:
-    """Figure 3 end to end: pool, table, plot, caption, claims rows. Raises FileNotFoundError
-    (naming the command) without deep-net runs."""
+def figure3(results_dir: Path, figures_dir: Path, profile: str) -> list[ClaimRow]:
+    """Figure 3 end to end: pool, table, plot, claims rows. Raises FileNotFoundError (naming
+    the command) without deep-net runs."""
     df, note = fig3_table(results_dir, profile)
     plot_msharpness_vs_error(df, Path(figures_dir) / FIG3)
-    st = FIG3_SETTINGS[profile]
-    caption_figure(
-        results_dir, FAMILY, FIG3,
-        shows=f"m-sharpness (worst case, L2, {st['steps']} ascent steps, {st['n_examples']} "
-        f"train examples) of each deep-net run's final model against its test error; panels: "
-        f"m x rho; {df['run'].nunique()} runs.",
-        reading="The paper: the smallest m correlates best (Kendall's tau in each title); the "
-        "claims rows compare tau at the smallest m with tau at m = batch.",
-    )  # fmt: skip
     return fig3_claims(df, note, profile)
 
 
@@ -751,9 +768,12 @@ FIG4 = "measures_small_nets_lambda_max.png"
 # n = 20, d = 30, sparsity 3, alpha 0.1, gamma 10/d, 10^4 + 1 steps; rho 0.1 in the original
 # convention for both SAM variants (1-SAM's suite rho is 0.2). One data set per seed.
 DIAG = dict(n=20, d=30, alpha=0.1, gamma=10 / 30, iters=10_001, rho=0.1)
-DIAG_SEEDS = {"test": [0, 1, 2], "quick": [0, 1, 2, 3, 4], "full": list(range(10))}
+DIAG_SEEDS = check_table(
+    {"test": [0, 1, 2], "quick": [0, 1, 2, 3, 4], "full": list(range(10)),
+     "paper": list(range(10))},
+    FAMILY,
+)  # fmt: skip
 DIAG_ALGOS = {"gd": "GD", "nsam": "n-SAM", "1sam": "1-SAM"}
-RELU_PROFILE = {"test": "tiny", "quick": "quick", "full": "full"}
 RELU_CMD = "python -m analysis.reproduce --only one_layer_relu_nets"
 
 
@@ -817,10 +837,9 @@ def relu_lambda_max(results_dir: Path, profile: str):
     exact lambda_max it already stores per run), or None when its stage has not run."""
     from analysis import one_layer_relu_nets as relu
 
-    p = RELU_PROFILE[profile]
-    if not (relu.run_dir(results_dir, p, "exp1_main") / "summary.json").exists():
+    if not (relu.run_dir(results_dir, profile, "exp1_main") / "summary.json").exists():
         return None
-    return relu.exp1_frame(Path(results_dir), p)
+    return relu.exp1_frame(Path(results_dir), profile)
 
 
 def plot_small_nets(diag: list[dict], relu_df, path: Path) -> None:
@@ -854,7 +873,7 @@ def plot_small_nets(diag: list[dict], relu_df, path: Path) -> None:
     plt.close(fig)
 
 
-def fig4_claims(diag: list[dict], profile: str) -> list[dict[str, Any]]:
+def fig4_claims(diag: list[dict]) -> list[ClaimRow]:
     """For n-SAM and 1-SAM and each measure (lambda_max, ||beta||_1): SAM's is smaller than GD's.
     The runs are deterministic given the data seed, so the comparison is paired by seed:
     gap = mean over seeds of (GD - SAM), SE = std of the differences / sqrt(seeds)."""
@@ -865,16 +884,13 @@ def fig4_claims(diag: list[dict], profile: str) -> list[dict[str, Any]]:
         for key, what in (("lambda_max", "exact Hessian lambda_max"), ("l1", "||beta||_1")):
             gd = [by["gd", s][key] for s in seeds]
             sam = [by[a, s][key] for s in seeds]
-            d = np.array(gd) - np.array(sam)
-            se = float(d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 else math.nan
-            rows.append(dict(
-                family=FAMILY, paper="Towards Understanding SAM (Andriushchenko & Flammarion "
-                "2022), Sec. 4 (diagonal linear nets)",
+            rows.append(ClaimRow(
+                paper="Towards Understanding SAM (Andriushchenko & Flammarion 2022), Sec. 4 "
+                "(diagonal linear nets)",
                 claim=f"{DIAG_ALGOS[a]}'s solution has a smaller {what} than GD's",
                 paper_value="qualitative: SAM finds sparser (smaller l1), flatter solutions",
                 ours=f"GD {fmt_mean_std(gd)} vs {DIAG_ALGOS[a]} {fmt_mean_std(sam)}",
-                gap=float(d.mean()), se=se, profile=profile, verdict=verdict(float(d.mean()), se),
-                figure=FIG4,
+                stat=gap(sam, gd, paired=True), figure=FIG4,
                 note=f"notebook cell-3 setting: n {DIAG['n']}, d {DIAG['d']}, alpha "
                 f"{DIAG['alpha']}, gamma 10/d, {DIAG['iters']} steps, rho {DIAG['rho']} "
                 "(original convention), one data set per seed; paired by seed (SE: std of the "
@@ -885,10 +901,10 @@ def fig4_claims(diag: list[dict], profile: str) -> list[dict[str, Any]]:
     return rows
 
 
-def figure4(results_dir: Path, figures_dir: Path, profile: str) -> list[dict[str, Any]]:
+def figure4(results_dir: Path, figures_dir: Path, profile: str) -> list[ClaimRow]:
     """Figure 4 end to end: simulate and measure the diagonal nets (kept in
-    ``results/measures/<profile>/small_nets.json``), read the ReLU family's runs, plot, caption,
-    claims rows."""
+    ``results/measures/<profile>/small_nets.json``), read the ReLU family's runs, plot, claims
+    rows."""
     path = Path(results_dir) / FAMILY / profile / "small_nets.json"
     key = {"setting": DIAG, "seeds": DIAG_SEEDS[profile]}
     stored = read_json(path) if path.exists() else None
@@ -897,12 +913,37 @@ def figure4(results_dir: Path, figures_dir: Path, profile: str) -> list[dict[str
         atomic_write_json(path, stored)
     relu_df = relu_lambda_max(results_dir, profile)
     plot_small_nets(stored["diagonal"], relu_df, Path(figures_dir) / FIG4)
-    caption_figure(
-        results_dir, FAMILY, FIG4,
+    return fig4_claims(stored["diagonal"])
+
+
+EXPERIMENTS = [
+    Experiment(
+        "spectrum", FIG1, spectrum_runs, _spectrum, key=True,
+        shows=lambda ctx: (f"{_setup_1_2(ctx)}: SLQ eigenvalue density at the end (seed 0), "
+                           "lambda_max and lambda_max / lambda_5 (Lanczos) over epochs, mean +- "
+                           "std."),
+        reading="The SAM paper's claim: SAM ends with a much smaller lambda_max (and ratio) than "
+        "SGD (WRN: 24.2 vs 1.0; 11.4 vs 2.6).",
+    ),
+    Experiment(
+        "landscapes", FIG2, finetune_runs, _landscapes_report, wave=1,
+        shows=lambda ctx: (f"{_setup_1_2(ctx)}: 1-D and 2-D train-loss slices along "
+                           "filter-normalized random directions (seed 0), and the linear "
+                           "interpolation ERM -> ERM->SAM fine-tuned (t from -0.5 to 1.5)."),
+        reading="SAM's minimum is wider along random directions; the ERM -> SAM solution stays "
+        "in the ERM basin (no barrier on the interpolation), as in Fig. 9.",
+    ),
+    Experiment(
+        "fig3", FIG3, no_runs, _figure3, shows=_fig3_shows,
+        reading="The paper: the smallest m correlates best (Kendall's tau in each title); the "
+        "claims rows compare tau at the smallest m with tau at m = batch.",
+    ),
+    Experiment(
+        "fig4", FIG4, no_runs, _figure4,
         shows="Diagonal linear nets (n 20, d 30, alpha 0.1, gamma 10/d, 10^4 steps, rho 0.1): "
         "exact Hessian lambda_max over (u, v) and ||beta||_1 of GD, n-SAM, 1-SAM, one point per "
         "data seed; right: the ReLU family's exact lambda_max against kinks per run.",
         reading="The claim: SAM's solutions are sparser (smaller l1) and flatter (smaller "
         "lambda_max) than GD's; each line joins one data seed's GD, n-SAM and 1-SAM solutions.",
-    )  # fmt: skip
-    return fig4_claims(stored["diagonal"], profile)
+    ),
+]  # fmt: skip

@@ -15,8 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
-import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -32,10 +31,12 @@ from one_layer_relu_nets.training import (
     targets_digest,
     train,
 )
-from suite.captions import caption_figure
-from suite.claims import compare_seeds, fmt_mean_std, verdict, write_claims
+from suite.claims import ClaimRow, Gap, fmt_mean_std, gap
 from suite.launch import DEFAULT_IGNORE, Run, run_all
+from suite.profiles import PROFILES as PROFILE_NAMES
+from suite.profiles import check_table
 from suite.rundir import load_run, read_json
+from suite.stage import Experiment, StageContext, run_stage
 
 FAMILY = "one_layer_relu_nets"
 PAPER = "Towards Understanding SAM (Andriushchenko & Flammarion 2022)"
@@ -68,13 +69,17 @@ def train_comparison(cfg: Config, resume: bool = False) -> None:
 MATCHED_IGNORE = (*DEFAULT_IGNORE, "match_losses_of")
 
 
-def comparison_runs(profile: str, results_dir: Path, matched: bool) -> list[Run]:
-    """The ``suite.launch.Run`` of every comparison of ``profile``: the base comparisons
-    (``matched=False``) or their loss-matched GD controls (``matched=True``; their bases must be
-    complete: a control's config holds the digest of its base's final losses). ``Run.config`` is
-    exactly what ``train`` stores in config.json (``dataclasses.asdict``)."""
+def comparison_runs(
+    profile: str, results_dir: Path, matched: bool, experiments: tuple[str, ...] | None = None
+) -> list[Run]:
+    """The ``suite.launch.Run`` of every comparison of ``profile`` (of ``experiments``: "exp1",
+    "exp2", "exp3"; default all): the base comparisons (``matched=False``) or their loss-matched
+    GD controls (``matched=True``; their bases must be complete: a control's config holds the
+    digest of its base's final losses). ``Run.config`` is exactly what ``train`` stores in
+    config.json (``dataclasses.asdict``)."""
     runs = []
-    for exp in experiment_configs(profile).values():
+    configs = experiment_configs(profile)
+    for exp in (configs[e] for e in experiments or configs):
         for name, cfg in exp.items():
             if name.endswith(MATCHED) != matched:
                 continue
@@ -106,8 +111,8 @@ def run_experiments(profile: str, results_dir: Path) -> dict[str, Path]:
 
 
 def detect_profile(results_dir: Path) -> str:
-    """The most complete profile present under ``results_dir`` (paper, full, quick, tiny)."""
-    for profile in ("paper", "full", "quick", "tiny"):
+    """The most complete profile present under ``results_dir`` (paper, full, quick, test)."""
+    for profile in reversed(PROFILE_NAMES):
         if (run_dir(results_dir, profile, "exp3_decaying") / "summary.json").exists():
             return profile
     raise FileNotFoundError(
@@ -145,6 +150,8 @@ def history_frame(path: str | Path) -> pd.DataFrame:
     return hist.merge(meta, on="run_id")
 
 
+# {profile: {experiment: {comparison: Config}}}: one_layer_relu_nets.experiments per profile
+PROFILES = check_table({p: experiment_configs(p) for p in PROFILE_NAMES}, FAMILY)
 ORIGINAL = " (notebook lr)"  # label suffix of the reference notebook's loop (paper profile)
 
 
@@ -391,23 +398,20 @@ def _by_seed(df: pd.DataFrame, col: str) -> pd.Series:
     return df.set_index("seed")[col].astype(float).sort_index()
 
 
-def _paired(baseline: pd.Series, method: pd.Series) -> tuple[float, float]:
-    """(mean of baseline - method over the seeds both have, its standard error std/sqrt(n)):
-    a seed-paired gap for ``verdict`` (positive = ``method`` lower)."""
-    d = (baseline - method).dropna()
-    if len(d) < 2:
-        return math.nan, math.nan
-    return float(d.mean()), float(d.std(ddof=1) / math.sqrt(len(d)))
+def _paired(baseline: pd.Series, method: pd.Series) -> Gap:
+    """The seed-paired gap (``suite.claims.gap``) of two per-seed series indexed by seed:
+    baseline - method over the seeds both have (positive = ``method`` lower)."""
+    b, m = baseline.align(method)
+    return gap(m.to_numpy(float), b.to_numpy(float), paired=True)
 
 
-def _row(claim: str, paper_value: str, ours: str, gap: float, se: float, figure: str,
-         note: str, paper: str = PAPER) -> dict:  # fmt: skip
-    return {"claim": claim, "paper_value": paper_value, "ours": ours, "gap": gap, "se": se,
-            "verdict": verdict(gap, se), "figure": figure, "note": note,
-            "paper": paper}  # fmt: skip
+def _row(claim: str, paper_value: str, ours: str, stat: Gap, figure: str, note: str,
+         paper: str = PAPER) -> ClaimRow:  # fmt: skip
+    return ClaimRow(paper=paper, claim=claim, paper_value=paper_value, ours=ours, stat=stat,
+                    figure=figure, note=note)  # fmt: skip
 
 
-def _exp1_rows(results_dir: Path, profile: str) -> list[dict]:
+def _exp1_rows(results_dir: Path, profile: str) -> list[ClaimRow]:
     df = exp1_frame(results_dir, profile)
     rows = []
     for original in (False, True):
@@ -419,7 +423,7 @@ def _exp1_rows(results_dir: Path, profile: str) -> list[dict]:
 
 def _exp1_loop_rows(
     results_dir: Path, profile: str, df: pd.DataFrame, original: bool
-) -> list[dict]:
+) -> list[ClaimRow]:
     """Experiment 1's rows for the runs of one lr convention: the same schedule for every
     algorithm (ours), or the notebook's (``original``: lr decayed for SAM only)."""
     fig = f"{FAMILY}_simplicity.png, {FAMILY}_fits.png, {FAMILY}_over_training.png"
@@ -440,7 +444,7 @@ def _exp1_loop_rows(
         alg, rho = sam["algorithm"].iloc[0], float(sam["rho"].iloc[0])
         first = alg == "nsam" and rho == 0.3  # the original's setting: every measure
         for m in ("kinks", "slope_tv", "lambda_max") if first else ("kinks",):
-            g = compare_seeds(gd[m].astype(float), sam[m].astype(float), lower_is_better=True)
+            g = gap(sam[m].astype(float), gd[m].astype(float))
             loss = fmt_mean_std(sam["train_loss"].astype(float), ".2g")
             rows.append(_row(
                 f"1-D regression: {lab} fits have {LOWER[m]} than {gd_label}'s",
@@ -449,21 +453,20 @@ def _exp1_loop_rows(
                 f"{gd_label} {fmt_mean_std(gd[m], '.3g')} vs {lab} {fmt_mean_std(sam[m], '.3g')}; "
                 f"final train loss {gd_label} {fmt_mean_std(gd['train_loss'], '.2g')}, {lab} "
                 f"{loss}",
-                g.gap, g.se, fig,
+                g, fig,
                 f"{setting}. Not at equal training loss: see the loss-matched row.",
                 PAPER + ", one_layer_relu_nets notebook",
             ))  # fmt: skip
             matched = df[df["label"] == label_matched(lab, original)]
             if not len(matched):
                 continue
-            gap, se = _paired(_by_seed(matched, m), _by_seed(sam, m))
             rows.append(_row(
                 f"1-D: {lab} fits have {LOWER[m]} than GD stopped at the same training loss "
                 "(seed-paired)",
                 "SAM simpler, not just less fitted (the issue's control)",
                 f"{label_matched(lab, original)} {fmt_mean_std(matched[m], '.3g')} vs {lab} "
                 f"{fmt_mean_std(sam[m], '.3g')}",
-                gap, se, fig,
+                _paired(_by_seed(matched, m), _by_seed(sam, m)), fig,
                 f"{setting}; GD run until its loss is <= the SAM run's final loss (same seed).",
                 PAPER + ", one_layer_relu_nets notebook",
             ))  # fmt: skip
@@ -476,7 +479,7 @@ def label_matched(sam_label: str, original: bool) -> str:
     return f"GD @ {base} loss" + (ORIGINAL if original else "")
 
 
-def _exp2_rows(results_dir: Path, profile: str) -> list[dict]:
+def _exp2_rows(results_dir: Path, profile: str) -> list[ClaimRow]:
     path = run_dir(results_dir, profile, "exp2_teacher")
     t = runs_frame(path)
     c = _cfg(path)
@@ -496,7 +499,6 @@ def _exp2_rows(results_dir: Path, profile: str) -> list[dict]:
                                  ("1sam", chosen["nsam"], "n-SAM")):  # fmt: skip
         sam = chosen[alg]
         rho = float(sam["rho"].iloc[0])
-        gap, se = _paired(_by_seed(base, "test_loss"), _by_seed(sam, "test_loss"))
         rows.append(_row(
             f"teacher-student ReLU net: {ALG_LABEL[alg]} lowers the test loss vs {base_name} "
             "(seed-paired)",
@@ -506,7 +508,8 @@ def _exp2_rows(results_dir: Path, profile: str) -> list[dict]:
             f"{ALG_LABEL[alg]} (rho {rho:g}) {fmt_mean_std(sam['test_loss'], '.3g')}; train "
             f"loss {fmt_mean_std(base['train_loss'], '.2g')} vs "
             f"{fmt_mean_std(sam['train_loss'], '.2g')}",
-            gap, se, f"{FAMILY}_teacher.png", note,
+            _paired(_by_seed(base, "test_loss"), _by_seed(sam, "test_loss")),
+            f"{FAMILY}_teacher.png", note,
         ))  # fmt: skip
     return rows
 
@@ -515,7 +518,7 @@ def _log_tail(df: pd.DataFrame) -> pd.Series:
     return np.log10(_by_seed(df, "tail_median"))
 
 
-def _exp3_rows(results_dir: Path, profile: str) -> list[dict]:
+def _exp3_rows(results_dir: Path, profile: str) -> list[ClaimRow]:
     u, nz, dc = (
         runs_frame(run_dir(results_dir, profile, n))
         for n in ("exp3_unnormalized", "exp3_normalized", "exp3_decaying")
@@ -537,116 +540,165 @@ def _exp3_rows(results_dir: Path, profile: str) -> list[dict]:
         f"{fmt_mean_std(slopes, '.2f').replace('seeds', 'runs')}; tail median GD "
         f"{fmt_mean_std(gd['tail_median'], '.2g')}, SAM "
         f"{fmt_mean_std(sam_u['tail_median'], '.2g').replace('seeds', 'runs')}",
-        float(-slopes.mean()), float(slopes.std(ddof=1) / math.sqrt(len(slopes))), fig,
+        gap(slopes, 0.0), fig,
         note + "; gap = minus the mean slope over the SAM runs",
     ))  # fmt: skip
     for alg in ("nsam", "1sam"):
         a = nz[nz["algorithm"] == alg]
         hi, lo = a[a["rho"] == a["rho"].max()], a[a["rho"] == a["rho"].min()]
-        g = compare_seeds(_log_tail(gd), _log_tail(hi), lower_is_better=False)
+        g = gap(_log_tail(hi), _log_tail(gd), lower_is_better=False)
         rows.append(_row(
             f"normalized {ALG_LABEL[alg]} with constant rho {hi['rho'].iloc[0]:g} stalls above GD",
             "normalized SAM with constant rho need not converge",
             f"tail median GD {fmt_mean_std(gd['tail_median'], '.2g')}, {ALG_LABEL[alg]} "
             f"{fmt_mean_std(hi['tail_median'], '.2g')} (slope "
             f"{fmt_mean_std(hi['tail_slope'], '.2f')})",
-            g.gap, g.se, fig, note,
+            g, fig, note,
         ))  # fmt: skip
-        g = compare_seeds(_log_tail(hi), _log_tail(lo), lower_is_better=True)
+        g = gap(_log_tail(lo), _log_tail(hi))
         rows.append(_row(
             f"normalized {ALG_LABEL[alg]}: the stall level grows with rho "
             f"({lo['rho'].iloc[0]:g} vs {hi['rho'].iloc[0]:g})",
             "the stationary level of normalized SAM scales with rho",
             f"tail median rho {lo['rho'].iloc[0]:g}: {fmt_mean_std(lo['tail_median'], '.2g')}; "
             f"rho {hi['rho'].iloc[0]:g}: {fmt_mean_std(hi['tail_median'], '.2g')}",
-            g.gap, g.se, fig, note,
+            g, fig, note,
         ))  # fmt: skip
         d = dc[dc["algorithm"] == alg]
         rho = float(d["rho"].iloc[0])
         const = a[a["rho"] == rho]
-        g = compare_seeds(_log_tail(const), _log_tail(d), lower_is_better=True)
+        g = gap(_log_tail(d), _log_tail(const))
         rows.append(_row(
             f"normalized {ALG_LABEL[alg]} with rho_t = {rho:g}/sqrt(1+t) converges further than "
             "with the constant rho",
             "convergence with a decaying rho",
             f"tail median decaying {fmt_mean_std(d['tail_median'], '.2g')} vs constant "
             f"{fmt_mean_std(const['tail_median'], '.2g')}",
-            g.gap, g.se, fig, note,
+            g, fig, note,
         ))  # fmt: skip
     return rows
 
 
 def claims_rows(results_dir: Path, profile: str = "quick") -> list[dict]:
-    """The claims table in the suite's columns; every verdict from ``suite.claims.verdict`` on a
-    gap with its seed spread (``compare_seeds``, or seed-paired where the runs are paired)."""
+    """The claims table in the suite's columns; every verdict from ``suite.claims`` on a gap
+    with its seed spread (``gap``, seed-paired where the runs are paired)."""
     rows = [
         *_exp1_rows(results_dir, profile),
         *_exp2_rows(results_dir, profile),
         *_exp3_rows(results_dir, profile),
     ]
-    for r in rows:
-        r["family"] = FAMILY
-        r["profile"] = profile
-    return rows
+    return [r.cells(FAMILY, profile) for r in rows]
 
 
-def caption_figures(results_dir: Path, profile: str) -> None:
-    """The two-line caption of each figure of ``make_figures`` (``suite.captions``), with the
-    settings read from the runs' configs."""
-    e1 = _cfg(run_dir(results_dir, profile, "exp1_main"))
-    e2 = _cfg(run_dir(results_dir, profile, "exp2_teacher"))
-    e3 = _cfg(run_dir(results_dir, profile, "exp3_decaying"))
-    one_d = (
-        f"12-point 1-D data, width-{e1['width']} ReLU net, reference init, lr {e1['lr']:g} "
-        f"{e1['lr_schedule']}, T = {e1['iterations']:.0e}, seeds {_seeds(e1)}"
-    )
-    teacher = (
-        f"teacher-student d = {e2['d']}, width {e2['width']}, n = {e2['n_train']}, lr "
-        f"{e2['lr']:g}, T = {e2['iterations']}, seeds {_seeds(e2)}"
-    )
+# ------------------------------------------------------------------------------------ captions
+def _one_d(ctx: StageContext) -> str:
+    e1 = _cfg(run_dir(ctx.results_dir, ctx.profile, "exp1_main"))
+    return (f"12-point 1-D data, width-{e1['width']} ReLU net, reference init, lr {e1['lr']:g} "
+            f"{e1['lr_schedule']}, T = {e1['iterations']:.0e}, seeds {_seeds(e1)}")  # fmt: skip
+
+
+def _fits_shows(ctx: StageContext) -> str:
+    e1 = _cfg(run_dir(ctx.results_dir, ctx.profile, "exp1_main"))
     algs = ", ".join(ALG_LABEL[a] for a in e1["algorithms"])
-    captions = {
-        "fits": (
-            f"Fitted functions f(x) of {algs} at rho 0.3 (one panel each), one line per seed, "
-            f"dots = the data; {one_d}.",
-            "SAM's fits have fewer kinks than GD's: the notebook's figure (kinks mean +- std in "
-            "each panel title).",
-        ),
-        "simplicity": (
-            f"Kinks, slope TV, path norm and Hessian lambda_max (log) of every experiment-1 run "
-            f"per algorithm and rho, grey = GD stopped at each SAM run's loss; dots = seeds, bars "
-            f"= mean +- std; {one_d}"
-            + (
-                ", and the notebook's loop (lr decayed for SAM only, 'notebook lr')."
-                if _has(results_dir, profile, "exp1_original")
-                else "."
-            ),
-            "SAM's fits are simpler and flatter than GD's, also than GD at the same training loss "
-            "(the claims rows 'fits have fewer kinks' and their loss-matched rows).",
-        ),
-        "over_training": (
-            f"Kinks and slope TV of the fitted function vs iteration (log x), mean over seeds, GD "
-            f"and each SAM at each rho; {one_d}.",
-            "When SAM's fit simplifies (its kinks fall below GD's ~50): late in training, which "
-            "is why a short budget shows no difference.",
-        ),
-        "teacher": (
-            f"Test loss vs rho of normalized n-SAM and 1-SAM (mean +- std over seeds), GD dashed "
-            f"with its +-1 std band; log-log; {teacher}.",
-            "Whether SAM (1-SAM above all) lowers the test loss below GD's, as it does in "
-            "diagonal nets (claims rows 'teacher-student'; rho chosen on validation there).",
-        ),
-        "convergence": (
-            f"Training loss vs iteration (log-log), mean over seeds: unnormalized SAM | normalized "
-            f"with constant rho | normalized with rho/sqrt(1+t), GD grey; the teacher-student "
-            f"task, T = {e3['iterations']}, seeds {_seeds(e3)}.",
-            "Unnormalized SAM converges like GD; normalized SAM stalls at a level that grows "
-            "with rho; a decaying rho converges (the convergence claims rows).",
-        ),
-    }
-    for name, (shows, reading) in captions.items():
-        caption_figure(results_dir, FAMILY, f"{FAMILY}_{name}.png", shows=shows, reading=reading,
-                       key=name == "simplicity")  # fmt: skip
+    return (
+        f"Fitted functions f(x) of {algs} at rho 0.3 (one panel each), one line per seed, "
+        f"dots = the data; {_one_d(ctx)}."
+    )
+
+
+def _simplicity_shows(ctx: StageContext) -> str:
+    original = _has(ctx.results_dir, ctx.profile, "exp1_original")
+    return ("Kinks, slope TV, path norm and Hessian lambda_max (log) of every experiment-1 run "
+            "per algorithm and rho, grey = GD stopped at each SAM run's loss; dots = seeds, bars "
+            f"= mean +- std; {_one_d(ctx)}"
+            + (", and the notebook's loop (lr decayed for SAM only, 'notebook lr')." if original
+               else "."))  # fmt: skip
+
+
+def _teacher_shows(ctx: StageContext) -> str:
+    e2 = _cfg(run_dir(ctx.results_dir, ctx.profile, "exp2_teacher"))
+    return ("Test loss vs rho of normalized n-SAM and 1-SAM (mean +- std over seeds), GD dashed "
+            f"with its +-1 std band; log-log; teacher-student d = {e2['d']}, width {e2['width']}, "
+            f"n = {e2['n_train']}, lr {e2['lr']:g}, T = {e2['iterations']}, seeds "
+            f"{_seeds(e2)}.")  # fmt: skip
+
+
+def _convergence_shows(ctx: StageContext) -> str:
+    e3 = _cfg(run_dir(ctx.results_dir, ctx.profile, "exp3_decaying"))
+    return ("Training loss vs iteration (log-log), mean over seeds: unnormalized SAM | normalized "
+            "with constant rho | normalized with rho/sqrt(1+t), GD grey; the teacher-student "
+            f"task, T = {e3['iterations']}, seeds {_seeds(e3)}.")  # fmt: skip
+
+
+# --------------------------------------------------------------------------------- the stage
+def _comparisons(exp: str, matched: bool = False) -> Callable[[StageContext], list[Run]]:
+    """``Experiment.runs``: the comparisons of experiment ``exp`` (or their matched controls)."""
+    return lambda ctx: comparison_runs(ctx.profile, ctx.results_dir, matched, (exp,))
+
+
+def _fits(ctx: StageContext) -> list[ClaimRow]:
+    plot_fits(
+        [run_dir(ctx.results_dir, ctx.profile, "exp1_main")], ctx.figure(f"{FAMILY}_fits.png")
+    )
+    return []
+
+
+def _simplicity(ctx: StageContext) -> list[ClaimRow]:
+    plot_simplicity(ctx.results_dir, ctx.profile, ctx.figure(f"{FAMILY}_simplicity.png"))
+    return _exp1_rows(ctx.results_dir, ctx.profile)
+
+
+def _over_training(ctx: StageContext) -> list[ClaimRow]:
+    plot_over_training(ctx.results_dir, ctx.profile, ctx.figure(f"{FAMILY}_over_training.png"))
+    return []
+
+
+def _teacher(ctx: StageContext) -> list[ClaimRow]:
+    plot_teacher(run_dir(ctx.results_dir, ctx.profile, "exp2_teacher"),
+                 ctx.figure(f"{FAMILY}_teacher.png"))  # fmt: skip
+    return _exp2_rows(ctx.results_dir, ctx.profile)
+
+
+def _convergence(ctx: StageContext) -> list[ClaimRow]:
+    names = ("exp3_unnormalized", "exp3_normalized", "exp3_decaying")
+    plot_convergence([run_dir(ctx.results_dir, ctx.profile, n) for n in names],
+                     ctx.figure(f"{FAMILY}_convergence.png"))  # fmt: skip
+    return _exp3_rows(ctx.results_dir, ctx.profile)
+
+
+# The loss-matched GD controls read their bases' final losses: they are built in wave 1.
+EXPERIMENTS = [
+    Experiment(
+        "fits", f"{FAMILY}_fits.png", _comparisons("exp1"), _fits, shows=_fits_shows,
+        reading="SAM's fits have fewer kinks than GD's: the notebook's figure (kinks mean +- std "
+        "in each panel title).",
+    ),
+    Experiment(
+        "simplicity", f"{FAMILY}_simplicity.png", _comparisons("exp1", matched=True),
+        _simplicity, wave=1, key=True, shows=_simplicity_shows,
+        reading="SAM's fits are simpler and flatter than GD's, also than GD at the same training "
+        "loss (the claims rows 'fits have fewer kinks' and their loss-matched rows).",
+    ),
+    Experiment(
+        "over_training", f"{FAMILY}_over_training.png", _comparisons("exp1"), _over_training,
+        shows=lambda ctx: (
+            "Kinks and slope TV of the fitted function vs iteration (log x), mean over seeds, GD "
+            f"and each SAM at each rho; {_one_d(ctx)}."),
+        reading="When SAM's fit simplifies (its kinks fall below GD's ~50): late in training, "
+        "which is why a short budget shows no difference.",
+    ),
+    Experiment(
+        "teacher", f"{FAMILY}_teacher.png", _comparisons("exp2"), _teacher, shows=_teacher_shows,
+        reading="Whether SAM (1-SAM above all) lowers the test loss below GD's, as it does in "
+        "diagonal nets (claims rows 'teacher-student'; rho chosen on validation there).",
+    ),
+    Experiment(
+        "convergence", f"{FAMILY}_convergence.png", _comparisons("exp3"), _convergence,
+        shows=_convergence_shows,
+        reading="Unnormalized SAM converges like GD; normalized SAM stalls at a level that grows "
+        "with rho; a decaying rho converges (the convergence claims rows).",
+    ),
+]  # fmt: skip
 
 
 def _has(results_dir: Path, profile: str, name: str) -> bool:
@@ -658,15 +710,7 @@ def _seeds(cfg: dict) -> str:
     return f"{s[0]}-{s[-1]}" if s == list(range(s[0], s[-1] + 1)) and len(s) > 1 else str(s)
 
 
-def reproduce(profile: str, results_dir: Path, figures_dir: Path) -> None:
-    """Run the comparisons of ``profile`` (quick, full or paper; see
-    ``one_layer_relu_nets.experiments``) through ``suite.launch.run_all``, draw and caption the
-    figures, write results/<family>/claims.csv."""
-    results_dir, figures_dir = Path(results_dir), Path(figures_dir)
-    t0 = time.time()
-    run_experiments(profile, results_dir)
-    print(f"  runs done in {time.time() - t0:.1f} s", flush=True)
-    for f in make_figures(results_dir, figures_dir, profile):
-        print(f"  figure {f}")
-    caption_figures(results_dir, profile)
-    write_claims(results_dir / FAMILY / "claims.csv", claims_rows(results_dir, profile))
+def reproduce(profile: str, results_dir: Path, figures_dir: Path) -> list[dict]:
+    """Run the comparisons of ``profile`` (see ``one_layer_relu_nets.experiments``) through
+    ``suite.stage.run_stage``: the runs, the figures and their captions, claims.csv."""
+    return run_stage(FAMILY, EXPERIMENTS, PROFILES, profile, results_dir, figures_dir)

@@ -19,20 +19,19 @@ from typing import Any
 
 import pandas as pd
 
+from analysis import stages
+from analysis.stages import JOB_RECORD
 from suite.captions import read_captions
 from suite.claims import CLAIM_COLUMNS, VERDICTS, verdict
 from suite.rundir import atomic_write_text, read_json
 
-JOB_RECORD = "reproduce.json"
 IMAGE_SUFFIXES = (".png", ".svg", ".jpg", ".jpeg", ".gif")
 MAKE_CMD = "make reproduce"
 
 
 def stage_families() -> list[str]:
     """The families ``make reproduce`` runs, in its order."""
-    from analysis.reproduce import STAGES
-
-    return [f for f, _ in STAGES]
+    return [f for f, _ in stages.STAGES]
 
 
 def rerun_command(family: str) -> str:

@@ -6,7 +6,8 @@
     python -m analysis.reproduce --profile paper --launcher slurm --partition gpu
     python -m analysis.reproduce --only deep_nets --force
 
-Each stage is ``reproduce(profile, results_dir, figures_dir)`` of a module in ``STAGES``: it runs
+Each stage is ``reproduce(profile, results_dir, figures_dir)`` of a module in
+``analysis.stages.STAGES``: it runs
 its runs (through ``suite.launch.run_all``: finished runs with the same config are skipped,
 interrupted ones resumed), writes ``results/<family>/claims.csv``, its figures under ``figures/``
 and their captions (``suite.captions``). A stage that crashes is recorded (which, and why) and the
@@ -33,96 +34,20 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TextIO
 
+from analysis import stages as stage_list
+from analysis.stages import JOB_RECORD, STAGE_COST, preflight
 from suite import launch
+from suite.profiles import PROFILES
 
-# (family, module): add a family here when it lands.
-STAGES = [
-    ("core", "analysis.core_demo"),
-    ("deep_nets", "analysis.deep_nets"),
-    ("diagonal_linear_nets", "analysis.diagonal_linear_nets"),
-    ("one_layer_relu_nets", "analysis.one_layer_relu_nets"),
-    ("measures", "analysis.measures"),
-]
-# Relative cost of each stage's quick profile: weights the progress bar's ETA (default 1).
-STAGE_COST = {
-    "core": 2.0,
-    "deep_nets": 4.0,
-    "diagonal_linear_nets": 2.0,
-    "one_layer_relu_nets": 5.0,
-    "measures": 2.0,
-}
-PROFILES = ("quick", "full", "paper")
-JOB_RECORD = "reproduce.json"
 LOG = "reproduce.log"
-
-
-# ----------------------------------------------------------------------------- preflight
-# The paper profile's data: (name, files that must exist, the command that fetches them).
-def _paper_data() -> list[tuple[str, list[Path], str]]:
-    from deep_nets.data import default_data_dir
-
-    base = default_data_dir()
-    fetch = (
-        "python -c \"from deep_nets.data import load_dataset; load_dataset('{}', None, seed=0)\""
-    )
-    cifar10 = base / "cifar-10-batches-py"
-    cifar100 = base / "cifar-100-python"
-    fmnist = Path("/usr/share/datasets/fashion-mnist")
-    return [
-        (
-            "CIFAR-10",
-            [cifar10 / f"data_batch_{i}" for i in range(1, 6)] + [cifar10 / "test_batch"],
-            fetch.format("cifar10") + f"  (downloads into {base}; set SHARPNESS_DATA_DIR to move)",
-        ),
-        (
-            "CIFAR-100",
-            [cifar100 / "train", cifar100 / "test"],
-            fetch.format("cifar100") + f"  (downloads into {base})",
-        ),
-        (
-            "Fashion-MNIST",
-            [fmnist / "train-images-idx3-ubyte.gz", fmnist / "t10k-images-idx3-ubyte.gz"],
-            "sudo apt-get install dataset-fashion-mnist  (or `make data` as root)",
-        ),
-    ]
-
-
-# Stages whose paper profile trains on CIFAR with a GPU (the others' paper settings run on a CPU).
-PAPER_NEEDS_GPU = ("deep_nets",)
-
-
-def preflight(profile: str, launcher: str, stages: list[str] | None = None) -> list[str]:
-    """What the profile needs and this machine lacks, each with the command that fixes it
-    (``stages``: the selected families; default all)."""
-    if profile != "paper" or not set(stages or PAPER_NEEDS_GPU) & set(PAPER_NEEDS_GPU):
-        return []
-    problems = []
-    if launcher == "local":  # with slurm / submitit the GPU is the compute node's business
-        import torch
-
-        if not torch.cuda.is_available():
-            build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "the CPU build"
-            problems.append(
-                f"no GPU: torch {torch.__version__} ({build}) sees no CUDA device. Run on a GPU "
-                "host with the CUDA build of the same torch: `.venv/bin/pip install "
-                f"torch=={torch.__version__.split('+')[0]} --index-url "
-                "https://download.pytorch.org/whl/cu126`, or `docker build --build-arg "
-                "TORCH_VARIANT=cu126 -t sharpness-gpu .` and `docker run --gpus all ...` (README, "
-                "Docker), or submit to a cluster: `--launcher slurm --partition <gpu partition>`"
-            )
-    for name, files, fix in _paper_data():
-        missing = [f for f in files if not f.is_file()]
-        if missing:
-            problems.append(f"{name} missing ({missing[0]} not found): {fix}")
-    return problems
 
 
 # ----------------------------------------------------------------------------- output
 class Display:
     """The screen during the job: a tqdm bar on a terminal, else a few plain lines per stage.
 
-    Progress is measured in stage weights (``STAGES``): a stage with k of n runs finished counts
-    weight * k / n, so tqdm's ETA follows the expected cost of what is left."""
+    Progress is measured in stage weights (``analysis.stages.STAGE_COST``): a stage with k of n
+    runs finished counts weight * k / n, so tqdm's ETA follows the expected cost of what is left."""
 
     def __init__(self, term: TextIO, log: TextIO, total: float, use_bar: bool) -> None:
         self.term, self.log, self.total = term, log, total
@@ -330,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=PROFILES,
         default="quick",
         help="quick: CPU, ~13 min on 2 cores; full: CPU, hours; paper: the papers' settings, "
-        "GPU + data",
+        "GPU + data; test: seconds, toy budgets (the tests)",
     )
     ap.add_argument("--results_dir", type=Path, default=Path("results"))
     ap.add_argument("--figures_dir", type=Path, default=Path("figures"))
@@ -340,7 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         default=None,
         metavar="FAMILY",
-        help="stages to run (default: all): " + ", ".join(f for f, _ in STAGES),
+        help="stages to run (default: all): " + ", ".join(f for f, _ in stage_list.STAGES),
     )
     ap.add_argument("--force", action="store_true", help="retrain every run, even finished ones")
     ap.add_argument(
@@ -401,7 +326,7 @@ def slurm_params(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     ap = build_parser()
     args = ap.parse_args(argv)
-    names = [f for f, _ in STAGES]
+    names = [f for f, _ in stage_list.STAGES]
     for f in args.only or []:
         if f not in names:
             ap.error(f"--only {f}: unknown family; choose from {', '.join(names)}")
@@ -421,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  - {p}", file=sys.stderr)
         return 2
 
-    stages = [s for s in STAGES if not args.only or s[0] in args.only]
+    stages = [s for s in stage_list.STAGES if not args.only or s[0] in args.only]
     results_dir, figures_dir = args.results_dir, args.figures_dir
     record_path = results_dir / JOB_RECORD
     previous = _load_record(record_path)
@@ -477,7 +402,7 @@ def main(argv: list[str] | None = None) -> int:
         record["finished"] = _now()
         record["seconds"] = round(time.time() - t0, 1)
         record["interrupted"] = interrupted
-        from analysis.report import write_report
+        from analysis.report import write_report  # pandas: only once the stages are done
         from suite.rundir import atomic_write_json
 
         atomic_write_json(record_path, record)

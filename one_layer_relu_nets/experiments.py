@@ -43,7 +43,7 @@ Profiles (``make reproduce PROFILE=...``; every one runs on a CPU):
   experiment 1); experiments 2 and 3 are ours (the paper has no ReLU numbers for them), run as in
   full. What still differs from the notebook's loop is listed in the README (stop test on the
   unperturbed loss, ||g|| + 1e-12, float64, no per-step permutation of the 12 points).
-- tiny: for the tests.
+- test: seconds, for the tests.
 """
 
 from __future__ import annotations
@@ -51,16 +51,14 @@ from __future__ import annotations
 from dataclasses import replace
 
 from one_layer_relu_nets.training import Config
+from suite.profiles import check_profile
 
-PROFILES = ("quick", "full", "paper", "tiny")  # tiny: for the tests only
 SWEEP_RHOS = [0.03, 0.1, 0.3]
 MSAM_M = 4  # the middle chunk size: 12 points in 3 chunks
 
 
 def _sizes(profile: str) -> dict:
-    if profile not in PROFILES:
-        raise ValueError(f"profile must be one of {PROFILES} (got {profile!r})")
-    if profile == "tiny":
+    if check_profile(profile) == "test":
         return {"it1": 300, "seeds1": [0, 1], "sweep": True, "it2": 300, "seeds2": [0, 1],
                 "it3": 300, "seeds3": [0, 1], "original": True}  # fmt: skip
     return {

@@ -1,8 +1,9 @@
 """Claims tables and the one verdict function of the whole suite.
 
 Every family writes ``results/<family>/claims.csv`` with the columns of ``CLAIM_COLUMNS`` and
-judges every row with ``verdict`` (or its helpers ``compare_seeds`` / ``compare_to_paper``), so a
-row's verdict always means the same thing:
+judges every row with ``verdict``: a row is a ``ClaimRow`` whose statistic comes from ``gap`` (the
+one place a row's gap and standard error are computed), so a row's verdict always means the same
+thing:
 
 - ``reproduced``:   the effect has the paper's sign and the gap exceeds ``THRESHOLD`` (= 2)
                     standard errors;
@@ -64,23 +65,61 @@ def verdict(gap: float | None, se: float | None) -> str:
 
 @dataclass(frozen=True)
 class Gap:
-    """A comparison of two methods over seeds: ``gap`` in the paper's direction and its ``se``."""
+    """A row's statistic: ``gap`` in the paper's direction (positive = the paper's sign), its
+    standard error ``se`` and, for a comparison over seeds, each side's mean, std and count
+    (``a`` = the baseline, ``b`` = the method). Made by ``gap``."""
 
     gap: float
     se: float
-    mean_a: float
-    std_a: float
-    n_a: int
-    mean_b: float
-    std_b: float
-    n_b: int
+    mean_a: float = math.nan
+    std_a: float = math.nan
+    n_a: int = 0
+    mean_b: float = math.nan
+    std_b: float = math.nan
+    n_b: int = 0
 
     @property
     def verdict(self) -> str:
         return verdict(self.gap, self.se)
 
+    def scaled(self, k: float) -> Gap:
+        """The same comparison in other units (``k = 100``: error rates in percentage points)."""
+        return Gap(k * self.gap, k * self.se, k * self.mean_a, k * self.std_a, self.n_a,
+                   k * self.mean_b, k * self.std_b, self.n_b)  # fmt: skip
+
     def describe(self, fmt: str = ".3g") -> str:
         return f"gap {self.gap:{fmt}} +- {self.se:{fmt}} (SE)"
+
+
+@dataclass(frozen=True)
+class ClaimRow:
+    """One row of a claims table (``CLAIM_COLUMNS``). Its gap, standard error and verdict come
+    from ``stat`` (a ``Gap`` made by ``gap``; None: not run), never from hand-written cells.
+    ``family`` and ``profile`` are filled in by ``suite.stage.run_stage``; a row about another
+    profile than the stage's (the paper-scale placeholder rows) names it."""
+
+    paper: str
+    claim: str
+    paper_value: str
+    ours: str
+    stat: Gap | None = None
+    figure: str = ""
+    note: str = ""
+    family: str = ""
+    profile: str = ""
+
+    @property
+    def verdict(self) -> str:
+        return "not run" if self.stat is None else self.stat.verdict
+
+    def cells(self, family: str = "", profile: str = "") -> dict[str, Any]:
+        """The row as ``write_claims`` writes it: {column: value} over ``CLAIM_COLUMNS``, with
+        ``family`` / ``profile`` where the row leaves them empty."""
+        g, s = ("", "") if self.stat is None else (self.stat.gap, self.stat.se)
+        return {"family": self.family or family, "paper": self.paper, "claim": self.claim,
+                "paper_value": self.paper_value, "ours": self.ours, "gap": g, "se": s,
+                "profile": self.profile or profile, "verdict": self.verdict,
+                "figure": self.figure, "note": self.note}  # fmt: skip
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float, int]:
@@ -133,6 +172,55 @@ def compare_seeds(
     return Gap(gap, math.sqrt(var), ma, sa, na, mb, sb, nb)
 
 
+def mean_se(values: Sequence[float]) -> tuple[float, float, int]:
+    """(mean, its standard error std / sqrt(n) (NaN for fewer than two values), n)."""
+    m, s, n = mean_std(values)
+    return m, (s / math.sqrt(n) if n > 1 else math.nan), n
+
+
+def gap(
+    method: Sequence[float] | float,
+    baseline: Sequence[float] | float | None = None,
+    *,
+    se: float | None = None,
+    lower_is_better: bool = True,
+    paired: bool = False,
+    n_test: int | None = None,
+) -> Gap:
+    """The gap of a claims row in the paper's direction and its standard error: the one place
+    where every family computes them (``Gap.verdict`` then judges the row). Four forms:
+
+    - two methods over seeds (``method`` and ``baseline`` sequences of per-seed values):
+      ``compare_seeds`` (gap = mean(baseline) - mean(method) when lower is better; se² = the two
+      seed spreads std²/n plus, with ``n_test``, the binomial p(1-p)/n_test of each mean);
+    - ``paired=True``: the same seeds on both sides, aligned; d = baseline - method per seed
+      (pairs with a NaN dropped), gap = mean(d), se = std(d) / sqrt(n);
+    - ``baseline`` a number: a level fixed before the runs; gap = baseline - mean(method) when
+      lower is better (mean(method) - baseline otherwise), se = std / sqrt(n), combined in
+      quadrature with the binomial sqrt(m(1-m)/n_test) of the mean rate m when ``n_test`` is
+      the number of examples each rate was measured on;
+    - ``method`` a number: a gap computed elsewhere with its known ``se`` (0 for a deterministic
+      comparison, or a bootstrap's).
+    """
+    if baseline is None:
+        if se is None or not isinstance(method, (int, float)):
+            raise ValueError("gap(value) needs a number and its se (0 for a deterministic gap)")
+        return Gap(float(method), float(se))
+    if isinstance(baseline, (int, float)):
+        m, s, n = mean_std(method)
+        err = s / math.sqrt(n) if n > 1 else math.nan
+        if n_test is not None:
+            err = math.hypot(err, math.sqrt(max(m * (1 - m), 0.0) / n_test))
+        g = (baseline - m) if lower_is_better else (m - baseline)
+        return Gap(g, err, mean_b=m, std_b=s, n_b=n)
+    if paired:
+        pairs = [(float(a), float(b)) for a, b in zip(baseline, method, strict=True)]
+        d = [a - b for a, b in pairs if not (math.isnan(a) or math.isnan(b))]
+        m, err, n = mean_se(d)
+        return Gap(m if lower_is_better else -m, err, n_a=n, n_b=n)
+    return compare_seeds(baseline, method, lower_is_better=lower_is_better, n_test=n_test)
+
+
 def compare_to_paper(ours: float | None, paper: float, *, rel_tol: float) -> tuple[float, float]:
     """For a deterministic number compared against the paper's with a stated relative tolerance:
     returns (gap, se) for ``verdict`` with gap = rel_tol - |ours/paper - 1| and se = 0, so that
@@ -145,13 +233,16 @@ def compare_to_paper(ours: float | None, paper: float, *, rel_tol: float) -> tup
     return rel_tol - abs(ours / paper - 1.0), 0.0
 
 
-def write_claims(path: str | os.PathLike, rows: Iterable[Mapping[str, Any]]) -> None:
-    """Write a claims table (CSV with ``CLAIM_COLUMNS``); verdicts must be one of ``VERDICTS``
-    and a row may not carry a column the table does not have."""
+def write_claims(path: str | os.PathLike, rows: Iterable[ClaimRow | Mapping[str, Any]]) -> None:
+    """Write a claims table (CSV with ``CLAIM_COLUMNS``) of ``ClaimRow``s (or column dicts);
+    verdicts must be one of ``VERDICTS`` and a row may not carry a column the table does not
+    have."""
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=CLAIM_COLUMNS, lineterminator="\n")
     w.writeheader()
     for r in rows:
+        if isinstance(r, ClaimRow):
+            r = r.cells()
         if r.get("verdict") not in VERDICTS:
             raise ValueError(f"verdict must be one of {VERDICTS}, got {r.get('verdict')!r}")
         extra = set(r) - set(CLAIM_COLUMNS)

@@ -32,6 +32,11 @@ from suite.rundir import load_run
 from tests.core_utils import LaunchRecorder
 
 
+def _rows(res: dict, profile: str, epochs: int) -> list[dict]:
+    """The claims rows as the stage writes them (family and profile filled in)."""
+    return [r.cells("core", profile) for r in claims_rows(res, epochs)]
+
+
 def test_demo_runs_write_valid_runs_count_passes_and_give_claims(tmp_path):
     out = {}
     for opt in ("sgd", "sam", "looksam"):
@@ -49,7 +54,7 @@ def test_demo_runs_write_valid_runs_count_passes_and_give_claims(tmp_path):
         assert r["summary"]["n_test"] > 0
         assert math.isfinite(r["summary"]["lambda_max"])  # largest |eigenvalue|; any sign early
 
-    rows = claims_rows({k: [v] for k, v in out.items()}, "quick", 1)
+    rows = _rows({k: [v] for k, v in out.items()}, "quick", 1)
     write_claims(tmp_path / "claims.csv", rows)  # valid columns and verdicts
     assert all(set(r) <= set(CLAIM_COLUMNS) and r["verdict"] in VERDICTS for r in rows)
     by_claim = {r["claim"]: r for r in rows}
@@ -89,7 +94,7 @@ def test_claims_verdicts_follow_the_seeds():
         "asam": [_run(a, 10.0) for a in sgd_acc],
         "looksam": [_run(a, 15.0, passes=1.2, seconds=12.0) for a in (0.60, 0.61, 0.59)],
     }
-    rows = {r["claim"]: r for r in claims_rows(res, "full", 100)}
+    rows = {r["claim"]: r for r in _rows(res, "full", 100)}
     sam = next(r for c, r in rows.items() if c.startswith("SAM lowers"))
     e_sgd, e_sam = [1 - a for a in sgd_acc], [1 - a for a in sam_acc]
     gap = statistics.fmean(e_sgd) - statistics.fmean(e_sam)
@@ -107,10 +112,10 @@ def test_claims_verdicts_follow_the_seeds():
     cost = next(r for c, r in rows.items() if "costs" in c)
     assert cost["verdict"] == "reproduced"  # 1.2 vs 1.206: within 5%
     assert "1.20x" in cost["note"]  # wall time 12 s vs 10 s
-    assert all(r["verdict"] == "not run" for r in claims_rows({}, "quick", 40))
+    assert all(r["verdict"] == "not run" for r in _rows({}, "quick", 40))
     # 1.3 passes per step is 7.8% above the paper's 1.206x: outside the 5% tolerance
     res["looksam"] = [_run(0.8, 15.0, passes=1.3) for _ in range(3)]
-    cost = next(r for r in claims_rows(res, "full", 100) if "costs" in r["claim"])
+    cost = next(r for r in _rows(res, "full", 100) if "costs" in r["claim"])
     assert cost["verdict"] == "contradicted"
 
 
@@ -174,27 +179,27 @@ def test_reproduce_skips_finished_runs_resumes_a_missing_one_and_force_retrains(
     rec = LaunchRecorder()
     old = launch.set_reporter(rec)
     try:
-        reproduce("tiny", results, figures)
-        runs = demo_runs("tiny", results)
+        reproduce("test", results, figures)
+        runs = demo_runs("test", results)
         assert len(runs) == 8 and rec.actions == {r.name: "trained" for r in runs}
         # Run.config is exactly what run_one stored: every run is "done" (else retrained always)
         assert all(run_state(r) == "done" for r in runs)
         first = {r.name: load_run(r.out_dir)["summary"] for r in runs}
 
         rec.actions.clear()
-        reproduce("tiny", results, figures)
+        reproduce("test", results, figures)
         assert rec.actions == {r.name: "skipped" for r in runs}
 
         (runs[3].out_dir / "summary.json").unlink()  # a run that did not finish
         rec.actions.clear()
-        reproduce("tiny", results, figures)
+        reproduce("test", results, figures)
         assert rec.actions == {r.name: "resumed" if r is runs[3] else "skipped" for r in runs}
         again = load_run(runs[3].out_dir)["summary"]
         assert _no_seconds(again) == _no_seconds(first[runs[3].name])
 
         rec.actions.clear()
         with launch.configure(force=True):
-            reproduce("tiny", results, figures)
+            reproduce("test", results, figures)
         assert rec.actions == {r.name: "trained" for r in runs}
     finally:
         launch.set_reporter(old)
@@ -204,7 +209,7 @@ def test_reproduce_skips_finished_runs_resumes_a_missing_one_and_force_retrains(
     assert cap["file"] == FIGURE and cap["key"] and (figures / FIGURE).stat().st_size > 5000
     assert "2 epochs, 2 seeds" in cap["shows"] and "width 16" in cap["shows"]
     rows = list(csv.DictReader((results / "core" / "claims.csv").open()))
-    assert len(rows) == 5 and all(r["profile"] == "tiny" for r in rows)
+    assert len(rows) == 5 and all(r["profile"] == "test" for r in rows)
 
 
 def test_profiles():

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from analysis.deep_nets import experiments as ex
+from analysis.deep_nets import fig1, fig9, fig12, looksam
 from analysis.deep_nets.interpolation import interpolate_losses
 from analysis.deep_nets.profiles import PAPER_CONFIGS, PROFILES
 from analysis.deep_nets.runs import (
@@ -81,7 +82,7 @@ def test_fig12_schedule_drops_at_500_and_750():
 @pytest.mark.parametrize("profile", ["quick", "full", "paper", "test"])
 def test_every_run_of_every_profile_is_a_valid_config(profile):
     P = PROFILES[profile]
-    specs = [s for e in ex.EXPERIMENTS.values() for s in e.specs(P)]
+    specs = [s for e in ex.EXPERIMENTS.values() for s in e.runs.specs(P)]
     assert len({s.dirname() for s in specs}) == len(set(specs))  # distinct runs, distinct dirs
     for s in set(specs):
         check_config(TrainConfig(**s.as_dict))
@@ -90,8 +91,8 @@ def test_every_run_of_every_profile_is_a_valid_config(profile):
 # ------------------------------------------------------------------ verdicts on synthetic tables
 def _rows(base, meth, n=10_000):
     a, b = Outcome("A", [], best=base, last=base), Outcome("B", [], best=meth, last=meth)
-    return compare_rows(a, b, claim="c", paper="p", paper_value="v", profile="quick", figure="",
-                        note="", n=n)  # fmt: skip
+    rows = compare_rows(a, b, claim="c", paper="p", paper_value="v", figure="", note="", n=n)
+    return [r.cells() for r in rows]
 
 
 def test_verdicts_follow_the_gap_and_its_noise():
@@ -125,9 +126,9 @@ def test_n_test_reads_the_data_provenance_and_the_eval_cap():
     assert n_test(_run(summary_size=500, config_size=777)) == 500
     with pytest.raises(ValueError, match="runs/x: no test-set size.*run the experiment again"):
         n_test(_run(100))
-    assert ex._train_size(_run(summary_size=10)) == 9  # the noisy-subset count uses it
+    assert fig12.train_size(_run(summary_size=10)) == 9  # the noisy-subset count uses it
     with pytest.raises(ValueError, match="runs/x: no training-set size"):
-        ex._train_size(_run(100))
+        fig12.train_size(_run(100))
 
 
 def test_runs_of_the_trainer_before_issue_9_are_refused(tmp_path):
@@ -166,16 +167,16 @@ def test_metric_rows_tolerate_the_epoch_0_row():
     x, y = mean_curve([a, old], "test_err")
     assert x.tolist() == [1.0, 2.0] and y == pytest.approx([0.4, 0.2])
     # the memorization epoch and the CPU per epoch ignore the epoch-0 row
-    assert ex.first_epoch_below(a, "test_err", 0.95) == 1.0
+    assert fig12.first_epoch_below(a, "test_err", 0.95) == 1.0
     a["metrics"][0]["train_cpu_seconds"] = 0.0
     for r in a["metrics"][1:]:
         r["train_cpu_seconds"] = 1.0
-    assert ex.cpu_per_epoch(a) == pytest.approx(1.5)
+    assert looksam.cpu_per_epoch(a) == pytest.approx(1.5)
 
 
 def test_fig1_uses_the_originals_n_sam_and_random_baseline():
     P = PROFILES["quick"]
-    m = ex.fig1_methods(P, 0.1)
+    m = fig1.fig1_methods(P, 0.1)
     nsam, rnd = m["n-SAM"](0).as_dict, m["random"](0).as_dict
     assert nsam["sam_use_prev_batch"] is True and nsam["sam_rho"] == 0.1
     assert "sam_perturb_batch" not in nsam  # the default, "same"
@@ -195,10 +196,10 @@ def test_switch_epoch_is_counted_as_the_original():
     from deep_nets.train import sam_active
 
     P = PROFILES["quick"]
-    e = ex._switch_epoch(P)
+    e = fig9.switch_epoch(P)
     for flags in (
-        ex.ft_methods(P)["ERM -> SAM"](0).as_dict,
-        ex.ft_methods(P)["SAM -> ERM"](0).as_dict,
+        fig9.ft_methods(P)["ERM -> SAM"](0).as_dict,
+        fig9.ft_methods(P)["SAM -> ERM"](0).as_dict,
     ):
         cfg = TrainConfig(**flags)
         assert sam_active(cfg, e - 1)  # the switch epoch (1-based e) is a SAM epoch in both
@@ -212,7 +213,7 @@ def test_switch_runs_really_switch(profile):
 
     P = PROFILES[profile]
     for label in ("ERM -> SAM", "SAM -> ERM"):
-        cfg = TrainConfig(**ex.ft_methods(P)[label](0).as_dict)
+        cfg = TrainConfig(**fig9.ft_methods(P)[label](0).as_dict)
         on = [sam_active(cfg, e) for e in range(cfg.epochs)]
         assert any(on) and not all(on), f"{profile}: {label} is SAM in epochs {on}"
 
@@ -279,15 +280,15 @@ def test_interpolation_recomputes_batch_norm_statistics():
 
 def test_barrier_is_the_bump_above_the_worse_end():
     t = [-0.5, 0.0, 0.5, 1.0, 1.5]
-    assert ex.barrier({"t": t, "train": [9.0, 0.1, 0.5, 0.2, 9.0]}) == pytest.approx(0.3)
-    assert ex.barrier({"t": t, "train": [9.0, 0.1, 0.1, 0.2, 9.0]}) == pytest.approx(0.0)
+    assert fig9.barrier({"t": t, "train": [9.0, 0.1, 0.5, 0.2, 9.0]}) == pytest.approx(0.3)
+    assert fig9.barrier({"t": t, "train": [9.0, 0.1, 0.1, 0.2, 9.0]}) == pytest.approx(0.0)
 
 
 def test_first_epoch_below_and_cpu_per_epoch():
     rows = [{"epoch": e, "epoch_end": True, "train_err_noisy": v, "train_cpu_seconds": 2.0}
             for e, v in ((1, 0.9), (2, 0.6), (3, 0.4), (4, 0.1))]  # fmt: skip
     run = {"metrics": rows}
-    assert ex.first_epoch_below(run, "train_err_noisy", 0.5) == 3
-    assert ex.first_epoch_below(run, "train_err_noisy", 0.05) == 5  # never: one past the end
-    assert ex.cpu_per_epoch(run) == pytest.approx(2.0)
-    assert not math.isnan(ex.cpu_per_epoch(run))
+    assert fig12.first_epoch_below(run, "train_err_noisy", 0.5) == 3
+    assert fig12.first_epoch_below(run, "train_err_noisy", 0.05) == 5  # never: one past the end
+    assert looksam.cpu_per_epoch(run) == pytest.approx(2.0)
+    assert not math.isnan(looksam.cpu_per_epoch(run))

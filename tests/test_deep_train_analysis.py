@@ -12,10 +12,11 @@ import pytest
 from nbclient import NotebookClient
 
 from analysis import deep_nets as dn
-from analysis.deep_nets.experiments import EXPERIMENTS, method
+from analysis.deep_nets.common import method
+from analysis.deep_nets.experiments import EXPERIMENTS
 from analysis.deep_nets.profiles import PROFILES
 from analysis.deep_nets.runs import run_path
-from analysis.reproduce import STAGES
+from analysis.stages import STAGES
 from suite.claims import CLAIM_COLUMNS, VERDICTS
 from suite.rundir import load_run, read_json
 
@@ -97,7 +98,7 @@ def test_fig1_rows_carry_the_measured_numbers(stage):
 
 def test_noisy_runs_log_the_three_curves(stage):
     results, _, _ = stage
-    for spec in EXPERIMENTS["noisy"].specs(P):  # ERM, SAM and m-SAM all on the noisy data
+    for spec in EXPERIMENTS["noisy"].runs.specs(P):  # ERM, SAM and m-SAM all on the noisy data
         run = load_run(run_path(results / "deep_nets" / "test", spec))
         assert run["config"]["config"]["p_label_noise"] == 0.6
         for r in run["metrics"]:

@@ -61,7 +61,7 @@ def test_stage_skips_resumes_and_forces(tmp_path, recorder):
     before = {r.name: _files(r.out_dir) for r in runs}
 
     # a second full reproduce() trains nothing, and draws and captions every figure
-    dln.reproduce("quick", res, figs, scale=SCALE)
+    dln.reproduce("test", res, figs)
     assert recorder.actions == {n: "skipped" for n in names}
     caps = read_captions(res, dln.FAMILY)
     assert sorted(c["file"] for c in caps) == sorted(p.name for p in figs.glob("*.png"))

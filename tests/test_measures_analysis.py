@@ -133,10 +133,8 @@ def test_figure3_end_to_end(tmp_path):
     with pytest.raises(FileNotFoundError, match="analysis.reproduce --only deep_nets"):
         AM.figure3(results, figures, "test")
     specs = _deep_runs(results)
-    rows = AM.figure3(results, figures, "test")
+    rows = [r.cells() for r in AM.figure3(results, figures, "test")]
     assert (figures / AM.FIG3).stat().st_size > 10_000
-    caps = {c["file"] for c in read_captions(results, "measures")}
-    assert AM.FIG3 in caps
     df = pd.read_csv(results / "measures" / "test" / AM.FIG3_TABLE)
     st = AM.FIG3_SETTINGS["test"]
     # the pool: the four clean runs, not the label-noise one
@@ -167,6 +165,8 @@ def test_figure3_end_to_end(tmp_path):
     with open(results / "measures" / "claims.csv") as f:
         fig3 = [r for r in csv.DictReader(f) if r["figure"] == AM.FIG3]
     assert len(fig3) == len(st["rhos"]) and all(r["verdict"] != "not run" for r in fig3)
+    caps = {c["file"]: c for c in read_captions(results, "measures")}
+    assert "4 runs" in caps[AM.FIG3]["shows"]
     for f in figures.glob("*.png"):
         f.unlink()
     text = _run_notebook(results, figures)
@@ -264,7 +264,7 @@ def test_diagonal_solutions_and_claims():
     assert by["1sam", 0]["test_loss"] == pytest.approx(0.0015235412218010903, rel=1e-6)
     assert by["nsam", 0]["test_loss"] == pytest.approx(0.016695513663723727, rel=1e-6)
     assert not any(r["diverged"] for r in sol)
-    rows = AM.fig4_claims(sol, "test")
+    rows = [r.cells() for r in AM.fig4_claims(sol)]
     assert len(rows) == 4 and all(r["verdict"] in VERDICTS for r in rows)
     seeds = AM.DIAG_SEEDS["test"]
     d = np.array([by["gd", s]["l1"] - by["1sam", s]["l1"] for s in seeds])

@@ -62,11 +62,11 @@ def tiny_results(root: Path) -> tuple[Path, Path, list[str]]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from analysis import reproduce
+    from analysis import stages
     from suite.captions import caption_figure
     from suite.claims import verdict, write_claims
 
-    have = [f for f, _ in reproduce.STAGES][:2]
+    have = [f for f, _ in stages.STAGES][:2]
     results, figures = root / "results", root / "figures"
     figures.mkdir(parents=True)
     for i, fam in enumerate(have):
@@ -127,11 +127,11 @@ def test_missing_results_name_the_command(path, executed):
 
 
 def test_overview_on_a_tiny_results_set(executed):
-    from analysis import reproduce
+    from analysis import stages
 
     nb, text = executed["overview"]
     have = executed["have"]
-    absent = [f for f, _ in reproduce.STAGES if f not in have]
+    absent = [f for f, _ in stages.STAGES if f not in have]
     assert "Traceback" not in text, text[-2000:]
     for fam in have:
         assert f"claim of {fam}" in text

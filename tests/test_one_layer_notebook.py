@@ -1,4 +1,4 @@
-"""The quick-stage pipeline on a tiny profile, then the notebook executed for real with nbclient."""
+"""The stage pipeline on the test profile, then the notebook executed for real with nbclient."""
 
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ from suite.claims import CLAIM_COLUMNS, VERDICTS
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_tiny_reproduce_then_notebook(tmp_path, monkeypatch):
+def test_test_profile_reproduce_then_notebook(tmp_path, monkeypatch):
     results, figures = tmp_path / "results", tmp_path / "figures"
-    reproduce("tiny", results, figures)
+    reproduce("test", results, figures)
     reader = csv.DictReader((results / FAMILY / "claims.csv").open())
     assert tuple(reader.fieldnames) == CLAIM_COLUMNS
     rows = list(reader)
@@ -30,7 +30,7 @@ def test_tiny_reproduce_then_notebook(tmp_path, monkeypatch):
     assert len(notebook) == 6 and all("for SAM only" in r["note"] for r in notebook)
     assert not any("for SAM only" in r["note"] for r in rows if r not in notebook)
     assert all(r["verdict"] in VERDICTS and r["family"] == FAMILY and r["ours"] for r in rows)
-    assert all(r["profile"] == "tiny" and r["gap"] and r["se"] for r in rows)
+    assert all(r["profile"] == "test" and r["gap"] and r["se"] for r in rows)
     names = ("fits", "simplicity", "over_training", "teacher", "convergence")
     for name in names:
         assert (figures / f"{FAMILY}_{name}.png").stat().st_size > 5000
@@ -40,9 +40,9 @@ def test_tiny_reproduce_then_notebook(tmp_path, monkeypatch):
     assert "T = 3e+02, seeds 0-1" in captions[f"{FAMILY}_fits.png"]["shows"]
     assert "notebook lr" in captions[f"{FAMILY}_simplicity.png"]["shows"]
     # a second call reuses the complete runs (same config) instead of failing or retraining
-    before = (results / FAMILY / "tiny_exp2_teacher" / "summary.json").stat().st_mtime_ns
-    reproduce("tiny", results, figures)
-    assert (results / FAMILY / "tiny_exp2_teacher" / "summary.json").stat().st_mtime_ns == before
+    before = (results / FAMILY / "test_exp2_teacher" / "summary.json").stat().st_mtime_ns
+    reproduce("test", results, figures)
+    assert (results / FAMILY / "test_exp2_teacher" / "summary.json").stat().st_mtime_ns == before
 
     nb_figures = tmp_path / "nb_figures"
     monkeypatch.setenv("SHARPNESS_RESULTS", str(results))
@@ -57,4 +57,4 @@ def test_tiny_reproduce_then_notebook(tmp_path, monkeypatch):
         o.get("text", "") + str(o.get("data", {}).get("text/plain", ""))
         for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
     )  # fmt: skip
-    assert "profile: tiny" in text and "verdict" in text
+    assert "profile: test" in text and "verdict" in text

@@ -1,6 +1,6 @@
 """The one_layer_relu_nets stage through suite.launch: the profiles' settings against the reference
 notebook's (PAPERS.md#relu-nets, written out here), and run_all's skip / resume / retrain decisions
-on the tiny profile (a second call trains nothing; a missing summary resumes that run only; a
+on the test profile (a second call trains nothing; a missing summary resumes that run only; a
 changed base run retrains its loss-matched control; --force retrains all)."""
 
 from __future__ import annotations
@@ -55,26 +55,26 @@ def test_run_all_skips_resumes_and_retrains_the_right_runs(tmp_path, monkeypatch
         # first call with a relative results dir, the next ones with its absolute path: the
         # controls' match_losses_of (where the base lies) is not part of their identity
         monkeypatch.chdir(tmp_path)
-        run_experiments("tiny", Path("."))
-        bases = [n for n in _flat("tiny") if not n.endswith(MATCHED)]
-        controls = [n for n in _flat("tiny") if n.endswith(MATCHED)]
+        run_experiments("test", Path("."))
+        bases = [n for n in _flat("test") if not n.endswith(MATCHED)]
+        controls = [n for n in _flat("test") if n.endswith(MATCHED)]
         # two waves: every base comparison before any loss-matched control
         assert rec.planned == [bases, controls]
         assert rec.actions == {n: "trained" for n in bases + controls}
-        runs = comparison_runs("tiny", tmp_path, False) + comparison_runs("tiny", tmp_path, True)
+        runs = comparison_runs("test", tmp_path, False) + comparison_runs("test", tmp_path, True)
         assert all(run_state(r) == "done" for r in runs)  # Run.config == the stored config
         for r in runs:  # Run.train goes to worker processes: it must pickle
             pickle.loads(pickle.dumps(r.train))
 
         rec.actions.clear()
-        run_experiments("tiny", tmp_path)
+        run_experiments("test", tmp_path)
         assert set(rec.actions.values()) == {"skipped"} and len(rec.actions) == len(runs)
 
-        teacher = run_dir(tmp_path, "tiny", "exp2_teacher")
+        teacher = run_dir(tmp_path, "test", "exp2_teacher")
         before = json.loads((teacher / "summary.json").read_text())
         (teacher / "summary.json").unlink()
         rec.actions.clear()
-        run_experiments("tiny", tmp_path)
+        run_experiments("test", tmp_path)
         assert {n for n, a in rec.actions.items() if a != "skipped"} == {"exp2_teacher"}
         assert rec.actions["exp2_teacher"] == "resumed"
         after = json.loads((teacher / "summary.json").read_text())
@@ -82,24 +82,24 @@ def test_run_all_skips_resumes_and_retrains_the_right_runs(tmp_path, monkeypatch
 
         # the base's final losses change: its control is another run now (retrained), the
         # base itself is kept
-        main = run_dir(tmp_path, "tiny", "exp1_main") / "summary.json"
+        main = run_dir(tmp_path, "test", "exp1_main") / "summary.json"
         s = json.loads(main.read_text())
         sam = next(r for r in s["runs"] if r["algorithm"] == "nsam")
         sam["train_loss"] *= 0.5
         main.write_text(json.dumps(s))
         rec.actions.clear()
-        run_experiments("tiny", tmp_path)
+        run_experiments("test", tmp_path)
         assert {n for n, a in rec.actions.items() if a != "skipped"} == {"exp1_main" + MATCHED}
         assert rec.actions["exp1_main" + MATCHED] == "trained"
         assert "match_digest" in rec.notes["exp1_main" + MATCHED]
         control = json.loads(
-            (run_dir(tmp_path, "tiny", "exp1_main" + MATCHED) / "summary.json").read_text()
+            (run_dir(tmp_path, "test", "exp1_main" + MATCHED) / "summary.json").read_text()
         )
         assert sam["train_loss"] in [r["loss_threshold"] for r in control["runs"]]
 
         rec.actions.clear()
         with launch.configure(force=True):
-            run_experiments("tiny", tmp_path)
+            run_experiments("test", tmp_path)
         assert set(rec.actions.values()) == {"trained"} and len(rec.actions) == len(runs)
     finally:
         launch.set_reporter(old)

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from analysis import reproduce
+from analysis import stages as stage_list
 from analysis.report import claims_table, key_figures, missing_results, render_report
 from suite.captions import caption_figure, read_captions
 from suite.claims import write_claims
@@ -87,7 +88,7 @@ def stages(tmp_path, monkeypatch):
     (pkg / "crash.py").write_text(textwrap.dedent(CRASH))
     monkeypatch.syspath_prepend(str(tmp_path / "pkgs"))
     monkeypatch.setattr(
-        reproduce,
+        stage_list,
         "STAGES",
         [
             ("good", "fake_stages.good"),
@@ -173,7 +174,7 @@ def _claims(path: Path, rows: list[dict]) -> None:
 
 
 def test_report_flags_hand_made_verdicts_and_stale_rows(tmp_path, monkeypatch):
-    monkeypatch.setattr(reproduce, "STAGES", [("a", "x"), ("b", "y")])
+    monkeypatch.setattr(stage_list, "STAGES", [("a", "x"), ("b", "y")])
     res = tmp_path / "results"
     # a verdict written by hand that the verdict function would not give
     _claims(res / "a" / "claims.csv", [dict(family="a", gap=0.1, se=0.1, verdict="reproduced")])
@@ -299,7 +300,8 @@ DRIVER = """
 import sys
 sys.path[:0] = [{pkgs!r}, {root!r}]
 from analysis import reproduce
-reproduce.STAGES = [("slow", "fake_stages.slow"), ("after", "fake_stages.slow")]
+from analysis import stages
+stages.STAGES = [("slow", "fake_stages.slow"), ("after", "fake_stages.slow")]
 if __name__ == "__main__":  # the runs train in spawned worker processes (--jobs)
     sys.exit(reproduce.main(sys.argv[1:]))
 """
@@ -343,7 +345,7 @@ def test_ctrl_c_stops_the_job_and_a_rerun_resumes(tmp_path):
     # the re-run: the finished run is skipped, the interrupted one resumed, the rest trained
     with pytest.MonkeyPatch.context() as mp:  # in this process: a second interpreter costs ~5 s
         mp.syspath_prepend(str(tmp_path / "pkgs"))
-        mp.setattr(reproduce, "STAGES", [("slow", "fake_stages.slow")])
+        mp.setattr(stage_list, "STAGES", [("slow", "fake_stages.slow")])
         assert reproduce.main(cmd[2:]) == 0
         sys.modules.pop("fake_stages.slow", None)
         sys.modules.pop("fake_stages", None)
@@ -378,7 +380,7 @@ def test_jobs_reach_the_stages(tmp_path, monkeypatch, argv, jobs):
 
     (tmp_path / "fake_probe.py").write_text(textwrap.dedent(PROBE))
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setattr(reproduce, "STAGES", [("probe", "fake_probe")])
+    monkeypatch.setattr(stage_list, "STAGES", [("probe", "fake_probe")])
     res = tmp_path / "r"
     rc = reproduce.main([*argv, "--only", "probe", "--results_dir", str(res), "--figures_dir",
                          str(tmp_path / "f"), "--report", str(tmp_path / "R.md")])  # fmt: skip
@@ -388,3 +390,58 @@ def test_jobs_reach_the_stages(tmp_path, monkeypatch, argv, jobs):
     assert read_json(res / "reproduce.json")["jobs"] == want
     with pytest.raises(SystemExit):
         reproduce.main(["--jobs", "0"])
+
+
+def test_every_stage_knows_every_profile_and_only_those(tmp_path):
+    """One vocabulary (suite.profiles): every stage of make reproduce has settings for test,
+    quick, full and paper and builds its runs for each (the measures stage knew no 'paper':
+    PROFILE=paper crashed there), and refuses any other name with the message naming the four."""
+    import importlib
+
+    from analysis.deep_nets.runs import SpecRuns
+    from suite.profiles import PROFILES, settings
+    from suite.stage import StageContext
+
+    assert PROFILES == ("test", "quick", "full", "paper")
+    assert reproduce.PROFILES == PROFILES
+    for family, module in stage_list.STAGES:
+        m = importlib.import_module(module)
+        assert tuple(m.PROFILES) == PROFILES, family
+        exps = m.EXPERIMENTS.values() if isinstance(m.EXPERIMENTS, dict) else m.EXPERIMENTS
+        for profile in PROFILES:
+            P = settings(m.PROFILES, profile)
+            ctx = StageContext(family, profile, P, tmp_path, tmp_path, tmp_path / family / profile)
+            # deep_nets' runs by their specs: parsing ~100 paper configs takes a minute, and
+            # tests/test_deep_experiments.py checks every one of them
+            runs = [
+                r
+                for e in exps
+                if e.wave == 0
+                for r in (e.runs.specs(P) if isinstance(e.runs, SpecRuns) else e.runs(ctx))
+            ]
+            assert runs, (family, profile)
+        for wrong in ("tiny", "huge"):
+            with pytest.raises(ValueError, match="choose from test, quick, full, paper"):
+                m.reproduce(wrong, tmp_path / "r", tmp_path / "f")
+        assert not (tmp_path / "r").exists()  # refused before anything ran
+
+
+def test_paper_profile_without_a_gpu_stops_at_the_check_not_a_traceback(tmp_path):
+    """`make reproduce PROFILE=paper` as a user types it (a real process) on a machine without a
+    GPU: exit 2 before any stage starts, the reasons on stderr, no traceback."""
+    import subprocess
+
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this check is about a machine without a GPU")
+    root = Path(__file__).resolve().parents[1]
+    env = {**__import__("os").environ, "PYTHONPATH": str(root)}
+    env["SHARPNESS_DATA_DIR"] = str(tmp_path / "data")
+    cmd = [sys.executable, "-m", "analysis.reproduce", "--profile", "paper", "--results_dir",
+           str(tmp_path / "r"), "--report", str(tmp_path / "REPORT.md")]  # fmt: skip
+    p = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 2, p.stdout + p.stderr
+    assert "profile paper cannot start on this machine" in p.stderr and "no GPU" in p.stderr
+    assert "Traceback" not in p.stdout + p.stderr
+    assert not (tmp_path / "r").exists() and not (tmp_path / "REPORT.md").exists()

@@ -7,6 +7,7 @@ import math
 import os
 import signal
 import stat
+import statistics
 import subprocess
 import sys
 import textwrap
@@ -294,3 +295,49 @@ def test_cbuild_compiles_caches_and_explains_a_missing_compiler(tmp_path, monkey
     with pytest.raises(RuntimeError, match="failed on k.c"):
         cbuild.load_library(src, ["-O2"], prefix="t")
     assert [p.suffix for p in (tmp_path / "cache").iterdir()] == [".so", ".so"]  # no temp left
+
+
+def test_gap_is_the_one_statistic_of_every_row_form():
+    """suite.claims.gap, against each family's formula written out here: two samples
+    (= compare_seeds), seed-paired differences, a mean against a level fixed before the runs
+    (with the binomial error of its rate), and a given gap with its se."""
+    erm, sam = [0.30, 0.31, 0.29], [0.20, 0.215, 0.19]
+    assert claims.gap(sam, erm, n_test=1000) == claims.compare_seeds(erm, sam, n_test=1000)
+    # paired by seed: d = baseline - method; a NaN pair is dropped
+    g = claims.gap([1.0, 2.5, float("nan"), 2.0], [2.0, 3.0, 9.0, 4.0], paired=True)
+    d = [1.0, 0.5, 2.0]
+    assert g.gap == pytest.approx(sum(d) / 3) and g.n_a == 3
+    assert g.se == pytest.approx(statistics.stdev(d) / math.sqrt(3))
+    assert claims.gap([2.0], [1.0], paired=True).verdict == "within noise"  # one pair: no SE
+    assert claims.gap([1.0], [2.0], paired=True, lower_is_better=False).gap == -1.0
+    # a mean against a fixed level: gap = level - mean (lower is better), se = s / sqrt(n)
+    v = [0.02, 0.04, 0.03]
+    g = claims.gap(v, 0.05)
+    assert g.gap == pytest.approx(0.02) and g.se == pytest.approx(0.01 / math.sqrt(3))
+    assert claims.gap(v, 0.05, lower_is_better=False).gap == pytest.approx(-0.02)
+    b = claims.gap(v, 0.10, n_test=200)  # and the binomial error of the mean rate
+    assert b.se == pytest.approx(math.hypot(0.01 / math.sqrt(3), math.sqrt(0.03 * 0.97 / 200)))
+    assert math.isnan(claims.gap([0.03], 0.05).se)  # one value: the spread is unknown
+    # computed elsewhere (a tolerance, a bootstrap): taken as given; a missing se is an error
+    assert claims.gap(0.3, se=0.0).verdict == "reproduced"
+    assert claims.gap(float("nan"), se=float("nan")).verdict == "not run"
+    with pytest.raises(ValueError, match="se"):
+        claims.gap(0.3)
+    # in percentage points: the same comparison, the same verdict
+    p = claims.gap(sam, erm, n_test=1000).scaled(100)
+    assert p.gap == pytest.approx(100 * (0.30 - 0.605 / 3)) and p.verdict == "reproduced"
+    assert p.se == pytest.approx(100 * claims.gap(sam, erm, n_test=1000).se)
+
+
+def test_claim_row_verdict_comes_from_its_statistic(tmp_path):
+    """A ClaimRow has no verdict cell to write by hand: it is the verdict of its Gap (not run
+    without one), and run_stage fills in family and profile unless the row names its own."""
+    row = claims.ClaimRow("P", "c", "1", "2", stat=claims.gap(-1.0, se=0.1), figure="f.png")
+    cells = row.cells("fam", "quick")
+    assert cells["verdict"] == "contradicted" and cells["gap"] == -1.0 and cells["se"] == 0.1
+    assert (cells["family"], cells["profile"]) == ("fam", "quick")
+    assert tuple(cells) == claims.CLAIM_COLUMNS
+    other = claims.ClaimRow("P", "c", "1", "not run here", profile="paper").cells("fam", "test")
+    assert (other["verdict"], other["gap"], other["profile"]) == ("not run", "", "paper")
+    claims.write_claims(tmp_path / "c.csv", [row.cells("fam", "quick")])
+    assert "contradicted" in (tmp_path / "c.csv").read_text()

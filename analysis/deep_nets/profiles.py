@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from deep_nets.config import load_named_config
+from suite.profiles import check_table
 
 
 def _cfg(name: str, **overrides: Any) -> dict[str, Any]:
@@ -80,3 +81,4 @@ PROFILES["paper"] = _common(
 )  # fmt: skip
 for _p in PROFILES.values():
     _p.setdefault("seminar_rho", 0.05)
+check_table(PROFILES, "deep_nets")

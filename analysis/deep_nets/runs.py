@@ -15,14 +15,14 @@ from __future__ import annotations
 import functools
 import math
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from suite.claims import compare_seeds, fmt_mean_std
+from suite.claims import ClaimRow, fmt_mean_std, gap
 from suite.launch import DEFAULT_IGNORE, Run
 from suite.rundir import config_hash, load_run
 
@@ -136,6 +136,31 @@ def make_run(spec: Spec, root: Path, runtime: Mapping[str, Any]) -> Run:
     return Run(spec.dirname(), out, config, functools.partial(train_argv, argv), ignore=_IGNORE)
 
 
+def runtime_flags(P: Mapping[str, Any]) -> dict[str, Any]:
+    """The flags of a profile that do not change results (data-loader workers)."""
+    return {"workers": P["workers"]} if P["workers"] else {}
+
+
+def launch_runs(specs: Iterable[Spec], root: Path, runtime: Mapping[str, Any]) -> list[Run]:
+    """The ``suite.launch.Run`` of each distinct spec; a finished run written by an older
+    trainer is refused (``check_current``)."""
+    runs = [make_run(s, root, runtime) for s in dict.fromkeys(specs)]  # dedupe, keep order
+    for r in runs:
+        if is_finished(r.out_dir):
+            check_current(r.out_dir)
+    return runs
+
+
+@dataclass(frozen=True)
+class SpecRuns:
+    """``suite.stage.Experiment.runs`` of a deep-net experiment: the runs of ``specs(P)``."""
+
+    specs: Callable[[dict[str, Any]], list[Spec]]
+
+    def __call__(self, ctx: Any) -> list[Run]:
+        return launch_runs(self.specs(ctx.P), ctx.root, runtime_flags(ctx.P))
+
+
 def ensure_runs(specs: Iterable[Spec], root: Path, *, runtime: Mapping[str, Any]) -> dict:
     """Bring every spec to a finished run under ``root`` through ``suite.launch.run_all`` (the
     launcher, ``--force`` and parallel ``--jobs`` of ``make reproduce``): a finished run of the
@@ -146,11 +171,7 @@ def ensure_runs(specs: Iterable[Spec], root: Path, *, runtime: Mapping[str, Any]
     from suite.launch import run_all
 
     t0 = time.perf_counter()
-    runs = [make_run(s, root, runtime) for s in dict.fromkeys(specs)]  # dedupe, keep order
-    for r in runs:
-        if is_finished(r.out_dir):
-            check_current(r.out_dir)
-    outcomes = run_all(runs, stage=FAMILY)
+    outcomes = run_all(launch_runs(specs, root, runtime), stage=FAMILY)
     per_run = {
         o.out_dir.name: {"action": o.action, "seconds": o.seconds, "cpu_seconds": o.cpu_seconds}
         for o in outcomes
@@ -259,33 +280,25 @@ def compare_rows(
     claim: str,
     paper: str,
     paper_value: str,
-    profile: str,
     figure: str,
     note: str,
     n: int,
-) -> list[dict[str, str]]:
+) -> list[ClaimRow]:
     """Two claims rows (best-validation epoch, last epoch): ``method`` has a lower test error
     than ``base``. gap = mean error of base - mean error of method, in percentage points; its
     standard error combines the seeds' spread and the binomial error of ``n`` test examples."""
-    rows = []
-    for when in ("best", "last"):
-        g = compare_seeds(base.at(when), method.at(when), lower_is_better=True, n_test=n)
-        rows.append(
-            dict(
-                family=FAMILY,
-                paper=paper,
-                claim=f"{claim} (at the {WHEN[when]})",
-                paper_value=paper_value,
-                ours=f"{base.label} {pct(base.at(when))} vs {method.label} {pct(method.at(when))}",
-                gap=100 * g.gap,
-                se=100 * g.se,
-                profile=profile,
-                verdict=g.verdict,
-                figure=figure,
-                note=note,
-            )
+    return [
+        ClaimRow(
+            paper=paper,
+            claim=f"{claim} (at the {WHEN[when]})",
+            paper_value=paper_value,
+            ours=f"{base.label} {pct(base.at(when))} vs {method.label} {pct(method.at(when))}",
+            stat=gap(method.at(when), base.at(when), n_test=n).scaled(100),
+            figure=figure,
+            note=note,
         )
-    return rows
+        for when in ("best", "last")
+    ]
 
 
 def mean_curve(runs: Sequence[Mapping[str, Any]], key: str) -> tuple[np.ndarray, np.ndarray]:
