@@ -67,7 +67,9 @@ def test_amp_vectorized_equals_loop_and_is_not_erm(dtype):
     autocast cache must not hand the pass at w + e the weights at w), the same within rounding."""
 
     def scaler():
-        return torch.amp.GradScaler(torch.device(DEVICE).type) if dtype == torch.float16 else None
+        # init scale 2^8: the default 2^16 overflows this model's first steps (skipped steps)
+        dev = torch.device(DEVICE).type
+        return torch.amp.GradScaler(dev, init_scale=2.0**8) if dtype == torch.float16 else None
 
     w0 = torch.cat([p.detach().float().reshape(-1) for p in net().parameters()])
     loop, vec = (
@@ -76,6 +78,7 @@ def test_amp_vectorized_equals_loop_and_is_not_erm(dtype):
     )
     erm = one_step(True, rho=0.0, dtype=dtype, scaler=scaler())
     sam32 = one_step(False)
+    assert rel(loop, w0) > 1e-4 and rel(vec, w0) > 1e-4  # the steps were taken
     assert rel(vec, loop) < 0.1 * rel(erm, loop) + 1e-6
     assert rel(sam32 - w0, loop - w0) < 0.1  # SAM in half precision moves as float32 SAM
 
