@@ -256,8 +256,8 @@ class TrainConfig:
         "SAM",
         "how the m-SAM chunks are computed (the same numbers, float rounding apart): "
         "vectorized = all chunks in two batched passes (torch.func.vmap); loop = one chunk "
-        "after the other; auto = vectorized with --acc_steps > 1 where it applies, else the "
-        "loop (DDP, dropout, --grad_gauss_std, a model vmap cannot batch)",
+        "after the other; auto = vectorized with --acc_steps >= 8 where it applies, else the "
+        "loop (fewer chunks; DDP, dropout, --grad_gauss_std, a model vmap cannot batch)",
         choices=MSAM_IMPLS,
     )
     msam_max_batched_params: int = _f(

@@ -105,6 +105,10 @@ def local_grads(model: nn.Module) -> contextlib.AbstractContextManager:
 # At most this many parameter values per stack of per-chunk tensors in the vectorized m-SAM path
 # (2^27 = 512 MiB in float32); a batch needing more is processed in groups of chunks.
 MSAM_MAX_BATCHED_PARAMS = 2**27
+# vectorize=None takes the vectorized path from this many chunks on: on a CPU (benchmarks/README)
+# it took 0.64x the loop's time at 8 chunks and 0.29x at 32 on an overhead-bound model, but 1.7x
+# at 2 chunks (the batched passes' fixed cost), and 1.2x at 8 on a compute-bound ResNet.
+MSAM_VECTORIZE_MIN_CHUNKS = 8
 
 
 def batched_grad(f: Callable[..., Any], in_dims: Any = 0) -> Callable[..., Any]:
@@ -196,9 +200,9 @@ def msam_backward(
     Under DDP only the last chunk's backward is all-reduced (gradient accumulation), so the update
     averages every worker's every chunk.
 
-    ``vectorize``: None (default) takes the vectorized path where it applies (and there is more
-    than one chunk) and the loop otherwise; True requires it (ValueError with the reason); False
-    is the loop, the reference.
+    ``vectorize``: None (default) takes the vectorized path where it applies and there are at
+    least ``MSAM_VECTORIZE_MIN_CHUNKS`` (8) chunks, the loop otherwise; True requires it
+    (ValueError with the reason); False is the loop, the reference.
     The vectorized path computes the same numbers (float rounding apart) in two batched passes:
     the C gradients at w in one ``vmap(grad)`` over the chunks, the C perturbations by
     ``optimizer.perturb`` (the one ascent rule; its ``sam_iters > 1`` inner gradients one chunk
@@ -242,8 +246,7 @@ def msam_backward(
     if max_batched_params < 1:
         raise ValueError(f"max_batched_params must be a positive integer, not {max_batched_params}")
     args = (optimizer, model, compute_loss, inputs, targets, m, sam_iters, step_size_mult)
-    # one chunk: nothing to batch (the loop is SAM's two passes), unless asked for
-    if vectorize or (vectorize is None and n // m > 1):
+    if vectorize or (vectorize is None and n // m >= MSAM_VECTORIZE_MIN_CHUNKS):
         try:
             reason = msam_vectorize_reason(model)
             if reason is not None:
