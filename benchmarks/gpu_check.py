@@ -41,8 +41,10 @@ CIFAR_TRAIN, CIFAR_VAL, CIFAR_TEST = 50_000, 5_000, 10_000
 
 def sizes(tiny: bool) -> dict:
     if tiny:
-        return dict(width=4, batch=64, hw=16, accs=(1, 8, 32), steps=2, epoch_n=256)
-    return dict(width=64, batch=128, hw=32, accs=(1, 8, 32), steps=20, epoch_n=CIFAR_TRAIN)
+        return dict(width=2, batch=64, hw=8, accs=(1, 8, 32), steps=1, warmup=1, epoch_n=256)
+    return dict(
+        width=64, batch=128, hw=32, accs=(1, 8, 32), steps=20, warmup=2, epoch_n=CIFAR_TRAIN
+    )
 
 
 def run_device_tests(device: str) -> int:
@@ -113,7 +115,7 @@ def time_steps(device: str, tiny: bool) -> dict[tuple[str, int], float]:
     out = {}
     for kind, acc in runs:
         step = step_fns(copy.deepcopy(model), kind, acc)
-        for _ in range(2):
+        for _ in range(s["warmup"]):
             step(x, y)
         ts = []
         for _ in range(s["steps"]):
