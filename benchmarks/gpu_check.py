@@ -96,6 +96,8 @@ def time_steps(device: str, tiny: bool) -> dict[tuple[str, int], float]:
     """Seconds per step (median of ``steps`` after 2 warm-up steps) by (kind, acc_steps)."""
     s = sizes(tiny)
     dev = torch.device(device)
+    if dev.type == "cpu":  # small tensors: more intra-op threads only spin on a shared CPU
+        torch.set_num_threads(1)
     torch.manual_seed(0)
     model = build_model(
         "resnet18",
