@@ -325,8 +325,10 @@ def _loss_leaves(holder: _LossCall, named: dict[str, Tensor], x: Tensor, y: Tens
     eval mode (no batch-norm update, no random draw). Raises ``_Unbatchable`` when the loss also
     reaches tensors that require gradients other than the module's (captured parameters)."""
     leaves = {n: p.detach().requires_grad_() for n, p in named.items()}
+    cuda = [t.device for t in leaves.values() if t.device.type == "cuda"][:1]
     try:
-        with _all_eval(holder.model), torch.enable_grad():
+        # fork_rng: a random op the loss runs even in eval mode must not shift the loop's draws
+        with torch.random.fork_rng(devices=cuda), _all_eval(holder.model), torch.enable_grad():
             state = {"model." + n: t for n, t in leaves.items()}
             loss = torch.func.functional_call(holder, state, (x, y), strict=False)
     except (RuntimeError, ValueError) as e:  # the loop will raise it again if it is real

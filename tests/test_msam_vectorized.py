@@ -163,27 +163,34 @@ def test_running_statistics_with_cumulative_average_momentum_none():
 
 
 def test_bfloat16_autocast_vectorized_equals_loop_and_is_not_erm():
-    """Autocast caches the low-precision copy of a leaf weight: a pass at w + e must not
-    compute with w. The vectorized path passes fresh tensors, so it cannot hit the cache."""
-    make = MODELS["resnet_gn"]
+    """Autocast caches the low-precision copy of a leaf weight: a pass at w + e must not compute
+    with w (the loop clears the cache after perturb and restore; the vectorized path passes
+    fresh tensors). One step in bfloat16: the two paths' updates agree far better than either
+    agrees with ERM's (rho = 0), and both move as float32 SAM does. (The MLP: in the width-4
+    ResNets one bfloat16 step is mostly rounding, 1.2-1.3 relative off float32 SAM either way.)"""
+    make = MODELS["mlp"]
 
     def ac():
         return torch.autocast("cpu", dtype=torch.bfloat16)
 
-    ref = train(make, torch.float32, vectorize=False, steps=3, autocast=ac)
-    vec = train(make, torch.float32, vectorize=True, steps=3, autocast=ac)
-    zero = make()
-    opt = SAM(zero.parameters(), torch.optim.SGD, rho=0.0, lr=0.05, momentum=0.9)
-    for t in range(3):  # the same steps with rho = 0 (ERM in bfloat16)
-        x, y = batch(t, torch.float32)
-        opt.zero_grad()
-        with ac():
-            msam_backward(opt, zero, l2_loss(zero), x, y, 4, vectorize=True)
-        opt.update()
-    for p, q, z in zip(ref[0].parameters(), vec[0].parameters(), zero.parameters()):
-        # bfloat16 rounding of batched vs per-chunk matmuls, far below the effect of rho
-        assert rel(q, p) < 0.05 * max(rel(z, p), 1e-30) or rel(q, p) < 1e-6
-    assert max(rel(z, p) for p, z in zip(ref[0].parameters(), zero.parameters())) > 1e-3
+    w0 = weights(make())
+    loop = weights(train(make, torch.float32, vectorize=False, steps=1, autocast=ac)[0]) - w0
+    vec = weights(train(make, torch.float32, vectorize=True, steps=1, autocast=ac)[0]) - w0
+    sam32 = weights(train(make, torch.float32, vectorize=False, steps=1)[0]) - w0
+    erm = weights(_erm_bf16(make, ac)) - w0
+    assert rel(vec, loop) < 0.05 * rel(erm, loop), (rel(vec, loop), rel(erm, loop))
+    assert rel(loop, sam32) < 0.05 * rel(erm, sam32) and rel(vec, sam32) < 0.05 * rel(erm, sam32)
+
+
+def _erm_bf16(make, ac):
+    model = make()
+    opt = SAM(model.parameters(), torch.optim.SGD, rho=0.0, lr=0.02, momentum=0.9)
+    x, y = batch(0, torch.float32)
+    opt.zero_grad()
+    with ac():
+        msam_backward(opt, model, l2_loss(model), x, y, 4, vectorize=True)
+    opt.update()
+    return model
 
 
 def test_auto_falls_back_to_the_loop_where_vectorizing_does_not_apply():
@@ -228,22 +235,30 @@ def test_unused_and_frozen_parameters_as_in_the_loop():
     """A parameter the loss never reaches keeps grad None (weight decay must not move it), a
     frozen one too, like the loop."""
     torch.manual_seed(0)
-    net = nn.Sequential(nn.Flatten(), nn.Linear(768, 8), nn.Tanh(), nn.Linear(8, 10))
-    net.spare = nn.Linear(3, 3)  # never called
-    net[1].bias.requires_grad_(False)
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = nn.Sequential(nn.Flatten(), nn.Linear(768, 8), nn.Tanh(), nn.Linear(8, 10))
+            self.spare = nn.Linear(3, 3)  # never called
+
+        def forward(self, x):
+            return self.body(x)
+
+    net = Net().double()
+    net.body[1].bias.requires_grad_(False)
     x, y = batch(0, torch.float64)
-    net = net.double()
     out = []
     for vec in (False, True):
         opt = SAM(net.parameters(), torch.optim.SGD, rho=0.1, lr=0.1, weight_decay=0.1)
         opt.zero_grad()
-        msam_backward(opt, net, lambda a, b: F.cross_entropy(net(a), b), x, y, 4, vectorize=vec)
+        msam_backward(opt, net, lambda a, b: F.cross_entropy(net(a), b), x, y, 2, vectorize=vec)
         out.append([None if p.grad is None else p.grad.clone() for p in net.parameters()])
     for a, b in zip(*out):
         assert (a is None) == (b is None)
         if a is not None:
             torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-15)
-    assert net.spare.weight.grad is None and net[1].bias.grad is None
+    assert net.spare.weight.grad is None and net.body[1].bias.grad is None
 
 
 def test_vectorize_argument_errors():
