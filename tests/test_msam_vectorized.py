@@ -299,3 +299,18 @@ def test_config_refuses_vectorized_where_it_cannot_apply():
         )
         with pytest.raises(ValueError, match=f"--msam_impl vectorized does not apply {msg}"):
             check_config(cfg, world_size=world)
+
+
+def test_gradients_accumulate_into_existing_grads_as_in_the_loop():
+    """Two calls without zero_grad (gradient accumulation over batches) add up in both paths."""
+    out = []
+    for vec in (False, True):
+        model = mlp().double()
+        opt = SAM(model.parameters(), torch.optim.SGD, rho=0.1, lr=0.1)
+        opt.zero_grad()
+        for t in range(2):
+            x, y = batch(t, torch.float64)
+            msam_backward(opt, model, l2_loss(model), x, y, 2, vectorize=vec)
+        out.append([p.grad.clone() for p in model.parameters()])
+    for a, b in zip(*out):
+        torch.testing.assert_close(b, a, rtol=1e-12, atol=1e-15)
