@@ -13,7 +13,7 @@ ARGS    ?=
 # -qq: errors only (pip's notices and setuptools' editable-install banner stay off the screen)
 PIP    := $(PY) -m pip -qq --disable-pip-version-check
 
-.PHONY: reproduce test bench lint format data clean
+.PHONY: reproduce test bench gpu-check lint format data clean
 
 $(STAMP): requirements.txt pyproject.toml
 	@echo "set-up: $(VENV) with the pinned requirements.txt (minutes, once)"
@@ -59,6 +59,10 @@ reproduce: $(STAMP) data
 
 bench: $(STAMP) data
 	$(PY) -m benchmarks
+
+# On a machine with one GPU (<= 8 minutes): device tests, ResNet-18 timings, GPU-hours table.
+gpu-check: $(STAMP)
+	PY=$(PY) benchmarks/gpu_check.sh $(ARGS)
 
 clean:
 	rm -rf $(VENV) results figures .pytest_cache .ruff_cache

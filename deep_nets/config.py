@@ -38,6 +38,7 @@ LR_SCHEDULES = (
     "piecewise_04epochs",
 )
 SAM_VARIANTS = ("sam", "asam", "looksam", "random")
+MSAM_IMPLS = ("auto", "vectorized", "loop")
 PERTURB_BATCHES = ("same", "other")
 NOISE_TYPES = ("sym", "asym")
 L2_SCOPES = ("all", "weights")
@@ -250,6 +251,22 @@ class TrainConfig:
         "(ours); every = by every training pass, ascent and perturbed passes too (the original)",
         choices=BN_UPDATES,
     )
+    msam_impl: str = _f(
+        "auto",
+        "SAM",
+        "how the m-SAM chunks are computed (the same numbers, float rounding apart): "
+        "vectorized = all chunks in two batched passes (torch.func.vmap); loop = one chunk "
+        "after the other; auto = vectorized with --acc_steps >= 8 where it applies, else the "
+        "loop (fewer chunks; DDP, dropout, --grad_gauss_std, a model vmap cannot batch)",
+        choices=MSAM_IMPLS,
+    )
+    msam_max_batched_params: int = _f(
+        2**27,
+        "SAM",
+        "vectorized m-SAM: at most this many parameter values in one stack of per-chunk "
+        "tensors (two stacks, gradients and perturbed weights: 2 x this x 4 bytes in "
+        "float32); more chunks than fit run in groups",
+    )
     asam_eta: float = _f(0.01, "SAM", "ASAM offset eta in T = |w| + eta (--sam_variant asam)")
     looksam_k: int = _f(5, "SAM", "LookSAM: SAM gradient every k steps (--sam_variant looksam)")
     looksam_alpha: float = _f(
@@ -443,7 +460,7 @@ def check_config(cfg: TrainConfig, world_size: int = 1) -> None:
     ):  # fmt: skip
         if getattr(cfg, name) < 0:
             bad(f"--{name} must be >= 0 (got {getattr(cfg, name)})")
-    for name in ("n_eval_train", "sharpness_m"):
+    for name in ("n_eval_train", "sharpness_m", "msam_max_batched_params"):
         if getattr(cfg, name) < 1:
             bad(f"--{name} must be >= 1 (got {getattr(cfg, name)})")
     for name in (
@@ -483,6 +500,12 @@ def check_config(cfg: TrainConfig, world_size: int = 1) -> None:
         bad(
             f"--acc_steps {cfg.acc_steps} must be a multiple of the {world_size} workers "
             "(each worker takes acc_steps / workers chunks of its shard)"
+        )
+    if cfg.msam_impl == "vectorized" and (world_size > 1 or cfg.grad_gauss_std > 0):
+        bad(
+            "--msam_impl vectorized does not apply "
+            + ("under DDP (several workers)" if world_size > 1 else "with --grad_gauss_std")
+            + ": use --msam_impl auto or loop"
         )
     if not 0 <= cfg.sam_epoch_frac_start <= cfg.sam_epoch_frac_end <= 1:
         bad(
@@ -531,6 +554,8 @@ def _check_no_effect(cfg: TrainConfig, d: TrainConfig, bad) -> None:
         "sam_epoch_frac_start",
         "sam_epoch_frac_end",
         "sam_bn_update",
+        "msam_impl",
+        "msam_max_batched_params",
     )
     if not cfg.sam_on:
         for name in sam_flags:

@@ -33,6 +33,8 @@ from sharpness.modules import frozen_bn_stats, local_grads, msam_backward
 from sharpness.optim import SAM, LookSAM
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
+# --msam_impl -> msam_backward's vectorize (None: vectorized where it applies, else the loop)
+MSAM_IMPL = {"auto": None, "vectorized": True, "loop": False}
 
 
 class OriginalAscentSAM(SAM):
@@ -182,6 +184,8 @@ def msam_step(ctx: StepContext, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor | 
             ctx.opt, ctx.net, loss, x, y, ctx.m,
             sam_iters=ctx.cfg.sam_iters, step_size_mult=ctx.cfg.sam_step_size_mult,
             bn_first_pass_only=ctx.cfg.sam_bn_update == "first",
+            vectorize=MSAM_IMPL[ctx.cfg.msam_impl],
+            max_batched_params=ctx.cfg.msam_max_batched_params,
         )  # fmt: skip
     ctx.update()
     return (lo / s, plo / s) if s != 1.0 else (lo, plo)

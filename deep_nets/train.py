@@ -170,14 +170,22 @@ def reg_params(model: nn.Module, scope: str) -> list[Tensor]:
 
 
 def make_loss(cfg: TrainConfig, net: nn.Module, model: nn.Module):
-    """The training loss on a batch: mean cross-entropy + 0.5 l2_reg ||w||^2 + l1_reg ||w||_1."""
-    ws = reg_params(model, cfg.l2_scope)
+    """The training loss on a batch: mean cross-entropy + 0.5 l2_reg ||w||^2 + l1_reg ||w||_1.
+
+    The regularized tensors are read from ``model`` at every call (by name), so that the
+    vectorized m-SAM step, which replaces the module's tensors by per-chunk ones
+    (``torch.func.functional_call``), regularizes the perturbed weights as the loop does."""
+    chosen = {id(p) for p in reg_params(model, cfg.l2_scope)}
+    names = [n for n, p in model.named_parameters() if id(p) in chosen]
 
     def wide(t: Tensor) -> Tensor:  # at least float32 (half-precision logits), float64 kept
         return t.to(torch.promote_types(t.dtype, torch.float32))
 
     def loss(x: Tensor, y: Tensor) -> Tensor:
         out = F.cross_entropy(wide(net(x)), y)
+        if cfg.l2_reg > 0 or cfg.l1_reg > 0:
+            now = dict(model.named_parameters())
+            ws = [now[n] for n in names]
         if cfg.l2_reg > 0:
             out = out + 0.5 * cfg.l2_reg * sum((wide(w) ** 2).sum() for w in ws)
         if cfg.l1_reg > 0:
