@@ -252,12 +252,14 @@ class TrainConfig:
         choices=BN_UPDATES,
     )
     msam_impl: str = _f(
-        "auto",
+        "loop",
         "SAM",
         "how the m-SAM chunks are computed (the same numbers, float rounding apart): "
-        "vectorized = all chunks in two batched passes (torch.func.vmap); loop = one chunk "
-        "after the other; auto = vectorized with --acc_steps >= 8 where it applies, else the "
-        "loop (fewer chunks; DDP, dropout, --grad_gauss_std, a model vmap cannot batch)",
+        "loop = one chunk after the other (default: the suite's stored runs were made so, and "
+        "on CPU the vectorized path is faster only on small models, see benchmarks/README.md); "
+        "vectorized = all chunks in two batched passes (torch.func.vmap); auto = vectorized "
+        "with --acc_steps >= 8 where it applies, else the loop (fewer chunks; DDP, dropout, "
+        "--grad_gauss_std, a model vmap cannot batch)",
         choices=MSAM_IMPLS,
     )
     msam_max_batched_params: int = _f(

@@ -293,16 +293,13 @@ def _msam_loop(
             with bn_ctx():
                 return grads_at_current(x, y)[0]
 
+        # perturb and restore drop autocast's cached low-precision weights (see SAM.perturb)
         optimizer.perturb(grads, grad_at=grad_at, iters=sam_iters, step_size_mult=step_size_mult)
-        # autocast caches the low-precision copy of a leaf weight at its first use in a region:
-        # without clearing, the pass at w + e_c (and the next chunk's at w) would reuse a stale one
-        torch.clear_autocast_cache()
         last = c == chunks - 1
         with bn_ctx(), contextlib.nullcontext() if last else local_grads(model):
             ploss = compute_loss(x, y)
             (ploss / chunks).backward()
         optimizer.restore()
-        torch.clear_autocast_cache()
         losses.append(loss.detach())
         plosses.append(ploss.detach())
     return torch.stack(losses).mean(), torch.stack(plosses).mean()

@@ -267,8 +267,9 @@ def test_msam_steps_match_a_hand_written_reference(tmp_path):
         dict(sam_rho=0.05, acc_steps=2, half_prec=True, eval_iter_freq=9),  # GradScaler state
         dict(sam_rho=0.05, sam_use_prev_batch=True, grad_gauss_std=0.01),  # previous batch
         dict(add_weight_perturb_scale=0.01, mul_weight_perturb_scale=0.1, swa_tau=0.9),
+        dict(sam_rho=0.05, acc_steps=8, msam_impl="vectorized", p_label_noise=0.2),
     ],
-    ids=["looksam", "random", "msam_fp16", "prev_batch_grad_noise", "weight_noise_swa"],
+    ids=["looksam", "random", "msam_fp16", "prev_batch_grad_noise", "weight_noise_swa", "vmap"],
 )
 def test_resume_gives_exactly_the_uninterrupted_metrics(tmp_path, kw):
     full = tiny(tmp_path / "full", epochs=3, **kw)
