@@ -479,8 +479,8 @@ def state_bytes(opt: torch.optim.Optimizer) -> int:
         elif isinstance(o, (list, tuple, set)):
             for v in o:
                 visit(v)
-        elif isinstance(o, torch.optim.Optimizer):
-            visit(vars(o))
+        elif isinstance(o, torch.optim.Optimizer) or hasattr(o, "__dict__"):
+            visit(vars(o))  # optimizers and the plain objects they keep state in (sharpness's)
 
     visit(opt)
     return sum(storages.values())
