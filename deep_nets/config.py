@@ -199,7 +199,8 @@ class TrainConfig:
     sam_variant: str = _f(
         "sam",
         "SAM",
-        "sam; asam (adaptive, T = |w| + asam_eta); looksam (SAM gradient every "
+        "sam; asam (the official ASAM: T = |w| + asam_eta on parameters named *weight*, "
+        "norm-layer weights included, T = 1 on biases); looksam (SAM gradient every "
         "looksam_k steps); random (a random direction of norm exactly rho)",
         choices=SAM_VARIANTS,
     )
