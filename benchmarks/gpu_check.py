@@ -8,7 +8,7 @@ one GPU, that
    SAM, LookSAM and m-SAM (loop and vectorized, acc_steps 1 / 8 / 32), and one trainer epoch
    (``deep_nets/train.py`` on generated CIFAR-10 python batches, evaluation included);
 3. prints a table of GPU-hours for each paper-profile experiment, from those timings and the run
-   lists of ``analysis.deep_nets`` (``EXPERIMENTS[...].specs(PROFILES["paper"])``: every run's
+   lists of ``analysis.deep_nets`` (``EXPERIMENTS[...].runs.specs(PROFILES["paper"])``: every run's
    epochs, step kind and acc_steps; nothing hard-coded here).
 
 ``--device cpu --tiny`` runs the same code end to end at tiny sizes (a test runs it, so the script
@@ -218,7 +218,7 @@ def gpu_hours_table(times: dict, epoch: tuple[float, float], tiny: bool) -> list
     ]
     total = 0.0
     for name in ("fig1", "finetune", "noisy", "m_sharpness", "looksam"):
-        specs = EXPERIMENTS[name].specs(P)
+        specs = EXPERIMENTS[name].runs.specs(P)
         hours, sgd_hours, epochs = 0.0, 0.0, 0
         for sp in specs:
             flags = {**defaults, **sp.as_dict}

@@ -67,7 +67,9 @@ def train(make, dtype, vectorize, steps=20, m=4, opt_cls=SAM, autocast=None, jit
         for p in model.parameters():
             p.mul_(1 + jitter)
     opt_kw = kw.pop("opt_kw", {})
-    opt = opt_cls(model.parameters(), torch.optim.SGD, rho=0.1, lr=0.02, momentum=0.9, **opt_kw)
+    # the official ASAM scales parameters by name: it needs named_parameters()
+    params = model.named_parameters() if opt_kw.get("adaptive") else model.parameters()
+    opt = opt_cls(params, torch.optim.SGD, rho=0.1, lr=0.02, momentum=0.9, **opt_kw)
     loss = l2_loss(model)
     logged = []
     for t in range(steps):
