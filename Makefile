@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 FMNIST := /usr/share/datasets/fashion-mnist
-# make reproduce PROFILE=quick|full|paper [ARGS="--force --only deep_nets"]
+# make reproduce PROFILE=test|quick|full|paper [ARGS="--force --only deep_nets"]
 PROFILE ?= quick
 RESULTS ?= results
 FIGURES ?= figures
