@@ -126,12 +126,23 @@ def run_one(cfg: DemoConfig, out_dir: Path, resume: bool = False) -> dict:
             with torch.no_grad():
                 train_loss = loss_fn(model(data.train_x), data.train_y).item()
                 test_acc = (model(data.test_x).argmax(1) == data.test_y).float().mean().item()
-            row = {"epoch": epoch + 1, "train_loss": train_loss, "test_acc": test_acc,
-                   "passes": passes, "seconds": time.perf_counter() - t0}  # fmt: skip
+            row = {
+                "epoch": epoch + 1,
+                "train_loss": train_loss,
+                "test_acc": test_acc,
+                "passes": passes,
+                "seconds": time.perf_counter() - t0,
+            }
             run.log(row)
-            state = {"model": model.state_dict(), "optimizer": opt.state_dict(),
-                     "data_rng": seeds.data.get_state(), "torch_rng": torch.get_rng_state(),
-                     "epoch": epoch + 1, "passes": passes, "seconds": row["seconds"]}  # fmt: skip
+            state = {
+                "model": model.state_dict(),
+                "optimizer": opt.state_dict(),
+                "data_rng": seeds.data.get_state(),
+                "torch_rng": torch.get_rng_state(),
+                "epoch": epoch + 1,
+                "passes": passes,
+                "seconds": row["seconds"],
+            }
             atomic_torch_save(state, out_dir / CHECKPOINT)
             if interrupt.requested and epoch + 1 < cfg.epochs:
                 summary = {"status": "interrupted", "epoch": epoch + 1}
@@ -161,8 +172,9 @@ def run_one(cfg: DemoConfig, out_dir: Path, resume: bool = False) -> dict:
     return summary
 
 
-def _train_epoch(model, opt, loss_fn, data, gen: torch.Generator, batch_size: int,
-                 passes: int) -> int:  # fmt: skip
+def _train_epoch(
+    model, opt, loss_fn, data, gen: torch.Generator, batch_size: int, passes: int
+) -> int:
     """One epoch of minibatches (the last partial batch dropped); returns the forward-backward
     passes counted so far (SAM: 2 per step; LookSAM: 2 on every k-th step, else 1)."""
     model.train()
@@ -345,11 +357,17 @@ def claims_rows(res: dict[str, list[dict]], epochs: int) -> list[ClaimRow]:
     )
     for opt, paper, value in (
         ("sam", "SAM (Foret et al. 2021), Table 1", "CIFAR-10 WRN-28-10 error 2.7% (SAM) vs 3.5%"),
-        ("asam", "ASAM (Kwon et al. 2021) / davda54's example", "WRN-16-8 CIFAR-10 error 2.55% "
-         "(ASAM) vs 3.20% (SGD)"),
-        ("looksam", "LookSAM (Liu et al. 2022), ViT-S/32 ImageNet table", "top-1 68.8% "
-         "(LookSAM) vs 68.1% (AdamW), SAM 68.9%"),
-    ):  # fmt: skip
+        (
+            "asam",
+            "ASAM (Kwon et al. 2021) / davda54's example",
+            "WRN-16-8 CIFAR-10 error 2.55% (ASAM) vs 3.20% (SGD)",
+        ),
+        (
+            "looksam",
+            "LookSAM (Liu et al. 2022), ViT-S/32 ImageNet table",
+            "top-1 68.8% (LookSAM) vs 68.1% (AdamW), SAM 68.9%",
+        ),
+    ):
         rows.append(
             ClaimRow(
                 paper=paper,

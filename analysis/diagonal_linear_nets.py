@@ -64,22 +64,56 @@ GRID = [0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 0.9]
 # The original notebook's printed test losses (PAPERS.md#diagonal-notebook), in the order of the
 # runs of each experiment below (None: the notebook prints nan, the run diverges).
 NOTEBOOK = {
-    "cell_nsam": [0.015056044189449159, 0.015143589149560101, 0.01532189739609112,
-                  0.01598195225147282, 0.018241642036376265, 0.03606494489010675],
-    "cell_1sam": [0.0006337885714222886, 0.0004663830742908966, 0.00023853572282255735,
-                  1.5396958089444108e-05, 0.024183218285324055],
-    "curves": [0.015747762611708224, 0.009127933293039658, 0.0015235412218010903,
-               0.00025260386614471894, 1.5622244035909675e-05, 1.316634050881677e-08,
-               0.00917508147156238],
-    "grid": [0.016445781003091926, 0.015756677115280553, 0.015774538224235406,
-             0.01583739124793595, 0.016019930687941112, 0.016695513663723727,
-             0.019007119935097728, 0.032812027137658364, 0.016174901502986682,
-             0.015641003537756094, 0.013855445463941646, 0.009469059057662111,
-             0.0015339774886805526, 6.350068450874803e-09, None],
-}  # fmt: skip
+    "cell_nsam": [
+        0.015056044189449159,
+        0.015143589149560101,
+        0.01532189739609112,
+        0.01598195225147282,
+        0.018241642036376265,
+        0.03606494489010675,
+    ],
+    "cell_1sam": [
+        0.0006337885714222886,
+        0.0004663830742908966,
+        0.00023853572282255735,
+        1.5396958089444108e-05,
+        0.024183218285324055,
+    ],
+    "curves": [
+        0.015747762611708224,
+        0.009127933293039658,
+        0.0015235412218010903,
+        0.00025260386614471894,
+        1.5622244035909675e-05,
+        1.316634050881677e-08,
+        0.00917508147156238,
+    ],
+    "grid": [
+        0.016445781003091926,
+        0.015756677115280553,
+        0.015774538224235406,
+        0.01583739124793595,
+        0.016019930687941112,
+        0.016695513663723727,
+        0.019007119935097728,
+        0.032812027137658364,
+        0.016174901502986682,
+        0.015641003537756094,
+        0.013855445463941646,
+        0.009469059057662111,
+        0.0015339774886805526,
+        6.350068450874803e-09,
+        None,
+    ],
+}
 # cell 5: (ERM 2N, ERM N, ERM N -> 1-SAM N, 1-SAM N, 1-SAM N -> ERM N)
-NOTEBOOK_SWITCH = (0.014602323023706629, 0.014865600195083558, 0.00014269229669575567,
-                   0.0001245758657536336, 9.834845199886545e-05)  # fmt: skip
+NOTEBOOK_SWITCH = (
+    0.014602323023706629,
+    0.014865600195083558,
+    0.00014269229669575567,
+    0.0001245758657536336,
+    9.834845199886545e-05,
+)
 NOTEBOOK_TOL = 1e-6  # relative: the simulator is exact; the rest is float64 rounding
 # A run stuck far from interpolation (final train loss > STUCK x its initial loss: cell 2's
 # 1-SAM rho 0.3 wanders near a saddle) amplifies rounding differences: its final value is
@@ -104,13 +138,17 @@ PROFILES = check_table(
     {
         "test": dict(theory_gammas=[1 / 2, 1 / 6, 1 / 20, 1 / 60], fig6_seeds=[0], scale=0.002),
         "quick": dict(theory_gammas=[1 / 2, 1 / 6, 1 / 20, 1 / 60], fig6_seeds=[0], scale=1.0),
-        "full": dict(theory_gammas=[1 / 2, 1 / 6, 1 / 20, 1 / 60, 1 / 200],
-                     fig6_seeds=[0, 1, 2, 3, 4], scale=1.0),
-        "paper": dict(theory_gammas=[1 / 2, 1 / 6, 1 / 20, 1 / 60, 1 / 200], fig6_seeds=[0],
-                      scale=1.0),
+        "full": dict(
+            theory_gammas=[1 / 2, 1 / 6, 1 / 20, 1 / 60, 1 / 200],
+            fig6_seeds=[0, 1, 2, 3, 4],
+            scale=1.0,
+        ),
+        "paper": dict(
+            theory_gammas=[1 / 2, 1 / 6, 1 / 20, 1 / 60, 1 / 200], fig6_seeds=[0], scale=1.0
+        ),
     },
     FAMILY,
-)  # fmt: skip
+)
 
 
 def _cfg(root: Path, name: str, iters: int, **kw) -> TrainConfig:
@@ -132,31 +170,81 @@ def experiment_configs(
 
     n, n2 = it(N), 2 * it(N)
     out = {
-        "cell_nsam": _cfg(root, "cell_nsam", n, algo=["gd", "nsam"], gamma=5 / D,
-                          rho=[0.01, 0.03, 0.1, 0.3, 1.0]),
-        "cell_1sam": _cfg(root, "cell_1sam", n, algo=["gd", "1sam"], gamma=5 / D,
-                          alpha=[0.02], rho=[0.01, 0.03, 0.1, 0.3]),
-        "curves": _cfg(root, "curves", n, algo=["gd", "1sam", "sgd"], gamma=10 / D,
-                       gamma_per_algo={"sgd": 10 / D / 3}, rho=[0.03, 0.1, 0.15, 0.2, 0.3],
-                       sgd_skip=5 * N),
-        "grid": _cfg(root, "grid", n, algo=["gd", "nsam", "1sam"], gamma=15 / D,
-                     gamma_per_algo={"nsam": 10 / D}, rho=GRID),
+        "cell_nsam": _cfg(
+            root, "cell_nsam", n, algo=["gd", "nsam"], gamma=5 / D, rho=[0.01, 0.03, 0.1, 0.3, 1.0]
+        ),
+        "cell_1sam": _cfg(
+            root,
+            "cell_1sam",
+            n,
+            algo=["gd", "1sam"],
+            gamma=5 / D,
+            alpha=[0.02],
+            rho=[0.01, 0.03, 0.1, 0.3],
+        ),
+        "curves": _cfg(
+            root,
+            "curves",
+            n,
+            algo=["gd", "1sam", "sgd"],
+            gamma=10 / D,
+            gamma_per_algo={"sgd": 10 / D / 3},
+            rho=[0.03, 0.1, 0.15, 0.2, 0.3],
+            sgd_skip=5 * N,
+        ),
+        "grid": _cfg(
+            root,
+            "grid",
+            n,
+            algo=["gd", "nsam", "1sam"],
+            gamma=15 / D,
+            gamma_per_algo={"nsam": 10 / D},
+            rho=GRID,
+        ),
         "grid_uniform": _cfg(root, "grid_uniform", n, algo=["nsam"], gamma=15 / D, rho=GRID),
-        "switch_erm_sam": _cfg(root, "switch_erm_sam", n2, algo=["gd", "1sam"], gamma=1 / D,
-                               rho=[10.0], switch="erm_to_sam", switch_at=n),
-        "switch_sam_erm": _cfg(root, "switch_sam_erm", n2, algo=["1sam"], gamma=1 / D,
-                               rho=[0.175], switch="sam_to_erm", switch_at=n),
+        "switch_erm_sam": _cfg(
+            root,
+            "switch_erm_sam",
+            n2,
+            algo=["gd", "1sam"],
+            gamma=1 / D,
+            rho=[10.0],
+            switch="erm_to_sam",
+            switch_at=n,
+        ),
+        "switch_sam_erm": _cfg(
+            root,
+            "switch_sam_erm",
+            n2,
+            algo=["1sam"],
+            gamma=1 / D,
+            rho=[0.175],
+            switch="sam_to_erm",
+            switch_at=n,
+        ),
         "erm_N": _cfg(root, "erm_N", n, algo=["gd"], gamma=1 / D),
-        "fig6": _cfg(root, "fig6", it(1_000_000), algo=["gd", "nsam", "1sam"],
-                     gamma=FIG6["gamma"], alpha=[FIG6["alpha"]], rho=[FIG6["rho"]],
-                     seeds=P["fig6_seeds"]),
-    }  # fmt: skip
+        "fig6": _cfg(
+            root,
+            "fig6",
+            it(1_000_000),
+            algo=["gd", "nsam", "1sam"],
+            gamma=FIG6["gamma"],
+            alpha=[FIG6["alpha"]],
+            rho=[FIG6["rho"]],
+            seeds=P["fig6_seeds"],
+        ),
+    }
     for g in P["theory_gammas"]:
         name = f"theory_g{round(1 / g)}"
         out[name] = _cfg(
-            root, name, it(THEORY_TIME / g), algo=["gd", "nsam", "1sam"], gamma=g, rho=[0.1],
+            root,
+            name,
+            it(THEORY_TIME / g),
+            algo=["gd", "nsam", "1sam"],
+            gamma=g,
+            rho=[0.1],
             theory=True,
-        )  # fmt: skip
+        )
     return out
 
 
@@ -199,9 +287,15 @@ def fig6_search(
                 tr = {"gd": got[a, g, None, "gd"][1]}
                 tr |= {x: got[a, g, r, x][1] for x in ("nsam", "1sam")}
                 out.append(
-                    {"alpha": a, "gamma": g, "rho": r, "score": fig6_score(te), "test": te,
-                     "train": tr}
-                )  # fmt: skip
+                    {
+                        "alpha": a,
+                        "gamma": g,
+                        "rho": r,
+                        "score": fig6_score(te),
+                        "test": te,
+                        "train": tr,
+                    }
+                )
     return sorted(out, key=lambda x: x["score"])
 
 
@@ -321,17 +415,23 @@ def fig_grid(results_dir: Path, figures_dir: Path) -> Path:
     ax.axhline(_loss(g["gd"]), color="silver", label="ERM (gamma 15/d)")
     ax.plot(GRID, [_loss(r) for r in g["nsam"]], "o-", color="red", label="n-SAM (gamma 10/d)")
     ax.plot(
-        GRID, [_loss(r) for r in g["nsam_uniform"]], "o--", color="salmon",
+        GRID,
+        [_loss(r) for r in g["nsam_uniform"]],
+        "o--",
+        color="salmon",
         label="n-SAM (gamma 15/d, ours)",
-    )  # fmt: skip
+    )
     ax.plot(GRID, [_loss(r) for r in g["1sam"]], "s-", color="orange", label="1-SAM (15/d)")
     nb = [np.nan if p is None else p for p in NOTEBOOK["grid"]]
     ax.plot(GRID, nb[1:8], "k+", ms=10, label="notebook's printed values")
     ax.plot(GRID, nb[8:], "k+", ms=10)
     ax.set(
-        xscale="log", yscale="log", xlabel="rho (original convention)", ylabel="test loss",
+        xscale="log",
+        yscale="log",
+        xlabel="rho (original convention)",
+        ylabel="test loss",
         title="Fig. 5: test loss vs rho (10^4 + 1 iterations)",
-    )  # fmt: skip
+    )
     ax.legend(fontsize=8)
     return _save(fig, figures_dir, "rho_grid")
 
@@ -384,9 +484,10 @@ def fig_switch(results_dir: Path, figures_dir: Path) -> Path:
     axes[2].plot(ip["t"], ip["test_loss"], "-", color="blue", label="test loss")
     axes[2].plot(ip["t"], ip["train_loss"], "--", color="blue", label="train loss")
     axes[2].set(
-        xlabel="t: (1 - t) ERM->1-SAM + t ERM", ylabel="squared loss",
+        xlabel="t: (1 - t) ERM->1-SAM + t ERM",
+        ylabel="squared loss",
         title=f"interpolation; barrier on [0, 1] = {barrier(results_dir):.2g} x initial loss",
-    )  # fmt: skip
+    )
     axes[2].legend()
     return _save(fig, figures_dir, "switch")
 
@@ -438,8 +539,10 @@ def fig_theory(results_dir: Path, figures_dir: Path) -> Path:
     tab = theory_table(results_dir)
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     for algo, name in (("gd", "GD"), ("nsam", "n-SAM"), ("1sam", "1-SAM")):
-        rows = sorted((r for r in tab if r["algo"] == algo and r["rel_dist"] is not None),
-                      key=lambda r: r["gamma"])  # fmt: skip
+        rows = sorted(
+            (r for r in tab if r["algo"] == algo and r["rel_dist"] is not None),
+            key=lambda r: r["gamma"],
+        )
         ax.plot([r["gamma"] for r in rows], [r["rel_dist"] for r in rows], "o-", label=name)
     from matplotlib.ticker import NullFormatter
 
@@ -447,10 +550,12 @@ def fig_theory(results_dir: Path, figures_dir: Path) -> Path:
     ax.axhline(THEORY_TOL, color="gray", ls=":", label="0.1% (the paper)")
     ax.axvline(1 / 60, color="gray", ls="--", lw=0.8)
     ax.set(
-        xscale="log", yscale="log", xlabel="step size gamma",
+        xscale="log",
+        yscale="log",
+        xlabel="step size gamma",
         ylabel="||beta - beta_pred|| / ||beta_pred||",
         title="simulation vs flow prediction (rho 0.1): -> 0 as gamma -> 0",
-    )  # fmt: skip
+    )
     ax.legend()
     return _save(fig, figures_dir, "theory")
 
@@ -492,13 +597,26 @@ def _losses(runs: list[dict]) -> list[float | None]:
     return [None if r["status"] == "diverged" else r["final_test_loss"] for r in runs]
 
 
-def _row(where: str, claim: str, paper_value: str, ours: str, gap_se: tuple[float, float],
-         figure: str, note: str = "") -> ClaimRow:  # fmt: skip
+def _row(
+    where: str,
+    claim: str,
+    paper_value: str,
+    ours: str,
+    gap_se: tuple[float, float],
+    figure: str,
+    note: str = "",
+) -> ClaimRow:
     """A row of this family: deterministic runs, so ``gap_se`` is (gap, 0) or a tolerance's."""
     g, se = gap_se
-    return ClaimRow(paper=f"{PAPER}, {where}", claim=claim, paper_value=paper_value, ours=ours,
-                    stat=gap(g, se=se), figure=f"figures/{FAMILY}_{figure}.png",
-                    note=note)  # fmt: skip
+    return ClaimRow(
+        paper=f"{PAPER}, {where}",
+        claim=claim,
+        paper_value=paper_value,
+        ours=ours,
+        stat=gap(g, se=se),
+        figure=f"figures/{FAMILY}_{figure}.png",
+        note=note,
+    )
 
 
 TOL_NOTE = f"tolerance {NOTEBOOK_TOL:g} relative; gap = tolerance - worst relative deviation"
@@ -506,9 +624,11 @@ CELLS = {
     "cell_nsam": ("notebook cell 1", "n-SAM gets worse with rho (gamma 5/d)"),
     "cell_1sam": ("notebook cell 2", "1-SAM improves with rho up to 0.1 (gamma 5/d, alpha 0.02)"),
     "curves": ("notebook cell 3", "1-SAM improves with rho; SGD beats GD (gamma 10/d)"),
-    "grid": ("Fig. 5 / notebook cell 4", "the rho grid: n-SAM ~ ERM, 1-SAM much better, "
-             "diverges at 0.9"),
-}  # fmt: skip
+    "grid": (
+        "Fig. 5 / notebook cell 4",
+        "the rho grid: n-SAM ~ ERM, 1-SAM much better, diverges at 0.9",
+    ),
+}
 
 
 def notebook_rows(results_dir: Path, names: list[str]) -> list[ClaimRow]:
@@ -521,20 +641,29 @@ def notebook_rows(results_dir: Path, names: list[str]) -> list[ClaimRow]:
         note = TOL_NOTE
         stuck = [r["label"] for r in runs if _stuck(r)]
         if stuck:
-            note += (f"; runs stuck far from interpolation ({', '.join(stuck)}: train loss > "
-                     f"{STUCK:g} x initial, rounding-sensitive near a saddle) at {STUCK_TOL:g}; "
-                     "the PyTorch engine happens to land on the notebook's value")  # fmt: skip
+            note += (
+                f"; runs stuck far from interpolation ({', '.join(stuck)}: train loss > "
+                f"{STUCK:g} x initial, rounding-sensitive near a saddle) at {STUCK_TOL:g}; "
+                "the PyTorch engine happens to land on the notebook's value"
+            )
         if name == "grid":
-            note += ("; n-SAM at gamma 10/d as the original (its leftover gamma_sgd), GD and "
-                     "1-SAM at 15/d")  # fmt: skip
+            note += (
+                "; n-SAM at gamma 10/d as the original (its leftover gamma_sgd), GD and "
+                "1-SAM at 15/d"
+            )
         if name == "curves":
             note += "; SGD at gamma 10/(3d) from the notebook's numpy stream"
-        rows.append(_row(
-            where, f"{claim}: the notebook's printed test losses",
-            ", ".join(_g(p) for p in NOTEBOOK[name]), ", ".join(_g(o) for o in ours),
-            notebook_gap(ours, NOTEBOOK[name], [_stuck(r) for r in runs]),
-            "rho_grid" if name == "grid" else "curves", note,
-        ))  # fmt: skip
+        rows.append(
+            _row(
+                where,
+                f"{claim}: the notebook's printed test losses",
+                ", ".join(_g(p) for p in NOTEBOOK[name]),
+                ", ".join(_g(o) for o in ours),
+                notebook_gap(ours, NOTEBOOK[name], [_stuck(r) for r in runs]),
+                "rho_grid" if name == "grid" else "curves",
+                note,
+            )
+        )
     return rows
 
 
@@ -548,13 +677,22 @@ def grid_rows(results_dir: Path) -> list[ClaimRow]:
     best1 = np.nanmin([_loss(r) for r in g["1sam"]])
     for key, lab in (("nsam", "gamma 10/d as the original"), ("nsam_uniform", "gamma 15/d")):
         bestn = np.nanmin([_loss(r) for r in g[key]])
-        rows.append(_row(
-            "Fig. 5", f"1-SAM's best test loss is far below n-SAM's (n-SAM at {lab})",
-            "1-SAM 6.35e-9 vs n-SAM 0.0158 (notebook)", f"1-SAM {best1:.3g} vs n-SAM {bestn:.3g}",
-            (math.log10(bestn / best1), 0.0), "rho_grid",
-            "gap = log10(n-SAM best / 1-SAM best), one data set (deterministic, se 0)"
-            + ("" if key == "nsam" else "; ours: n-SAM at GD's step size, not run by the original"),
-        ))  # fmt: skip
+        rows.append(
+            _row(
+                "Fig. 5",
+                f"1-SAM's best test loss is far below n-SAM's (n-SAM at {lab})",
+                "1-SAM 6.35e-9 vs n-SAM 0.0158 (notebook)",
+                f"1-SAM {best1:.3g} vs n-SAM {bestn:.3g}",
+                (math.log10(bestn / best1), 0.0),
+                "rho_grid",
+                "gap = log10(n-SAM best / 1-SAM best), one data set (deterministic, se 0)"
+                + (
+                    ""
+                    if key == "nsam"
+                    else "; ours: n-SAM at GD's step size, not run by the original"
+                ),
+            )
+        )
     return rows
 
 
@@ -577,19 +715,23 @@ def switch_rows(results_dir: Path) -> list[ClaimRow]:
             "ERM -> 1-SAM (rho 10) at 10^4+1 of 2(10^4+1) steps drops the test loss ~100x; "
             "1-SAM (rho 0.175) -> ERM keeps its gain",
             "ERM 2N 0.0146, ERM N 0.01487 -> 1-SAM 1.427e-4; 1-SAM N 1.246e-4 -> ERM 9.835e-5",
-            ", ".join(_g(o) for o in ours), notebook_gap(ours, list(NOTEBOOK_SWITCH)), "switch",
+            ", ".join(_g(o) for o in ours),
+            notebook_gap(ours, list(NOTEBOOK_SWITCH)),
+            "switch",
             TOL_NOTE + "; gamma 1/d; the notebook labels the ERM -> 1-SAM print 'rho=0.9' (a "
             "stale variable): it runs rho 10",
         ),
         _row(
             "Fig. 8 (interpolation, notebook cell 7)",
             "the ERM -> 1-SAM solution stays in the ERM basin: no loss barrier on the linear path",
-            "no barrier (plot)", f"barrier {b:.3g} x initial loss", (BARRIER_TOL - b, 0.0),
+            "no barrier (plot)",
+            f"barrier {b:.3g} x initial loss",
+            (BARRIER_TOL - b, 0.0),
             "switch",
             f"barrier = max train loss on t in [0, 1] - max endpoint, relative to the initial "
             f"loss ||y||^2/(2n); tolerance {BARRIER_TOL:g}",
         ),
-    ]  # fmt: skip
+    ]
 
 
 def fig6_rows(results_dir: Path) -> list[ClaimRow]:
@@ -604,25 +746,38 @@ def fig6_rows(results_dir: Path) -> list[ClaimRow]:
         rs = [r for r in f6 if r["algo"] == algo]
         seed0 = next(r for r in rs if r["seed"] == 0)
         vals = [r["final_test_loss"] for r in rs if r["status"] != "diverged"]
-        rows.append(_row(
-            "Fig. 6", f"{name}'s test loss plateau", f"~{PAPER_FIG6[algo]:g}",
-            f"{_g(seed0['final_test_loss'])} (seed 0); {fmt_mean_std(vals)}",
-            compare_to_paper(_loss(seed0), PAPER_FIG6[algo], rel_tol=FIG6_TOL), "fig6",
-            f"{setting}; the paper's number read off a log plot: tolerance {FIG6_TOL:g} relative "
-            "(seed 0 = the original data)",
-        ))  # fmt: skip
+        rows.append(
+            _row(
+                "Fig. 6",
+                f"{name}'s test loss plateau",
+                f"~{PAPER_FIG6[algo]:g}",
+                f"{_g(seed0['final_test_loss'])} (seed 0); {fmt_mean_std(vals)}",
+                compare_to_paper(_loss(seed0), PAPER_FIG6[algo], rel_tol=FIG6_TOL),
+                "fig6",
+                f"{setting}; the paper's number read off a log plot: "
+                f"tolerance {FIG6_TOL:g} relative "
+                "(seed 0 = the original data)",
+            )
+        )
     for algo, name in (("gd", "ERM"), ("nsam", "n-SAM"), ("1sam", "1-SAM")):
         r0 = next(r for r in f6 if r["algo"] == algo and r["seed"] == 0)
         tr = r0["final_train_loss"]
         dec = abs(math.log10(tr / PAPER_FIG6_TRAIN[algo])) if tr else math.nan
-        rows.append(_row(
-            "Fig. 6", f"{name}'s final train loss (1-SAM converges much more slowly)",
-            f"~{PAPER_FIG6_TRAIN[algo]:g}", f"{_g(tr)} (seed 0)", (FIG6_TRAIN_DECADES - dec, 0.0),
-            "fig6",
-            f"{setting}; gap = {FIG6_TRAIN_DECADES:g} decades - |log10(ours/paper)|; no setting "
-            "of the search matches the test plateaus and these train levels together: ours reach "
-            "float64's floor (~1e-30) sooner",
-        ))  # fmt: skip
+        rows.append(
+            _row(
+                "Fig. 6",
+                f"{name}'s final train loss (1-SAM converges much more slowly)",
+                f"~{PAPER_FIG6_TRAIN[algo]:g}",
+                f"{_g(tr)} (seed 0)",
+                (FIG6_TRAIN_DECADES - dec, 0.0),
+                "fig6",
+                f"{setting}; gap = {FIG6_TRAIN_DECADES:g} decades - |log10(ours/paper)|; "
+                "no setting "
+                "of the search matches the test plateaus and these train levels together: "
+                "ours reach "
+                "float64's floor (~1e-30) sooner",
+            )
+        )
     return rows
 
 
@@ -635,28 +790,36 @@ def theory_rows(results_dir: Path) -> list[ClaimRow]:
         sm = [r for r in small if r["algo"] == algo]
         worst = max((r["rel_dist"] for r in sm if r["rel_dist"] is not None), default=None)
         g = (THEORY_TOL - worst, 0.0) if worst is not None else (math.nan, math.nan)
-        rows.append(_row(
-            "Section 4.2 (implicit bias)",
-            f"{name} converges to argmin phi_alpha_inf s.t. X beta = y: distance -> 0 as "
-            "gamma -> 0, < 0.1% at gamma <= 1/60",
-            "within 0.1% (rho 0.1)",
-            "; ".join(f"gamma {r['gamma']:.3g}: "
-                      + (f"{r['rel_dist']:.2%}" if r["rel_dist"] is not None else r["status"])
-                      for r in rs),
-            g, "theory",
-            "flow alpha_inf accumulated along the trajectory; rho 0.1 original convention; "
-            f"gamma x iterations = {THEORY_TIME:g}; distances only for interpolating runs",
-        ))  # fmt: skip
+        rows.append(
+            _row(
+                "Section 4.2 (implicit bias)",
+                f"{name} converges to argmin phi_alpha_inf s.t. X beta = y: distance -> 0 as "
+                "gamma -> 0, < 0.1% at gamma <= 1/60",
+                "within 0.1% (rho 0.1)",
+                "; ".join(
+                    f"gamma {r['gamma']:.3g}: "
+                    + (f"{r['rel_dist']:.2%}" if r["rel_dist"] is not None else r["status"])
+                    for r in rs
+                ),
+                g,
+                "theory",
+                "flow alpha_inf accumulated along the trajectory; rho 0.1 original convention; "
+                f"gamma x iterations = {THEORY_TIME:g}; distances only for interpolating runs",
+            )
+        )
     ref = [r for r in tab if abs(r["gamma"] - 1 / 60) < 1e-12] or tab
     gm = {r["algo"]: r["alpha_gm"] for r in ref}
-    rows.append(_row(
-        "Section 4.2 (implicit bias)",
-        "effective initialization alpha_inf: 1-SAM < n-SAM < GD = alpha",
-        "1-SAM < n-SAM < GD",
-        ", ".join(f"{k} {v:.4g}" for k, v in gm.items()) + " (geometric means)",
-        (min(math.log(gm["gd"] / gm["nsam"]), math.log(gm["nsam"] / gm["1sam"])), 0.0),
-        "theory", f"gamma {ref[0]['gamma']:.3g}; gap = smallest log-ratio of successive alpha_inf",
-    ))  # fmt: skip
+    rows.append(
+        _row(
+            "Section 4.2 (implicit bias)",
+            "effective initialization alpha_inf: 1-SAM < n-SAM < GD = alpha",
+            "1-SAM < n-SAM < GD",
+            ", ".join(f"{k} {v:.4g}" for k, v in gm.items()) + " (geometric means)",
+            (min(math.log(gm["gd"] / gm["nsam"]), math.log(gm["nsam"] / gm["1sam"])), 0.0),
+            "theory",
+            f"gamma {ref[0]['gamma']:.3g}; gap = smallest log-ratio of successive alpha_inf",
+        )
+    )
     return rows
 
 
@@ -679,24 +842,30 @@ def curves_reading(ctx: StageContext) -> str:
     c = _runs(ctx.results_dir, "curves")
     gd_c = next(_loss(r) for r in c if r["algo"] == "gd")
     best_c = np.nanmin([_loss(r) for r in c if r["algo"] == "1sam"])
-    return (f"The notebook's claim: 1-SAM's test loss falls with rho and SGD beats GD; here "
-            f"1-SAM's best {_g(best_c)} vs GD's {_g(gd_c)} (each final value vs the notebook's in "
-            "the claims).")  # fmt: skip
+    return (
+        f"The notebook's claim: 1-SAM's test loss falls with rho and SGD beats GD; here "
+        f"1-SAM's best {_g(best_c)} vs GD's {_g(gd_c)} (each final value vs the notebook's in "
+        "the claims)."
+    )
 
 
 def grid_reading(ctx: StageContext) -> str:
     g = grid_table(ctx.results_dir)
     best1 = np.nanmin([_loss(r) for r in g["1sam"]])
     bestn = np.nanmin([_loss(r) for r in g["nsam"]])
-    return ("Fig. 5's claim: 1-SAM's best test loss lies far below n-SAM's, which stays near GD's; "
-            f"here 1-SAM {_g(best1)}, n-SAM {_g(bestn)}, GD {_g(_loss(g['gd']))}.")  # fmt: skip
+    return (
+        "Fig. 5's claim: 1-SAM's best test loss lies far below n-SAM's, which stays near GD's; "
+        f"here 1-SAM {_g(best1)}, n-SAM {_g(bestn)}, GD {_g(_loss(g['gd']))}."
+    )
 
 
 def switch_shows(ctx: StageContext) -> str:
     at = _runs(ctx.results_dir, "switch_erm_sam")[0]["switch_at"]
-    return (f"Train/test loss vs iteration of ERM, ERM -> 1-SAM (rho 10) and 1-SAM (rho 0.175) -> "
-            f"ERM switched at iteration {at} (dashed), gamma 1/d, {DATA}; right: losses on the "
-            "line from the ERM -> 1-SAM solution (t = 0) to the ERM solution (t = 1).")  # fmt: skip
+    return (
+        f"Train/test loss vs iteration of ERM, ERM -> 1-SAM (rho 10) and 1-SAM (rho 0.175) -> "
+        f"ERM switched at iteration {at} (dashed), gamma 1/d, {DATA}; right: losses on the "
+        "line from the ERM -> 1-SAM solution (t = 0) to the ERM solution (t = 1)."
+    )
 
 
 def switch_reading(ctx: StageContext) -> str:
@@ -704,35 +873,46 @@ def switch_reading(ctx: StageContext) -> str:
     erm = next(i for i, r in enumerate(sw) if r["algo"] == "gd")
     before = _at(ctx.results_dir, "switch_erm_sam", erm, sw[0]["switch_at"])
     after = next(_loss(r) for r in sw if r["algo"] == "1sam")
-    return ("Fig. 8's claim: switching ERM -> 1-SAM late lowers the test loss without leaving "
-            f"ERM's basin; here {_g(before)} -> {_g(after)}, barrier "
-            f"{barrier(ctx.results_dir):.2g} x the initial loss.")  # fmt: skip
+    return (
+        "Fig. 8's claim: switching ERM -> 1-SAM late lowers the test loss without leaving "
+        f"ERM's basin; here {_g(before)} -> {_g(after)}, barrier "
+        f"{barrier(ctx.results_dir):.2g} x the initial loss."
+    )
 
 
 def fig6_shows(ctx: StageContext) -> str:
     c6 = load_experiment(ctx.results_dir, "fig6")["config"]["config"]
-    return (f"Train and test loss vs iteration of ERM, n-SAM and 1-SAM at alpha "
-            f"{c6['alpha'][0]:g}, gamma 5/d, rho {c6['rho'][0]:g} (original convention, chosen "
-            f"by the README's search), {c6['iters']} iterations, data seeds {c6['seeds']}; "
-            "dotted: the paper's test plateaus.")  # fmt: skip
+    return (
+        f"Train and test loss vs iteration of ERM, n-SAM and 1-SAM at alpha "
+        f"{c6['alpha'][0]:g}, gamma 5/d, rho {c6['rho'][0]:g} (original convention, chosen "
+        f"by the README's search), {c6['iters']} iterations, data seeds {c6['seeds']}; "
+        "dotted: the paper's test plateaus."
+    )
 
 
 def fig6_reading(ctx: StageContext) -> str:
     f6 = _runs(ctx.results_dir, "fig6")
     plat = {a: next(_loss(r) for r in f6 if r["algo"] == a and r["seed"] == 0) for a in PAPER_FIG6}
-    return ("Fig. 6's claim: 1-SAM plateaus ~10x below ERM and n-SAM (paper 1.6e-4 vs 1.2e-3); "
-            f"here 1-SAM {_g(plat['1sam'])}, ERM {_g(plat['gd'])}, n-SAM {_g(plat['nsam'])} "
-            "(seed 0).")  # fmt: skip
+    return (
+        "Fig. 6's claim: 1-SAM plateaus ~10x below ERM and n-SAM (paper 1.6e-4 vs 1.2e-3); "
+        f"here 1-SAM {_g(plat['1sam'])}, ERM {_g(plat['gd'])}, n-SAM {_g(plat['nsam'])} "
+        "(seed 0)."
+    )
 
 
 def theory_reading(ctx: StageContext) -> str:
     tab = [r for r in theory_table(ctx.results_dir) if r["rel_dist"] is not None]
     g_min = min((r["gamma"] for r in tab), default=None)
     worst = max((r["rel_dist"] for r in tab if r["gamma"] == g_min), default=math.nan)
-    return ("Section 4.2's claim: the runs converge to the predicted interpolator (within 0.1%), "
-            "here up to discretization: "
-            + (f"at most {worst:.2%} at the smallest gamma {g_min:.3g}." if tab
-               else "no run interpolated, so there is no distance to show."))  # fmt: skip
+    return (
+        "Section 4.2's claim: the runs converge to the predicted interpolator (within 0.1%), "
+        "here up to discretization: "
+        + (
+            f"at most {worst:.2%} at the smallest gamma {g_min:.3g}."
+            if tab
+            else "no run interpolated, so there is no distance to show."
+        )
+    )
 
 
 # --------------------------------------------------------------------------------- the stage
@@ -741,9 +921,11 @@ def _runs_of(*names: str) -> Callable[[StageContext], list[Run]]:
     with that prefix)."""
 
     def runs(ctx: StageContext) -> list[Run]:
-        return [r for r in experiment_runs(ctx.profile, ctx.results_dir, ctx.P["scale"])
-                if any(r.name == n or (n.endswith("*") and r.name.startswith(n[:-1]))
-                       for n in names)]  # fmt: skip
+        return [
+            r
+            for r in experiment_runs(ctx.profile, ctx.results_dir, ctx.P["scale"])
+            if any(r.name == n or (n.endswith("*") and r.name.startswith(n[:-1])) for n in names)
+        ]
 
     return runs
 
@@ -758,41 +940,59 @@ def _report(figure: Callable[[Path, Path], Path], rows: Callable[[Path], list[Cl
 
 EXPERIMENTS = [
     Experiment(
-        "curves", f"{FAMILY}_curves.png", _runs_of("cell_nsam", "cell_1sam", "curves"),
+        "curves",
+        f"{FAMILY}_curves.png",
+        _runs_of("cell_nsam", "cell_1sam", "curves"),
         _report(fig_curves, curves_rows),
         shows=lambda ctx: (
             "Train and test loss vs iteration of GD, SGD (b = 1, gamma 10/(3d)) and 1-SAM "
             f"(rho 0.03-0.3, original convention) on beta = u*v, {DATA}, gamma 10/d, alpha "
             f"0.1, {_iters(ctx.results_dir, 'curves')} iterations, one run each (notebook cell "
-            "3)."),
+            "3)."
+        ),
         reading=curves_reading,
     ),
     Experiment(
-        "rho_grid", f"{FAMILY}_rho_grid.png", _runs_of("grid", "grid_uniform"),
-        _report(fig_grid, grid_rows), key=True,
+        "rho_grid",
+        f"{FAMILY}_rho_grid.png",
+        _runs_of("grid", "grid_uniform"),
+        _report(fig_grid, grid_rows),
+        key=True,
         shows=lambda ctx: (
             "Final test loss vs rho (original convention) after "
             f"{_iters(ctx.results_dir, 'grid')} iterations: GD and 1-SAM at gamma 15/d, n-SAM at "
             f"10/d (as the notebook) and at 15/d, {DATA}, alpha 0.1; black crosses: the "
-            "notebook's printed values (Fig. 5)."),
+            "notebook's printed values (Fig. 5)."
+        ),
         reading=grid_reading,
     ),
     Experiment(
-        "switch", f"{FAMILY}_switch.png", _runs_of("switch_erm_sam", "switch_sam_erm", "erm_N"),
-        _report(fig_switch, switch_rows), shows=switch_shows, reading=switch_reading,
+        "switch",
+        f"{FAMILY}_switch.png",
+        _runs_of("switch_erm_sam", "switch_sam_erm", "erm_N"),
+        _report(fig_switch, switch_rows),
+        shows=switch_shows,
+        reading=switch_reading,
     ),
     Experiment(
-        "fig6", f"{FAMILY}_fig6.png", _runs_of("fig6"), _report(fig_fig6, fig6_rows),
-        shows=fig6_shows, reading=fig6_reading,
+        "fig6",
+        f"{FAMILY}_fig6.png",
+        _runs_of("fig6"),
+        _report(fig_fig6, fig6_rows),
+        shows=fig6_shows,
+        reading=fig6_reading,
     ),
     Experiment(
-        "theory", f"{FAMILY}_theory.png", _runs_of("theory_g*"), _report(fig_theory, theory_rows),
+        "theory",
+        f"{FAMILY}_theory.png",
+        _runs_of("theory_g*"),
+        _report(fig_theory, theory_rows),
         shows="Relative distance of the simulated solution to the hyperbolic-entropy prediction "
         "(with the alpha_inf tracked along the run) vs step size, GD / n-SAM / 1-SAM at rho 0.1, "
         f"{DATA}, gamma x iterations = {THEORY_TIME:g}.",
         reading=theory_reading,
     ),
-]  # fmt: skip
+]
 
 
 def reproduce(
@@ -805,8 +1005,9 @@ def reproduce(
     if scale is not None:
         P = {**P, "scale": scale}
     rows = run_stage(FAMILY, EXPERIMENTS, {profile: P}, profile, results_dir, figures_dir)
-    atomic_write_json(Path(results_dir) / FAMILY / "profile.json",
-                      {"profile": profile, "scale": P["scale"]})  # fmt: skip
+    atomic_write_json(
+        Path(results_dir) / FAMILY / "profile.json", {"profile": profile, "scale": P["scale"]}
+    )
     return rows
 
 

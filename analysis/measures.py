@@ -109,30 +109,44 @@ class SpectrumConfig:
 
 
 _FULL = dict(
-    seeds=[0, 1, 2, 3, 4], finetune_from=70,
+    seeds=[0, 1, 2, 3, 4],
+    finetune_from=70,
     cfg=dict(epochs=100, width=256, eval_epochs=(0, 5, 10, 20, 40, 60, 80, 100)),
-)  # fmt: skip
+)
 # The paper profile runs full's MLP: the paper's WRN-40-10 on CIFAR-10 (GPU days) is not run here
 # (its claims row says "not run"); Figure 3 then correlates the deep_nets paper profile's runs.
-PROFILES: dict[str, dict[str, Any]] = check_table({
-    "test": dict(
-        seeds=[0, 1], finetune_from=1,
-        cfg=dict(epochs=2, width=8, hessian_examples=64, eval_epochs=(0, 2), lanczos_iter=15,
-                 density_steps=10),
-    ),
-    "quick": dict(seeds=[0, 1, 2], cfg=dict(epochs=30), finetune_from=20),
-    "full": _FULL,
-    "paper": _FULL,
-}, FAMILY)  # fmt: skip
+PROFILES: dict[str, dict[str, Any]] = check_table(
+    {
+        "test": dict(
+            seeds=[0, 1],
+            finetune_from=1,
+            cfg=dict(
+                epochs=2,
+                width=8,
+                hessian_examples=64,
+                eval_epochs=(0, 2),
+                lanczos_iter=15,
+                density_steps=10,
+            ),
+        ),
+        "quick": dict(seeds=[0, 1, 2], cfg=dict(epochs=30), finetune_from=20),
+        "full": _FULL,
+        "paper": _FULL,
+    },
+    FAMILY,
+)
 
 
 def _model(width: int, data) -> nn.Module:
     from deep_nets.models import build_model
 
     return build_model(
-        "mlp", in_channels=1, num_classes=data.num_classes, width=width,
+        "mlp",
+        in_channels=1,
+        num_classes=data.num_classes,
+        width=width,
         input_shape=tuple(data.input_shape),
-    )  # fmt: skip
+    )
 
 
 def _lr(cfg: SpectrumConfig, t: float) -> float:
@@ -164,16 +178,28 @@ def train_spectrum_run(cfg: SpectrumConfig, out_dir: Path) -> dict:
     steps = n // cfg.batch_size
 
     def measure(epoch: int) -> dict:
-        s = M.spectrum(model, F.cross_entropy, (hx, hy), k=5, max_iter=cfg.lanczos_iter,
-                       tol=1e-3, seed=cfg.seed)  # fmt: skip
+        s = M.spectrum(
+            model,
+            F.cross_entropy,
+            (hx, hy),
+            k=5,
+            max_iter=cfg.lanczos_iter,
+            tol=1e-3,
+            seed=cfg.seed,
+        )
         model.eval()
         with torch.no_grad():
             tr = M.evaluate(model, F.cross_entropy, (data.train_x, data.train_y))
             te = M.evaluate(model, F.cross_entropy, (data.test_x, data.test_y))
-        row = {"epoch": epoch, "lambda_max": s["lambda_max"],
-               "ratio": s["lambda_max_over_lambda_5"], "eigenvalues": s["eigenvalues"],
-               "train_loss": tr["loss"], "train_err": tr["error"],
-               "test_err": te["error"]}  # fmt: skip
+        row = {
+            "epoch": epoch,
+            "lambda_max": s["lambda_max"],
+            "ratio": s["lambda_max_over_lambda_5"],
+            "eigenvalues": s["eigenvalues"],
+            "train_loss": tr["loss"],
+            "train_err": tr["error"],
+            "test_err": te["error"],
+        }
         run.log(row)
         return row
 
@@ -276,15 +302,19 @@ def measure_landscapes(ctx: StageContext) -> None:
         model.eval()
         pts = (41, 15) if name.endswith("seed0") else (41, 3)
         out[name] = _landscapes(model, data, cfg.hessian_examples, 0, *pts)
-    a, b = (torch.load(root / n / "model.pt", weights_only=True)
-            for n in ("sgd_seed0", "erm_to_sam_seed0"))  # fmt: skip
+    a, b = (
+        torch.load(root / n / "model.pt", weights_only=True)
+        for n in ("sgd_seed0", "erm_to_sam_seed0")
+    )
     n = cfg.hessian_examples
     ts = np.linspace(-0.5, 1.5, 21).tolist()
     out["interpolation"] = {
         split: M.interpolate(model, a, b, ts, F.cross_entropy, (x[:n], y[:n]))
-        for split, (x, y) in (("train", (data.train_x, data.train_y)),
-                              ("test", (data.test_x, data.test_y)))
-    }  # fmt: skip
+        for split, (x, y) in (
+            ("train", (data.train_x, data.train_y)),
+            ("test", (data.test_x, data.test_y)),
+        )
+    }
     atomic_write_json(land, out)
 
 
@@ -341,10 +371,14 @@ def plot_spectrum(res: dict[str, Any], path: Path) -> None:
             ep = [r["epoch"] for r in runs[0]["metrics"]]
             v = np.array([[r[key] for r in run["metrics"]] for run in runs])
             a.plot(ep, v.mean(0), "o-", color=COLORS[o], label=o.upper())
-            a.fill_between(ep, v.mean(0) - v.std(0), v.mean(0) + v.std(0), color=COLORS[o],
-                           alpha=0.2)  # fmt: skip
-    ax[0].set(xlabel="eigenvalue", ylabel="density (SLQ, smoothed)",
-              title="Hessian spectrum at the end (seed 0)")  # fmt: skip
+            a.fill_between(
+                ep, v.mean(0) - v.std(0), v.mean(0) + v.std(0), color=COLORS[o], alpha=0.2
+            )
+    ax[0].set(
+        xlabel="eigenvalue",
+        ylabel="density (SLQ, smoothed)",
+        title="Hessian spectrum at the end (seed 0)",
+    )
     ax[1].set(xlabel="epoch", ylabel="lambda_max", title="top eigenvalue (mean +- std)")
     ax[2].set(xlabel="epoch", ylabel="lambda_max / lambda_5", title="spectral ratio")
     for a in ax:
@@ -366,10 +400,15 @@ def plot_landscapes(res: dict[str, Any], path: Path) -> None:
     fig, ax = plt.subplots(1, 4, figsize=(19, 4))
     for o in OPTS:
         rows = land[f"{o}_seed0"]["slice_1d"]
-        ax[0].plot([r["alpha"] for r in rows], [r["loss"] for r in rows], color=COLORS[o],
-                   label=o.upper())  # fmt: skip
-    ax[0].set(xlabel="alpha (filter-normalized direction)", ylabel="train loss", yscale="log",
-              title="1-D slices")  # fmt: skip
+        ax[0].plot(
+            [r["alpha"] for r in rows], [r["loss"] for r in rows], color=COLORS[o], label=o.upper()
+        )
+    ax[0].set(
+        xlabel="alpha (filter-normalized direction)",
+        ylabel="train loss",
+        yscale="log",
+        title="1-D slices",
+    )
     ax[0].legend()
     vmax = max(r["loss"] for o in OPTS for r in land[f"{o}_seed0"]["slice_2d"])
     levels = np.geomspace(
@@ -399,36 +438,55 @@ def plot_landscapes(res: dict[str, Any], path: Path) -> None:
 # ------------------------------------------------------------------------------------ claims
 def _setup(runs: dict[str, list[dict]]) -> str:
     c = runs["sgd"][0]["config"]["config"]
-    return (f"MNIST-1D, MLP 40-{c['width']}x2-10 (no norm), {c['epochs']} epochs, "
-            f"Hessian on {c['hessian_examples']} train ex.")  # fmt: skip
+    return (
+        f"MNIST-1D, MLP 40-{c['width']}x2-10 (no norm), {c['epochs']} epochs, "
+        f"Hessian on {c['hessian_examples']} train ex."
+    )
 
 
 def spectrum_rows(runs: dict[str, list[dict]]) -> list[ClaimRow]:
     """lambda_max and lambda_max / lambda_5 at the end, SGD vs SAM over seeds (lower = the
     paper's direction), and the paper-scale row (not run)."""
-    note = ("paper: WRN-40-10 without BN on CIFAR-10 (GPU days); ours: a CPU-minutes MLP, "
-            "so the magnitudes are not comparable, only the direction of the effect")  # fmt: skip
+    note = (
+        "paper: WRN-40-10 without BN on CIFAR-10 (GPU days); ours: a CPU-minutes MLP, "
+        "so the magnitudes are not comparable, only the direction of the effect"
+    )
     rows = []
     for key, what, paper in (
-        ("lambda_max", "SAM ends with a smaller top Hessian eigenvalue than SGD",
-         "24.2 (SGD) vs 1.0 (SAM)"),
-        ("ratio", "SAM ends with a smaller lambda_max / lambda_5 than SGD",
-         "11.4 (SGD) vs 2.6 (SAM)"),
-    ):  # fmt: skip
+        (
+            "lambda_max",
+            "SAM ends with a smaller top Hessian eigenvalue than SGD",
+            "24.2 (SGD) vs 1.0 (SAM)",
+        ),
+        (
+            "ratio",
+            "SAM ends with a smaller lambda_max / lambda_5 than SGD",
+            "11.4 (SGD) vs 2.6 (SAM)",
+        ),
+    ):
         a = [r["summary"][key] for r in runs["sgd"]]
         b = [r["summary"][key] for r in runs["sam"]]
-        rows.append(ClaimRow(
-            paper="SAM paper (Foret et al. 2021), Hessian spectrum figure",
-            claim=what, paper_value=paper,
-            ours=f"{_setup(runs)}: SGD {fmt_mean_std(a)} vs SAM {fmt_mean_std(b)}",
-            stat=gap(b, a), figure=FIG1, note=note,
-        ))  # fmt: skip
-    rows.append(ClaimRow(
-        paper="SAM paper, Hessian spectrum figure (paper profile)",
-        claim="the same at the paper's scale (WRN-40-10 without BN, CIFAR-10)",
-        paper_value="24.2 vs 1.0; 11.4 vs 2.6", ours="not run (GPU days)", profile="paper",
-        note="deep_nets/eval_sharpness.py --measure hessian on a WRN run gives these numbers",
-    ))  # fmt: skip
+        rows.append(
+            ClaimRow(
+                paper="SAM paper (Foret et al. 2021), Hessian spectrum figure",
+                claim=what,
+                paper_value=paper,
+                ours=f"{_setup(runs)}: SGD {fmt_mean_std(a)} vs SAM {fmt_mean_std(b)}",
+                stat=gap(b, a),
+                figure=FIG1,
+                note=note,
+            )
+        )
+    rows.append(
+        ClaimRow(
+            paper="SAM paper, Hessian spectrum figure (paper profile)",
+            claim="the same at the paper's scale (WRN-40-10 without BN, CIFAR-10)",
+            paper_value="24.2 vs 1.0; 11.4 vs 2.6",
+            ours="not run (GPU days)",
+            profile="paper",
+            note="deep_nets/eval_sharpness.py --measure hessian on a WRN run gives these numbers",
+        )
+    )
     return rows
 
 
@@ -437,16 +495,19 @@ def landscape_rows(res: dict[str, Any], seeds: list[int]) -> list[ClaimRow]:
     land = res["landscapes"]
     a = [_sharpness_1d(land[f"sgd_seed{s}"]["slice_1d"]) for s in seeds]
     b = [_sharpness_1d(land[f"sam_seed{s}"]["slice_1d"]) for s in seeds]
-    return [ClaimRow(
-        paper="SAM seminar slides / Li et al. 2018, 1-D loss landscapes",
-        claim="SAM's minimum is flatter along random filter-normalized directions "
-              "(mean train-loss rise for |alpha| <= 0.5)",
-        paper_value="qualitative (pictures)",
-        ours=f"SGD {fmt_mean_std(a)} vs SAM {fmt_mean_std(b)}, one direction per seed",
-        stat=gap(b, a), figure=FIG2,
-        note=f"{_setup(res['runs'])}; {len(res['runs']['sgd'])} seeds, one seeded random "
-             "direction each",
-    )]  # fmt: skip
+    return [
+        ClaimRow(
+            paper="SAM seminar slides / Li et al. 2018, 1-D loss landscapes",
+            claim="SAM's minimum is flatter along random filter-normalized directions "
+            "(mean train-loss rise for |alpha| <= 0.5)",
+            paper_value="qualitative (pictures)",
+            ours=f"SGD {fmt_mean_std(a)} vs SAM {fmt_mean_std(b)}, one direction per seed",
+            stat=gap(b, a),
+            figure=FIG2,
+            note=f"{_setup(res['runs'])}; {len(res['runs']['sgd'])} seeds, one seeded random "
+            "direction each",
+        )
+    ]
 
 
 def _load_runs(root: Path, seeds: list[int]) -> dict[str, list[dict]]:
@@ -468,9 +529,11 @@ def _landscapes_report(ctx: StageContext) -> list[ClaimRow]:
 
 def _setup_1_2(ctx: StageContext) -> str:
     c = SpectrumConfig(**ctx.P["cfg"])
-    return (f"MNIST-1D MLP 40-{c.width}x2-10 (no norm), {c.epochs} epochs, SGD vs SAM "
-            f"(rho {c.rho}), {len(ctx.P['seeds'])} seeds; Hessian of the train loss on "
-            f"{c.hessian_examples} examples")  # fmt: skip
+    return (
+        f"MNIST-1D MLP 40-{c.width}x2-10 (no norm), {c.epochs} epochs, SGD vs SAM "
+        f"(rho {c.rho}), {len(ctx.P['seeds'])} seeds; Hessian of the train loss on "
+        f"{c.hessian_examples} examples"
+    )
 
 
 def _figure3(ctx: StageContext) -> list[ClaimRow]:
@@ -484,9 +547,11 @@ def _figure3(ctx: StageContext) -> list[ClaimRow]:
 def _fig3_shows(ctx: StageContext) -> str:
     st = FIG3_SETTINGS[ctx.profile]
     n = load_fig3_table(ctx.results_dir, ctx.profile)["run"].nunique()
-    return (f"m-sharpness (worst case, L2, {st['steps']} ascent steps, {st['n_examples']} "
-            f"train examples) of each deep-net run's final model against its test error; panels: "
-            f"m x rho; {n} runs.")  # fmt: skip
+    return (
+        f"m-sharpness (worst case, L2, {st['steps']} ascent steps, {st['n_examples']} "
+        f"train examples) of each deep-net run's final model against its test error; panels: "
+        f"m x rho; {n} runs."
+    )
 
 
 def _figure4(ctx: StageContext) -> list[ClaimRow]:
@@ -498,8 +563,15 @@ def reproduce(profile: str, results_dir: Path, figures_dir: Path) -> list[dict]:
     results/measures/claims.csv (``suite.stage.run_stage``). Figure 3 reads the deep_nets
     stage's runs: without them its claims row says "not run" and names the command."""
     check_profile(profile)
-    return run_stage(FAMILY, EXPERIMENTS, PROFILES, profile, results_dir, figures_dir,
-                     root=Path(results_dir) / FAMILY / profile)  # fmt: skip
+    return run_stage(
+        FAMILY,
+        EXPERIMENTS,
+        PROFILES,
+        profile,
+        results_dir,
+        figures_dir,
+        root=Path(results_dir) / FAMILY / profile,
+    )
 
 
 # ------------------------------------------------------- helpers for Figures 3 and 4 (others' runs)
@@ -532,11 +604,29 @@ def msharpness_vs_error(
         x, y = _examples(run, "train", n_examples, seed)
         for m in ms:
             for rho in rhos:
-                r = M.m_sharpness(run.model, F.cross_entropy, x, y, m=m, rho=rho, kind=kind,
-                                  adaptive=adaptive, steps=steps, seed=seed, error_fn=None,
-                                  vectorize=vectorize)  # fmt: skip
-                rows.append({"run": str(d), "m": m, "rho": rho, "sharpness": r["sharpness"],
-                             "test_error": summary.get(error_key)})  # fmt: skip
+                r = M.m_sharpness(
+                    run.model,
+                    F.cross_entropy,
+                    x,
+                    y,
+                    m=m,
+                    rho=rho,
+                    kind=kind,
+                    adaptive=adaptive,
+                    steps=steps,
+                    seed=seed,
+                    error_fn=None,
+                    vectorize=vectorize,
+                )
+                rows.append(
+                    {
+                        "run": str(d),
+                        "m": m,
+                        "rho": rho,
+                        "sharpness": r["sharpness"],
+                        "test_error": summary.get(error_key),
+                    }
+                )
     return pd.DataFrame(rows)
 
 
@@ -550,8 +640,14 @@ def rank_correlation(df, x: str = "sharpness", y: str = "test_error", by=("m", "
     for key, g in df.groupby(list(by)):
         tau = g[x].corr(g[y], method="kendall") if len(g) > 1 else math.nan
         rs = g[x].corr(g[y], method="spearman") if len(g) > 1 else math.nan
-        out.append({**dict(zip(by, key if isinstance(key, tuple) else (key,))), "kendall_tau": tau,
-                    "spearman": rs, "n_runs": len(g)})  # fmt: skip
+        out.append(
+            {
+                **dict(zip(by, key if isinstance(key, tuple) else (key,))),
+                "kendall_tau": tau,
+                "spearman": rs,
+                "n_runs": len(g),
+            }
+        )
     return pd.DataFrame(out)
 
 
@@ -569,13 +665,10 @@ FIG3 = "measures_msharpness_vs_error.png"
 # budget (<= 60 s for ~36 runs on one core) sets 256 examples and 5 ascent steps.
 FIG3_SETTINGS: dict[str, dict[str, Any]] = {
     "test": dict(ms=(4, 32), rhos=(0.1,), n_examples=64, steps=2, boot=200),
-    "quick": dict(ms=(4, 16, 64, 128), rhos=(0.05, 0.1, 0.2), n_examples=256, steps=5,
-                  boot=2000),
-    "full": dict(ms=(4, 16, 64, 128), rhos=(0.05, 0.1, 0.2), n_examples=1024, steps=10,
-                 boot=2000),
-    "paper": dict(ms=(4, 16, 64, 128), rhos=(0.05, 0.1, 0.2), n_examples=1024, steps=10,
-                  boot=2000),
-}  # fmt: skip
+    "quick": dict(ms=(4, 16, 64, 128), rhos=(0.05, 0.1, 0.2), n_examples=256, steps=5, boot=2000),
+    "full": dict(ms=(4, 16, 64, 128), rhos=(0.05, 0.1, 0.2), n_examples=1024, steps=10, boot=2000),
+    "paper": dict(ms=(4, 16, 64, 128), rhos=(0.05, 0.1, 0.2), n_examples=1024, steps=10, boot=2000),
+}
 check_table(FIG3_SETTINGS, FAMILY)
 FIG3_TABLE = "msharpness_vs_error.csv"
 DEEP_NETS_CMD = "python -m analysis.reproduce --only deep_nets"
@@ -609,9 +702,11 @@ def deep_net_pool(results_dir: Path, profile: str) -> tuple[list[Path], str]:
         raise FileNotFoundError(f"only label-noise runs under {root}: run `{DEEP_NETS_CMD}`")
     key, pool = max(tasks.items(), key=lambda kv: len(kv[1]))
     other = len(runs) - noisy - len(pool)
-    note = (f"pool: {len(pool)} finished runs of the deep_nets {profile} profile on {key[0]} "
-            f"({key[1]}, width {key[2]}, train fraction {key[3]}); left out: {noisy} with label "
-            f"noise (another task), {other} of other tasks")  # fmt: skip
+    note = (
+        f"pool: {len(pool)} finished runs of the deep_nets {profile} profile on {key[0]} "
+        f"({key[1]}, width {key[2]}, train fraction {key[3]}); left out: {noisy} with label "
+        f"noise (another task), {other} of other tasks"
+    )
     return pool, note
 
 
@@ -629,8 +724,15 @@ def fig3_table(results_dir: Path, profile: str) -> tuple[Any, str]:
         return pd.read_csv(path), note
     torch.set_num_threads(1)  # a shared machine: tiny models, one core
     device = "cuda" if torch.cuda.is_available() else "cpu"  # the paper pool: ResNets
-    df = msharpness_vs_error(pool, st["ms"], st["rhos"], n_examples=st["n_examples"],
-                             steps=st["steps"], vectorize=True, device=device)  # fmt: skip
+    df = msharpness_vs_error(
+        pool,
+        st["ms"],
+        st["rhos"],
+        n_examples=st["n_examples"],
+        steps=st["steps"],
+        vectorize=True,
+        device=device,
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, df.to_csv(index=False))
     atomic_write_json(meta_path, json_safe(meta))
@@ -703,16 +805,19 @@ def plot_msharpness_vs_error(df, path: Path) -> None:
     plt = _plt()
     corr = rank_correlation(df)
     ms, rhos = sorted(df["m"].unique()), sorted(df["rho"].unique())
-    fig, ax = plt.subplots(len(rhos), len(ms), figsize=(3.6 * len(ms), 3.0 * len(rhos)),
-                           squeeze=False)  # fmt: skip
+    fig, ax = plt.subplots(
+        len(rhos), len(ms), figsize=(3.6 * len(ms), 3.0 * len(rhos)), squeeze=False
+    )
     for i, rho in enumerate(rhos):
         for j, m in enumerate(ms):
             g = df[(df["m"] == m) & np.isclose(df["rho"], rho)]
             c = corr[(corr["m"] == m) & np.isclose(corr["rho"], rho)].iloc[0]
             a = ax[i][j]
             a.scatter(g["sharpness"], 100 * g["test_error"], s=14)
-            a.set_title(f"m={m}, rho={rho:g}: tau {c['kendall_tau']:.2f}, "
-                        f"r_s {c['spearman']:.2f}", fontsize=9)  # fmt: skip
+            a.set_title(
+                f"m={m}, rho={rho:g}: tau {c['kendall_tau']:.2f}, r_s {c['spearman']:.2f}",
+                fontsize=9,
+            )
             a.set_xlabel("m-sharpness (worst case)", fontsize=8)
             a.set_ylabel("test error (%)", fontsize=8)
     fig.tight_layout()
@@ -729,17 +834,22 @@ def fig3_claims(df, note: str, profile: str) -> list[ClaimRow]:
     rows = []
     for rho in st["rhos"]:
         ts, tl, g, se = correlation_gap(df, m0, m1, rho, boot=st["boot"])
-        rows.append(ClaimRow(
-            paper=FIG3_PAPER, claim=f"m-sharpness at small m (m={m0}) correlates better with "
-            f"test error than at m = batch ({m1}) (rho {rho:g}, Kendall's tau)",
-            paper_value="qualitative: the smallest m correlates best",
-            ours=f"tau {ts:.2f} (m={m0}) vs {tl:.2f} (m={m1}), {df['run'].nunique()} runs",
-            stat=gap(g, se=se), figure=FIG3,
-            note=f"{note}; worst-case L2 m-sharpness, {st['steps']} ascent steps, "
-            f"{st['n_examples']} training examples drawn with seed 0 from each run's training "
-            f"split (the same draw for every run of a data seed), test error at the last epoch; "
-            f"SE: bootstrap over runs ({st['boot']} resamples); paper: ResNets on CIFAR-10",
-        ))  # fmt: skip
+        rows.append(
+            ClaimRow(
+                paper=FIG3_PAPER,
+                claim=f"m-sharpness at small m (m={m0}) correlates better with "
+                f"test error than at m = batch ({m1}) (rho {rho:g}, Kendall's tau)",
+                paper_value="qualitative: the smallest m correlates best",
+                ours=f"tau {ts:.2f} (m={m0}) vs {tl:.2f} (m={m1}), {df['run'].nunique()} runs",
+                stat=gap(g, se=se),
+                figure=FIG3,
+                note=f"{note}; worst-case L2 m-sharpness, {st['steps']} ascent steps, "
+                f"{st['n_examples']} training examples drawn with seed 0 from each run's training "
+                "split (the same draw for every run of a data seed), "
+                "test error at the last epoch; "
+                f"SE: bootstrap over runs ({st['boot']} resamples); paper: ResNets on CIFAR-10",
+            )
+        )
     return rows
 
 
@@ -748,10 +858,13 @@ FIG3_PAPER = "Towards Understanding SAM (Andriushchenko & Flammarion 2022), Fig.
 
 def fig3_not_run(why: str) -> ClaimRow:
     return ClaimRow(
-        paper=FIG3_PAPER, claim="m-sharpness at small m correlates better with test error than "
-        "at m = batch", paper_value="qualitative: the smallest m correlates best", ours="not run",
-        figure=FIG3, note=why,
-    )  # fmt: skip
+        paper=FIG3_PAPER,
+        claim="m-sharpness at small m correlates better with test error than at m = batch",
+        paper_value="qualitative: the smallest m correlates best",
+        ours="not run",
+        figure=FIG3,
+        note=why,
+    )
 
 
 def figure3(results_dir: Path, figures_dir: Path, profile: str) -> list[ClaimRow]:
@@ -769,10 +882,14 @@ FIG4 = "measures_small_nets_lambda_max.png"
 # convention for both SAM variants (1-SAM's suite rho is 0.2). One data set per seed.
 DIAG = dict(n=20, d=30, alpha=0.1, gamma=10 / 30, iters=10_001, rho=0.1)
 DIAG_SEEDS = check_table(
-    {"test": [0, 1, 2], "quick": [0, 1, 2, 3, 4], "full": list(range(10)),
-     "paper": list(range(10))},
+    {
+        "test": [0, 1, 2],
+        "quick": [0, 1, 2, 3, 4],
+        "full": list(range(10)),
+        "paper": list(range(10)),
+    },
     FAMILY,
-)  # fmt: skip
+)
 DIAG_ALGOS = {"gd": "GD", "nsam": "n-SAM", "1sam": "1-SAM"}
 RELU_CMD = "python -m analysis.reproduce --only one_layer_relu_nets"
 
@@ -814,8 +931,11 @@ def diagonal_solutions(profile: str) -> list[dict[str, Any]]:
 
     seeds = DIAG_SEEDS[profile]
     rho_suite = {"gd": 0.0, "nsam": DIAG["rho"], "1sam": 2 * DIAG["rho"]}
-    runs = [RunSpec(a, rho=rho_suite[a], alpha=DIAG["alpha"], gamma=DIAG["gamma"], seed=s)
-            for s in seeds for a in DIAG_ALGOS]  # fmt: skip
+    runs = [
+        RunSpec(a, rho=rho_suite[a], alpha=DIAG["alpha"], gamma=DIAG["gamma"], seed=s)
+        for s in seeds
+        for a in DIAG_ALGOS
+    ]
     cfg = SimConfig(n=DIAG["n"], d=DIAG["d"], iters=DIAG["iters"])
     res = simulate(runs, cfg, [DIAG["iters"]])
     out = []
@@ -823,12 +943,20 @@ def diagonal_solutions(profile: str) -> list[dict[str, Any]]:
         P = make_problem(cfg.n, cfg.d, cfg.sparsity, cfg.n_test, cfg.noise, r.seed)
         net = DiagonalNet(res.u[i], res.v[i])
         ev = exact_spectrum(net, half_mse, (P.X, P.y))
-        out.append({"algo": r.algo, "seed": r.seed, "rho_suite": r.rho,
-                    "lambda_max": float(ev[0]), "l1": float(np.abs(res.beta[i]).sum()),
-                    "train_loss": float(res.train_loss[i, -1]),
-                    "test_loss": float(res.test_loss[i, -1]),
-                    "diverged": res.diverged_at[i] is not None, "u": res.u[i].tolist(),
-                    "v": res.v[i].tolist()})  # fmt: skip
+        out.append(
+            {
+                "algo": r.algo,
+                "seed": r.seed,
+                "rho_suite": r.rho,
+                "lambda_max": float(ev[0]),
+                "l1": float(np.abs(res.beta[i]).sum()),
+                "train_loss": float(res.train_loss[i, -1]),
+                "test_loss": float(res.test_loss[i, -1]),
+                "diverged": res.diverged_at[i] is not None,
+                "u": res.u[i].tolist(),
+                "v": res.v[i].tolist(),
+            }
+        )
     return out
 
 
@@ -849,8 +977,12 @@ def plot_small_nets(diag: list[dict], relu_df, path: Path) -> None:
     fig, ax = plt.subplots(1, 3, figsize=(15, 4))
     colors = {"gd": "tab:gray", "nsam": "tab:blue", "1sam": "tab:red"}
     ax[0].set_ylabel("one point per data seed, lines join a seed")
-    for k, (key, title) in enumerate((("lambda_max", "exact Hessian lambda_max over (u, v)"),
-                                      ("l1", "||beta||_1 (implicit bias)"))):  # fmt: skip
+    for k, (key, title) in enumerate(
+        (
+            ("lambda_max", "exact Hessian lambda_max over (u, v)"),
+            ("l1", "||beta||_1 (implicit bias)"),
+        )
+    ):
         by = {(r["algo"], r["seed"]): r[key] for r in diag}
         for s in sorted({r["seed"] for r in diag}):  # paired by seed: one line per data set
             vals = [by[a, s] for a in DIAG_ALGOS]
@@ -859,8 +991,15 @@ def plot_small_nets(diag: list[dict], relu_df, path: Path) -> None:
         ax[k].set_xticks(range(len(DIAG_ALGOS)), list(DIAG_ALGOS.values()))
         ax[k].set_title(f"diagonal nets: {title}", fontsize=10)
     if relu_df is None:
-        ax[2].text(0.5, 0.5, f"ReLU family not run:\n{RELU_CMD}", ha="center", va="center",
-                   transform=ax[2].transAxes, fontsize=9)  # fmt: skip
+        ax[2].text(
+            0.5,
+            0.5,
+            f"ReLU family not run:\n{RELU_CMD}",
+            ha="center",
+            va="center",
+            transform=ax[2].transAxes,
+            fontsize=9,
+        )
     else:
         for lab, g in relu_df.groupby("label", sort=False):
             ax[2].scatter(g["kinks"], g["lambda_max"], label=lab, s=18)
@@ -884,20 +1023,24 @@ def fig4_claims(diag: list[dict]) -> list[ClaimRow]:
         for key, what in (("lambda_max", "exact Hessian lambda_max"), ("l1", "||beta||_1")):
             gd = [by["gd", s][key] for s in seeds]
             sam = [by[a, s][key] for s in seeds]
-            rows.append(ClaimRow(
-                paper="Towards Understanding SAM (Andriushchenko & Flammarion 2022), Sec. 4 "
-                "(diagonal linear nets)",
-                claim=f"{DIAG_ALGOS[a]}'s solution has a smaller {what} than GD's",
-                paper_value="qualitative: SAM finds sparser (smaller l1), flatter solutions",
-                ours=f"GD {fmt_mean_std(gd)} vs {DIAG_ALGOS[a]} {fmt_mean_std(sam)}",
-                stat=gap(sam, gd, paired=True), figure=FIG4,
-                note=f"notebook cell-3 setting: n {DIAG['n']}, d {DIAG['d']}, alpha "
-                f"{DIAG['alpha']}, gamma 10/d, {DIAG['iters']} steps, rho {DIAG['rho']} "
-                "(original convention), one data set per seed; paired by seed (SE: std of the "
-                "per-seed differences / sqrt(seeds)); lambda_max of the dense float64 Hessian "
-                "over (u, v) from sharpness.measures; at this rho n-SAM's solution is also "
-                "slightly worse than GD's in the original notebook (test loss 0.0167 vs 0.0157)",
-            ))  # fmt: skip
+            rows.append(
+                ClaimRow(
+                    paper="Towards Understanding SAM (Andriushchenko & Flammarion 2022), Sec. 4 "
+                    "(diagonal linear nets)",
+                    claim=f"{DIAG_ALGOS[a]}'s solution has a smaller {what} than GD's",
+                    paper_value="qualitative: SAM finds sparser (smaller l1), flatter solutions",
+                    ours=f"GD {fmt_mean_std(gd)} vs {DIAG_ALGOS[a]} {fmt_mean_std(sam)}",
+                    stat=gap(sam, gd, paired=True),
+                    figure=FIG4,
+                    note=f"notebook cell-3 setting: n {DIAG['n']}, d {DIAG['d']}, alpha "
+                    f"{DIAG['alpha']}, gamma 10/d, {DIAG['iters']} steps, rho {DIAG['rho']} "
+                    "(original convention), one data set per seed; paired by seed (SE: std of the "
+                    "per-seed differences / sqrt(seeds)); lambda_max of the dense float64 Hessian "
+                    "over (u, v) from sharpness.measures; at this rho n-SAM's solution is also "
+                    "slightly worse than GD's in the original notebook "
+                    "(test loss 0.0167 vs 0.0157)",
+                )
+            )
     return rows
 
 
@@ -918,32 +1061,51 @@ def figure4(results_dir: Path, figures_dir: Path, profile: str) -> list[ClaimRow
 
 EXPERIMENTS = [
     Experiment(
-        "spectrum", FIG1, spectrum_runs, _spectrum, key=True,
-        shows=lambda ctx: (f"{_setup_1_2(ctx)}: SLQ eigenvalue density at the end (seed 0), "
-                           "lambda_max and lambda_max / lambda_5 (Lanczos) over epochs, mean +- "
-                           "std."),
+        "spectrum",
+        FIG1,
+        spectrum_runs,
+        _spectrum,
+        key=True,
+        shows=lambda ctx: (
+            f"{_setup_1_2(ctx)}: SLQ eigenvalue density at the end (seed 0), "
+            "lambda_max and lambda_max / lambda_5 (Lanczos) over epochs, mean +- "
+            "std."
+        ),
         reading="The SAM paper's claim: SAM ends with a much smaller lambda_max (and ratio) than "
         "SGD (WRN: 24.2 vs 1.0; 11.4 vs 2.6).",
     ),
     Experiment(
-        "landscapes", FIG2, finetune_runs, _landscapes_report, wave=1,
-        shows=lambda ctx: (f"{_setup_1_2(ctx)}: 1-D and 2-D train-loss slices along "
-                           "filter-normalized random directions (seed 0), and the linear "
-                           "interpolation ERM -> ERM->SAM fine-tuned (t from -0.5 to 1.5)."),
+        "landscapes",
+        FIG2,
+        finetune_runs,
+        _landscapes_report,
+        wave=1,
+        shows=lambda ctx: (
+            f"{_setup_1_2(ctx)}: 1-D and 2-D train-loss slices along "
+            "filter-normalized random directions (seed 0), and the linear "
+            "interpolation ERM -> ERM->SAM fine-tuned (t from -0.5 to 1.5)."
+        ),
         reading="SAM's minimum is wider along random directions; the ERM -> SAM solution stays "
         "in the ERM basin (no barrier on the interpolation), as in Fig. 9.",
     ),
     Experiment(
-        "fig3", FIG3, no_runs, _figure3, shows=_fig3_shows,
+        "fig3",
+        FIG3,
+        no_runs,
+        _figure3,
+        shows=_fig3_shows,
         reading="The paper: the smallest m correlates best (Kendall's tau in each title); the "
         "claims rows compare tau at the smallest m with tau at m = batch.",
     ),
     Experiment(
-        "fig4", FIG4, no_runs, _figure4,
+        "fig4",
+        FIG4,
+        no_runs,
+        _figure4,
         shows="Diagonal linear nets (n 20, d 30, alpha 0.1, gamma 10/d, 10^4 steps, rho 0.1): "
         "exact Hessian lambda_max over (u, v) and ||beta||_1 of GD, n-SAM, 1-SAM, one point per "
         "data seed; right: the ReLU family's exact lambda_max against kinks per run.",
         reading="The claim: SAM's solutions are sparser (smaller l1) and flatter (smaller "
         "lambda_max) than GD's; each line joins one data seed's GD, n-SAM and 1-SAM solutions.",
     ),
-]  # fmt: skip
+]

@@ -49,8 +49,11 @@ ALG_COLOR = {
     "msam": "tab:green",
 }
 MEASURES = ("kinks", "slope_tv", "path_norm", "lambda_max")
-LOWER = {"kinks": "fewer kinks", "slope_tv": "a lower slope TV", "lambda_max": "a lower Hessian "
-         "lambda_max"}  # fmt: skip
+LOWER = {
+    "kinks": "fewer kinks",
+    "slope_tv": "a lower slope TV",
+    "lambda_max": "a lower Hessian lambda_max",
+}
 
 
 # ------------------------------------------------------------------------------------ running
@@ -142,9 +145,14 @@ def history_frame(path: str | Path) -> pd.DataFrame:
         cols = {c: m.get(c) or [None] * k for c in ("test_loss", "kinks", "slope_tv")}
         for j, rid in enumerate(m["run_ids"]):
             rows.append(
-                {"run_id": rid, "algorithm": m["algorithm"], "step": m["step"],
-                 "train_loss": m["train_loss"][j]} | {c: v[j] for c, v in cols.items()}
-            )  # fmt: skip
+                {
+                    "run_id": rid,
+                    "algorithm": m["algorithm"],
+                    "step": m["step"],
+                    "train_loss": m["train_loss"][j],
+                }
+                | {c: v[j] for c, v in cols.items()}
+            )
     hist = pd.DataFrame(rows)
     meta = runs_frame(path)[["run_id", "rho", "seed", "normalize", "rho_schedule"]]
     return hist.merge(meta, on="run_id")
@@ -277,8 +285,9 @@ def plot_over_training(results_dir: Path, profile: str, out: Path) -> Path:
         for (alg, rho), sub in hist.groupby(["algorithm", "rho"], sort=False):
             curve = sub.groupby("step")[m].mean()
             name = ALG_LABEL[alg] if alg == "gd" else f"{ALG_LABEL[alg]} rho {rho:g}"
-            ax.plot(curve.index, curve.values, color=ALG_COLOR[alg],
-                    ls=styles.get(rho, "-"), label=name)  # fmt: skip
+            ax.plot(
+                curve.index, curve.values, color=ALG_COLOR[alg], ls=styles.get(rho, "-"), label=name
+            )
         ax.set_xscale("log")
         ax.set_xlabel("iteration")
         ax.set_title(m.replace("_", " ") + " over training (mean over seeds)")
@@ -405,10 +414,18 @@ def _paired(baseline: pd.Series, method: pd.Series) -> Gap:
     return gap(m.to_numpy(float), b.to_numpy(float), paired=True)
 
 
-def _row(claim: str, paper_value: str, ours: str, stat: Gap, figure: str, note: str,
-         paper: str = PAPER) -> ClaimRow:  # fmt: skip
-    return ClaimRow(paper=paper, claim=claim, paper_value=paper_value, ours=ours, stat=stat,
-                    figure=figure, note=note)  # fmt: skip
+def _row(
+    claim: str, paper_value: str, ours: str, stat: Gap, figure: str, note: str, paper: str = PAPER
+) -> ClaimRow:
+    return ClaimRow(
+        paper=paper,
+        claim=claim,
+        paper_value=paper_value,
+        ours=ours,
+        stat=stat,
+        figure=figure,
+        note=note,
+    )
 
 
 def _exp1_rows(results_dir: Path, profile: str) -> list[ClaimRow]:
@@ -428,8 +445,11 @@ def _exp1_loop_rows(
     algorithm (ours), or the notebook's (``original``: lr decayed for SAM only)."""
     fig = f"{FAMILY}_simplicity.png, {FAMILY}_fits.png, {FAMILY}_over_training.png"
     c = _cfg(run_dir(results_dir, profile, "exp1_original" if original else "exp1_main"))
-    who = "for SAM only, GD at the constant lr (the notebook's loop)" if original else (
-        "for every algorithm")  # fmt: skip
+    who = (
+        "for SAM only, GD at the constant lr (the notebook's loop)"
+        if original
+        else ("for every algorithm")
+    )
     setting = (
         f"width {c['width']}, reference init, lr {c['lr']:g} {c['lr_schedule']} {who}, "
         f"T = {c['iterations']:.0e}, stop at loss {c['loss_threshold']:g}"
@@ -446,30 +466,38 @@ def _exp1_loop_rows(
         for m in ("kinks", "slope_tv", "lambda_max") if first else ("kinks",):
             g = gap(sam[m].astype(float), gd[m].astype(float))
             loss = fmt_mean_std(sam["train_loss"].astype(float), ".2g")
-            rows.append(_row(
-                f"1-D regression: {lab} fits have {LOWER[m]} than {gd_label}'s",
-                "SAM fits visibly simpler (figure; no numbers)" if m != "lambda_max" else
-                "(not in the notebook: flatness next to the kinks)",
-                f"{gd_label} {fmt_mean_std(gd[m], '.3g')} vs {lab} {fmt_mean_std(sam[m], '.3g')}; "
-                f"final train loss {gd_label} {fmt_mean_std(gd['train_loss'], '.2g')}, {lab} "
-                f"{loss}",
-                g, fig,
-                f"{setting}. Not at equal training loss: see the loss-matched row.",
-                PAPER + ", one_layer_relu_nets notebook",
-            ))  # fmt: skip
+            rows.append(
+                _row(
+                    f"1-D regression: {lab} fits have {LOWER[m]} than {gd_label}'s",
+                    "SAM fits visibly simpler (figure; no numbers)"
+                    if m != "lambda_max"
+                    else "(not in the notebook: flatness next to the kinks)",
+                    f"{gd_label} {fmt_mean_std(gd[m], '.3g')} vs "
+                    f"{lab} {fmt_mean_std(sam[m], '.3g')}; "
+                    f"final train loss {gd_label} {fmt_mean_std(gd['train_loss'], '.2g')}, {lab} "
+                    f"{loss}",
+                    g,
+                    fig,
+                    f"{setting}. Not at equal training loss: see the loss-matched row.",
+                    PAPER + ", one_layer_relu_nets notebook",
+                )
+            )
             matched = df[df["label"] == label_matched(lab, original)]
             if not len(matched):
                 continue
-            rows.append(_row(
-                f"1-D: {lab} fits have {LOWER[m]} than GD stopped at the same training loss "
-                "(seed-paired)",
-                "SAM simpler, not just less fitted (the issue's control)",
-                f"{label_matched(lab, original)} {fmt_mean_std(matched[m], '.3g')} vs {lab} "
-                f"{fmt_mean_std(sam[m], '.3g')}",
-                _paired(_by_seed(matched, m), _by_seed(sam, m)), fig,
-                f"{setting}; GD run until its loss is <= the SAM run's final loss (same seed).",
-                PAPER + ", one_layer_relu_nets notebook",
-            ))  # fmt: skip
+            rows.append(
+                _row(
+                    f"1-D: {lab} fits have {LOWER[m]} than GD stopped at the same training loss "
+                    "(seed-paired)",
+                    "SAM simpler, not just less fitted (the issue's control)",
+                    f"{label_matched(lab, original)} {fmt_mean_std(matched[m], '.3g')} vs {lab} "
+                    f"{fmt_mean_std(sam[m], '.3g')}",
+                    _paired(_by_seed(matched, m), _by_seed(sam, m)),
+                    fig,
+                    f"{setting}; GD run until its loss is <= the SAM run's final loss (same seed).",
+                    PAPER + ", one_layer_relu_nets notebook",
+                )
+            )
     return rows
 
 
@@ -495,22 +523,29 @@ def _exp2_rows(results_dir: Path, profile: str) -> list[ClaimRow]:
         f"{c['n_val']} validation points among {c['rhos']}"
     )
     rows = []
-    for alg, base, base_name in (("1sam", gd, "GD"), ("nsam", gd, "GD"),
-                                 ("1sam", chosen["nsam"], "n-SAM")):  # fmt: skip
+    for alg, base, base_name in (
+        ("1sam", gd, "GD"),
+        ("nsam", gd, "GD"),
+        ("1sam", chosen["nsam"], "n-SAM"),
+    ):
         sam = chosen[alg]
         rho = float(sam["rho"].iloc[0])
-        rows.append(_row(
-            f"teacher-student ReLU net: {ALG_LABEL[alg]} lowers the test loss vs {base_name} "
-            "(seed-paired)",
-            "diagonal nets (PAPERS.md#diagonal-nets): 1-SAM test loss far below GD's, n-SAM ~ GD; "
-            "no ReLU numbers in the paper",
-            f"test loss {base_name} {fmt_mean_std(base['test_loss'], '.3g')}, "
-            f"{ALG_LABEL[alg]} (rho {rho:g}) {fmt_mean_std(sam['test_loss'], '.3g')}; train "
-            f"loss {fmt_mean_std(base['train_loss'], '.2g')} vs "
-            f"{fmt_mean_std(sam['train_loss'], '.2g')}",
-            _paired(_by_seed(base, "test_loss"), _by_seed(sam, "test_loss")),
-            f"{FAMILY}_teacher.png", note,
-        ))  # fmt: skip
+        rows.append(
+            _row(
+                f"teacher-student ReLU net: {ALG_LABEL[alg]} lowers the test loss vs {base_name} "
+                "(seed-paired)",
+                "diagonal nets (PAPERS.md#diagonal-nets): "
+                "1-SAM test loss far below GD's, n-SAM ~ GD; "
+                "no ReLU numbers in the paper",
+                f"test loss {base_name} {fmt_mean_std(base['test_loss'], '.3g')}, "
+                f"{ALG_LABEL[alg]} (rho {rho:g}) {fmt_mean_std(sam['test_loss'], '.3g')}; train "
+                f"loss {fmt_mean_std(base['train_loss'], '.2g')} vs "
+                f"{fmt_mean_std(sam['train_loss'], '.2g')}",
+                _paired(_by_seed(base, "test_loss"), _by_seed(sam, "test_loss")),
+                f"{FAMILY}_teacher.png",
+                note,
+            )
+        )
     return rows
 
 
@@ -532,50 +567,67 @@ def _exp3_rows(results_dir: Path, profile: str) -> list[ClaimRow]:
     rows = []
     sam_u = u[u["algorithm"] != "gd"]
     slopes = sam_u["tail_slope"].astype(float)
-    rows.append(_row(
-        "unnormalized SAM with a constant rho keeps converging (tail slope < 0), like GD",
-        "convergence theorem for unnormalized SAM with rho = O(1/L)",
-        f"tail slope d log L / d log t: GD {fmt_mean_std(gd['tail_slope'], '.2f')}, "
-        f"n-SAM/1-SAM rho {sorted(sam_u['rho'].unique().tolist())} "
-        f"{fmt_mean_std(slopes, '.2f').replace('seeds', 'runs')}; tail median GD "
-        f"{fmt_mean_std(gd['tail_median'], '.2g')}, SAM "
-        f"{fmt_mean_std(sam_u['tail_median'], '.2g').replace('seeds', 'runs')}",
-        gap(slopes, 0.0), fig,
-        note + "; gap = minus the mean slope over the SAM runs",
-    ))  # fmt: skip
+    rows.append(
+        _row(
+            "unnormalized SAM with a constant rho keeps converging (tail slope < 0), like GD",
+            "convergence theorem for unnormalized SAM with rho = O(1/L)",
+            f"tail slope d log L / d log t: GD {fmt_mean_std(gd['tail_slope'], '.2f')}, "
+            f"n-SAM/1-SAM rho {sorted(sam_u['rho'].unique().tolist())} "
+            f"{fmt_mean_std(slopes, '.2f').replace('seeds', 'runs')}; tail median GD "
+            f"{fmt_mean_std(gd['tail_median'], '.2g')}, SAM "
+            f"{fmt_mean_std(sam_u['tail_median'], '.2g').replace('seeds', 'runs')}",
+            gap(slopes, 0.0),
+            fig,
+            note + "; gap = minus the mean slope over the SAM runs",
+        )
+    )
     for alg in ("nsam", "1sam"):
         a = nz[nz["algorithm"] == alg]
         hi, lo = a[a["rho"] == a["rho"].max()], a[a["rho"] == a["rho"].min()]
         g = gap(_log_tail(hi), _log_tail(gd), lower_is_better=False)
-        rows.append(_row(
-            f"normalized {ALG_LABEL[alg]} with constant rho {hi['rho'].iloc[0]:g} stalls above GD",
-            "normalized SAM with constant rho need not converge",
-            f"tail median GD {fmt_mean_std(gd['tail_median'], '.2g')}, {ALG_LABEL[alg]} "
-            f"{fmt_mean_std(hi['tail_median'], '.2g')} (slope "
-            f"{fmt_mean_std(hi['tail_slope'], '.2f')})",
-            g, fig, note,
-        ))  # fmt: skip
+        rows.append(
+            _row(
+                f"normalized {ALG_LABEL[alg]} with constant rho "
+                f"{hi['rho'].iloc[0]:g} stalls above GD",
+                "normalized SAM with constant rho need not converge",
+                f"tail median GD {fmt_mean_std(gd['tail_median'], '.2g')}, {ALG_LABEL[alg]} "
+                f"{fmt_mean_std(hi['tail_median'], '.2g')} (slope "
+                f"{fmt_mean_std(hi['tail_slope'], '.2f')})",
+                g,
+                fig,
+                note,
+            )
+        )
         g = gap(_log_tail(lo), _log_tail(hi))
-        rows.append(_row(
-            f"normalized {ALG_LABEL[alg]}: the stall level grows with rho "
-            f"({lo['rho'].iloc[0]:g} vs {hi['rho'].iloc[0]:g})",
-            "the stationary level of normalized SAM scales with rho",
-            f"tail median rho {lo['rho'].iloc[0]:g}: {fmt_mean_std(lo['tail_median'], '.2g')}; "
-            f"rho {hi['rho'].iloc[0]:g}: {fmt_mean_std(hi['tail_median'], '.2g')}",
-            g, fig, note,
-        ))  # fmt: skip
+        rows.append(
+            _row(
+                f"normalized {ALG_LABEL[alg]}: the stall level grows with rho "
+                f"({lo['rho'].iloc[0]:g} vs {hi['rho'].iloc[0]:g})",
+                "the stationary level of normalized SAM scales with rho",
+                f"tail median rho {lo['rho'].iloc[0]:g}: {fmt_mean_std(lo['tail_median'], '.2g')}; "
+                f"rho {hi['rho'].iloc[0]:g}: {fmt_mean_std(hi['tail_median'], '.2g')}",
+                g,
+                fig,
+                note,
+            )
+        )
         d = dc[dc["algorithm"] == alg]
         rho = float(d["rho"].iloc[0])
         const = a[a["rho"] == rho]
         g = gap(_log_tail(d), _log_tail(const))
-        rows.append(_row(
-            f"normalized {ALG_LABEL[alg]} with rho_t = {rho:g}/sqrt(1+t) converges further than "
-            "with the constant rho",
-            "convergence with a decaying rho",
-            f"tail median decaying {fmt_mean_std(d['tail_median'], '.2g')} vs constant "
-            f"{fmt_mean_std(const['tail_median'], '.2g')}",
-            g, fig, note,
-        ))  # fmt: skip
+        rows.append(
+            _row(
+                f"normalized {ALG_LABEL[alg]} with rho_t = {rho:g}/sqrt(1+t) "
+                "converges further than "
+                "with the constant rho",
+                "convergence with a decaying rho",
+                f"tail median decaying {fmt_mean_std(d['tail_median'], '.2g')} vs constant "
+                f"{fmt_mean_std(const['tail_median'], '.2g')}",
+                g,
+                fig,
+                note,
+            )
+        )
     return rows
 
 
@@ -593,8 +645,10 @@ def claims_rows(results_dir: Path, profile: str = "quick") -> list[dict]:
 # ------------------------------------------------------------------------------------ captions
 def _one_d(ctx: StageContext) -> str:
     e1 = _cfg(run_dir(ctx.results_dir, ctx.profile, "exp1_main"))
-    return (f"12-point 1-D data, width-{e1['width']} ReLU net, reference init, lr {e1['lr']:g} "
-            f"{e1['lr_schedule']}, T = {e1['iterations']:.0e}, seeds {_seeds(e1)}")  # fmt: skip
+    return (
+        f"12-point 1-D data, width-{e1['width']} ReLU net, reference init, lr {e1['lr']:g} "
+        f"{e1['lr_schedule']}, T = {e1['iterations']:.0e}, seeds {_seeds(e1)}"
+    )
 
 
 def _fits_shows(ctx: StageContext) -> str:
@@ -608,26 +662,35 @@ def _fits_shows(ctx: StageContext) -> str:
 
 def _simplicity_shows(ctx: StageContext) -> str:
     original = _has(ctx.results_dir, ctx.profile, "exp1_original")
-    return ("Kinks, slope TV, path norm and Hessian lambda_max (log) of every experiment-1 run "
-            "per algorithm and rho, grey = GD stopped at each SAM run's loss; dots = seeds, bars "
-            f"= mean +- std; {_one_d(ctx)}"
-            + (", and the notebook's loop (lr decayed for SAM only, 'notebook lr')." if original
-               else "."))  # fmt: skip
+    return (
+        "Kinks, slope TV, path norm and Hessian lambda_max (log) of every experiment-1 run "
+        "per algorithm and rho, grey = GD stopped at each SAM run's loss; dots = seeds, bars "
+        f"= mean +- std; {_one_d(ctx)}"
+        + (
+            ", and the notebook's loop (lr decayed for SAM only, 'notebook lr')."
+            if original
+            else "."
+        )
+    )
 
 
 def _teacher_shows(ctx: StageContext) -> str:
     e2 = _cfg(run_dir(ctx.results_dir, ctx.profile, "exp2_teacher"))
-    return ("Test loss vs rho of normalized n-SAM and 1-SAM (mean +- std over seeds), GD dashed "
-            f"with its +-1 std band; log-log; teacher-student d = {e2['d']}, width {e2['width']}, "
-            f"n = {e2['n_train']}, lr {e2['lr']:g}, T = {e2['iterations']}, seeds "
-            f"{_seeds(e2)}.")  # fmt: skip
+    return (
+        "Test loss vs rho of normalized n-SAM and 1-SAM (mean +- std over seeds), GD dashed "
+        f"with its +-1 std band; log-log; teacher-student d = {e2['d']}, width {e2['width']}, "
+        f"n = {e2['n_train']}, lr {e2['lr']:g}, T = {e2['iterations']}, seeds "
+        f"{_seeds(e2)}."
+    )
 
 
 def _convergence_shows(ctx: StageContext) -> str:
     e3 = _cfg(run_dir(ctx.results_dir, ctx.profile, "exp3_decaying"))
-    return ("Training loss vs iteration (log-log), mean over seeds: unnormalized SAM | normalized "
-            "with constant rho | normalized with rho/sqrt(1+t), GD grey; the teacher-student "
-            f"task, T = {e3['iterations']}, seeds {_seeds(e3)}.")  # fmt: skip
+    return (
+        "Training loss vs iteration (log-log), mean over seeds: unnormalized SAM | normalized "
+        "with constant rho | normalized with rho/sqrt(1+t), GD grey; the teacher-student "
+        f"task, T = {e3['iterations']}, seeds {_seeds(e3)}."
+    )
 
 
 # --------------------------------------------------------------------------------- the stage
@@ -654,51 +717,74 @@ def _over_training(ctx: StageContext) -> list[ClaimRow]:
 
 
 def _teacher(ctx: StageContext) -> list[ClaimRow]:
-    plot_teacher(run_dir(ctx.results_dir, ctx.profile, "exp2_teacher"),
-                 ctx.figure(f"{FAMILY}_teacher.png"))  # fmt: skip
+    plot_teacher(
+        run_dir(ctx.results_dir, ctx.profile, "exp2_teacher"), ctx.figure(f"{FAMILY}_teacher.png")
+    )
     return _exp2_rows(ctx.results_dir, ctx.profile)
 
 
 def _convergence(ctx: StageContext) -> list[ClaimRow]:
     names = ("exp3_unnormalized", "exp3_normalized", "exp3_decaying")
-    plot_convergence([run_dir(ctx.results_dir, ctx.profile, n) for n in names],
-                     ctx.figure(f"{FAMILY}_convergence.png"))  # fmt: skip
+    plot_convergence(
+        [run_dir(ctx.results_dir, ctx.profile, n) for n in names],
+        ctx.figure(f"{FAMILY}_convergence.png"),
+    )
     return _exp3_rows(ctx.results_dir, ctx.profile)
 
 
 # The loss-matched GD controls read their bases' final losses: they are built in wave 1.
 EXPERIMENTS = [
     Experiment(
-        "fits", f"{FAMILY}_fits.png", _comparisons("exp1"), _fits, shows=_fits_shows,
+        "fits",
+        f"{FAMILY}_fits.png",
+        _comparisons("exp1"),
+        _fits,
+        shows=_fits_shows,
         reading="SAM's fits have fewer kinks than GD's: the notebook's figure (kinks mean +- std "
         "in each panel title).",
     ),
     Experiment(
-        "simplicity", f"{FAMILY}_simplicity.png", _comparisons("exp1", matched=True),
-        _simplicity, wave=1, key=True, shows=_simplicity_shows,
+        "simplicity",
+        f"{FAMILY}_simplicity.png",
+        _comparisons("exp1", matched=True),
+        _simplicity,
+        wave=1,
+        key=True,
+        shows=_simplicity_shows,
         reading="SAM's fits are simpler and flatter than GD's, also than GD at the same training "
         "loss (the claims rows 'fits have fewer kinks' and their loss-matched rows).",
     ),
     Experiment(
-        "over_training", f"{FAMILY}_over_training.png", _comparisons("exp1"), _over_training,
+        "over_training",
+        f"{FAMILY}_over_training.png",
+        _comparisons("exp1"),
+        _over_training,
         shows=lambda ctx: (
             "Kinks and slope TV of the fitted function vs iteration (log x), mean over seeds, GD "
-            f"and each SAM at each rho; {_one_d(ctx)}."),
+            f"and each SAM at each rho; {_one_d(ctx)}."
+        ),
         reading="When SAM's fit simplifies (its kinks fall below GD's ~50): late in training, "
         "which is why a short budget shows no difference.",
     ),
     Experiment(
-        "teacher", f"{FAMILY}_teacher.png", _comparisons("exp2"), _teacher, shows=_teacher_shows,
+        "teacher",
+        f"{FAMILY}_teacher.png",
+        _comparisons("exp2"),
+        _teacher,
+        shows=_teacher_shows,
         reading="Whether SAM (1-SAM above all) lowers the test loss below GD's, as it does in "
         "diagonal nets (claims rows 'teacher-student'; rho chosen on validation there).",
     ),
     Experiment(
-        "convergence", f"{FAMILY}_convergence.png", _comparisons("exp3"), _convergence,
+        "convergence",
+        f"{FAMILY}_convergence.png",
+        _comparisons("exp3"),
+        _convergence,
         shows=_convergence_shows,
         reading="Unnormalized SAM converges like GD; normalized SAM stalls at a level that grows "
         "with rho; a decaying rho converges (the convergence claims rows).",
     ),
-]  # fmt: skip
+]
 
 
 def _has(results_dir: Path, profile: str, name: str) -> bool:

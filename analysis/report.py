@@ -298,9 +298,18 @@ def render_report(results_dir: str | Path, figures_dir: str | Path, report_path:
             for f in show["figure"]
         ]
     cols = (
-        "family", "paper", "claim", "paper_value", "ours", "gap ± SE", "profile", "verdict",
-        "our figure", "note", "check",
-    )  # fmt: skip
+        "family",
+        "paper",
+        "claim",
+        "paper_value",
+        "ours",
+        "gap ± SE",
+        "profile",
+        "verdict",
+        "our figure",
+        "note",
+        "check",
+    )
     out.append(to_markdown(show, cols) if len(show) else "No claims.\n")
     out += [
         "Columns: *paper* = paper and figure/table; *paper_value* = the paper's number; *ours* = "

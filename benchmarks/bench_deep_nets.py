@@ -34,11 +34,19 @@ from suite.rundir import read_jsonl
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
 
 
-def _bare(model_name: str, shape: tuple, width: int | None, bs: int, sam: bool, steps: int,
-          device: torch.device) -> tuple[float, float]:  # fmt: skip
+def _bare(
+    model_name: str,
+    shape: tuple,
+    width: int | None,
+    bs: int,
+    sam: bool,
+    steps: int,
+    device: torch.device,
+) -> tuple[float, float]:
     torch.manual_seed(0)
-    model = build_model(model_name, in_channels=shape[0], num_classes=10, width=width,
-                        input_shape=shape).to(device)  # fmt: skip
+    model = build_model(
+        model_name, in_channels=shape[0], num_classes=10, width=width, input_shape=shape
+    ).to(device)
     x = torch.randn(bs, *shape, device=device)
     y = torch.randint(0, 10, (bs,), device=device)
     opt = SAM(model.parameters(), torch.optim.SGD, rho=0.05 if sam else 0.0, lr=0.01, momentum=0.9)
@@ -76,9 +84,14 @@ def _pipeline(cfg: TrainConfig) -> tuple[float, float]:
 
 
 def _row(
-    device: str, model: str, method: str, bare: tuple, pipe: tuple, k: int = 1,
+    device: str,
+    model: str,
+    method: str,
+    bare: tuple,
+    pipe: tuple,
+    k: int = 1,
     ratio: float | None = None,
-) -> str:  # fmt: skip
+) -> str:
     """bare/pipe = (wall examples/s, examples per CPU second); overhead = 1 - ``ratio`` (default:
     pipe[k] / bare[k])."""
     ratio = pipe[k] / bare[k] if ratio is None else ratio
@@ -128,10 +141,20 @@ def _main(steps: int, repeats: int, threads: int) -> str:
         cpu = torch.device("cpu")
         n_train = (steps + 1) * bs  # steps per epoch, after the validation split
         base = dict(
-            dataset="fashion_mnist", model="resnet_tiny_gn", batch_size=bs, epochs=2,
-            frac_train=n_train / 54000, lr_max=0.01, lr_schedule="constant", l2_reg=0.0,
-            n_eval=bs, n_eval_train=bs, n_sharpness=bs, device="cpu", workers=threads,
-        )  # fmt: skip
+            dataset="fashion_mnist",
+            model="resnet_tiny_gn",
+            batch_size=bs,
+            epochs=2,
+            frac_train=n_train / 54000,
+            lr_max=0.01,
+            lr_schedule="constant",
+            l2_reg=0.0,
+            n_eval=bs,
+            n_eval_train=bs,
+            n_sharpness=bs,
+            device="cpu",
+            workers=threads,
+        )
         for method, sam in (("SGD", False), ("SAM", True)):
             bare, pipe, ratios = (0.0, 0.0), (0.0, 0.0), []
             for _ in range(repeats):  # interleaved pairs: the machine is shared
@@ -141,9 +164,13 @@ def _main(steps: int, repeats: int, threads: int) -> str:
                 pipe = (max(pipe[0], p[0]), max(pipe[1], p[1]))
                 ratios.append(p[1] / b[1])
             line = _row(
-                f"cpu ({threads} thread)", "resnet_tiny_gn 1x28x28", method, bare, pipe,
+                f"cpu ({threads} thread)",
+                "resnet_tiny_gn 1x28x28",
+                method,
+                bare,
+                pipe,
                 ratio=float(np.median(ratios)),
-            )  # fmt: skip
+            )
             print(line, flush=True)
             lines.append(line)
     else:
@@ -153,10 +180,19 @@ def _main(steps: int, repeats: int, threads: int) -> str:
         with tempfile.TemporaryDirectory() as d:
             _fake_cifar(Path(d), n_train=(3 * steps + 1) * bs * 10 // 9 + 10, n_test=bs)
             base = dict(
-                dataset="cifar10", model="resnet18", batch_size=bs, epochs=2, data_dir=d,
-                lr_max=0.01, lr_schedule="constant", l2_reg=0.0, n_eval=bs, n_eval_train=bs,
-                n_sharpness=bs, device="cuda",
-            )  # fmt: skip
+                dataset="cifar10",
+                model="resnet18",
+                batch_size=bs,
+                epochs=2,
+                data_dir=d,
+                lr_max=0.01,
+                lr_schedule="constant",
+                l2_reg=0.0,
+                n_eval=bs,
+                n_eval_train=bs,
+                n_sharpness=bs,
+                device="cuda",
+            )
             for method, sam in (("SGD", False), ("SAM", True)):
                 bare = _bare("resnet18", (3, 32, 32), None, bs, sam, 3 * steps, gpu)
                 pipe = _pipeline(TrainConfig(**base, sam_rho=0.05 if sam else 0.0))

@@ -143,9 +143,13 @@ def _wide_model(width: int = 512):
     from torch import nn
 
     return nn.Sequential(
-        nn.Flatten(), nn.Linear(40, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(40, width),
+        nn.ReLU(),
+        nn.Linear(width, width),
+        nn.ReLU(),
         nn.Linear(width, 10),
-    ).eval()  # fmt: skip
+    ).eval()
 
 
 def _pyhessian(model, x, y):

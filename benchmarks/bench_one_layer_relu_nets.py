@@ -17,8 +17,14 @@ from one_layer_relu_nets.training import make_dataset, run_group
 FRACTION_STEPS = 2_000
 
 
-def plain_loop(seed: int, rho: float, steps: int, iter_max: int, per_example: bool = False,
-               lr_max: float = 5e-5):  # fmt: skip
+def plain_loop(
+    seed: int,
+    rho: float,
+    steps: int,
+    iter_max: int,
+    per_example: bool = False,
+    lr_max: float = 5e-5,
+):
     """The notebook's loop for one run (float64): forward, backward, for SAM the normalized ascent
     w + rho g/||g||, a second forward/backward at the perturbed point, restore, SGD step with
     lr_max (1 - n/iter_max) (here for every algorithm, as in our experiment 1). ``per_example``:
@@ -61,8 +67,10 @@ def main() -> str:
     with torch.inference_mode(False):
         torch.set_num_threads(1)
         t = time.perf_counter()
-        groups = {a: run_group(cfg, data, a, [0.3 if a != "gd" else 0.0] * len(seeds), seeds)
-                  for a in cfg.algorithms}  # fmt: skip
+        groups = {
+            a: run_group(cfg, data, a, [0.3 if a != "gd" else 0.0] * len(seeds), seeds)
+            for a in cfg.algorithms
+        }
         t_c = time.perf_counter() - t
         steps = {a: sum(g.iterations) for a, g in groups.items()}
         print(f"C backend, all of experiment 1: {t_c:.1f} s; steps {steps}", flush=True)
@@ -81,8 +89,12 @@ def main() -> str:
             per_run_step = (time.perf_counter() - t) / k
             est_plain += per_run_step * steps[a]
             if k == FRACTION_STEPS:
-                err = max(err, max(float((x[0] - r).abs().max()) for x, r in
-                                   zip(res.params, ref, strict=True)))  # fmt: skip
+                err = max(
+                    err,
+                    max(
+                        float((x[0] - r).abs().max()) for x, r in zip(res.params, ref, strict=True)
+                    ),
+                )
     lines = [
         "## One-hidden-layer ReLU nets: experiment 1 (15 runs, 10^6 iterations)",
         "",

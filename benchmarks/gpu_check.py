@@ -160,12 +160,22 @@ def time_trainer_epoch(device: str, tiny: bool) -> tuple[float, float]:
     with tempfile.TemporaryDirectory() as tmp:
         write_fake_cifar10(Path(tmp) / "data", s["epoch_n"], min(s["epoch_n"], CIFAR_TEST))
         cfg = TrainConfig(
-            dataset="cifar10", data_dir=str(Path(tmp) / "data"), model="resnet18",
-            model_width=s["width"], batch_size=s["batch"], epochs=1, sam_rho=0.05, acc_steps=8,
-            device=device, out_dir=str(Path(tmp) / "run"), workers=1 if tiny else 0,
-            n_eval=200 if tiny else 10_000, n_eval_train=200 if tiny else 10_000,
-            n_sharpness=32 if tiny else 1024, sharpness_m=32 if tiny else 128,
-        )  # fmt: skip
+            dataset="cifar10",
+            data_dir=str(Path(tmp) / "data"),
+            model="resnet18",
+            model_width=s["width"],
+            batch_size=s["batch"],
+            epochs=1,
+            sam_rho=0.05,
+            acc_steps=8,
+            device=device,
+            out_dir=str(Path(tmp) / "run"),
+            workers=1 if tiny else 0,
+            n_eval=200 if tiny else 10_000,
+            n_eval_train=200 if tiny else 10_000,
+            n_sharpness=32 if tiny else 1024,
+            sharpness_m=32 if tiny else 128,
+        )
         t0 = time.perf_counter()
         train(cfg)
         wall = time.perf_counter() - t0

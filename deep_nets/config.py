@@ -458,19 +458,33 @@ def check_config(cfg: TrainConfig, world_size: int = 1) -> None:
         if getattr(cfg, name) < 1:
             bad(f"--{name} must be >= 1 (got {getattr(cfg, name)})")
     for name in (
-        "eval_iter_freq", "n_eval", "stop_after_epoch", "workers", "n_sharpness", "seed",
+        "eval_iter_freq",
+        "n_eval",
+        "stop_after_epoch",
+        "workers",
+        "n_sharpness",
+        "seed",
         "save_model_each_k_epochs",
-    ):  # fmt: skip
+    ):
         if getattr(cfg, name) < 0:
             bad(f"--{name} must be >= 0 (got {getattr(cfg, name)})")
     for name in ("n_eval_train", "sharpness_m", "msam_max_batched_params"):
         if getattr(cfg, name) < 1:
             bad(f"--{name} must be >= 1 (got {getattr(cfg, name)})")
     for name in (
-        "lr_max", "momentum", "l2_reg", "l1_reg", "weight_decay", "sam_rho", "asam_eta",
-        "sam_lr_mult", "grad_gauss_std", "add_weight_perturb_scale", "mul_weight_perturb_scale",
+        "lr_max",
+        "momentum",
+        "l2_reg",
+        "l1_reg",
+        "weight_decay",
+        "sam_rho",
+        "asam_eta",
+        "sam_lr_mult",
+        "grad_gauss_std",
+        "add_weight_perturb_scale",
+        "mul_weight_perturb_scale",
         "scale_init",
-    ):  # fmt: skip
+    ):
         if not getattr(cfg, name) >= 0:
             bad(f"--{name} must be >= 0 (got {getattr(cfg, name)})")
     if not cfg.sharpness_rho > 0:

@@ -165,11 +165,22 @@ def measure_msharpness(run, x, y, args) -> tuple[dict, list[dict]]:
         if m > x.shape[0]:
             raise ValueError(f"--m {m} exceeds the {x.shape[0]} examples (--n_examples)")
         r = M.m_sharpness(
-            run.model, F.cross_entropy, x, y, m=m, rho=rho, kind=args.kind, p=args.norm,
-            adaptive=args.adaptive, eta=args.eta, steps=args.steps,
-            step_size_mult=args.step_size_mult, restarts=args.restarts,
-            n_directions=args.n_directions, seed=args.seed,
-        )  # fmt: skip
+            run.model,
+            F.cross_entropy,
+            x,
+            y,
+            m=m,
+            rho=rho,
+            kind=args.kind,
+            p=args.norm,
+            adaptive=args.adaptive,
+            eta=args.eta,
+            steps=args.steps,
+            step_size_mult=args.step_size_mult,
+            restarts=args.restarts,
+            n_directions=args.n_directions,
+            seed=args.seed,
+        )
         per_chunk = r.pop("per_chunk")
         r["sharpness_se"] = (
             float(np.std(per_chunk, ddof=1) / math.sqrt(len(per_chunk)))
@@ -433,7 +444,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=2048,
         help="training examples for --recompute_bn",
     )
-    return ap  # fmt: skip
+    return ap
 
 
 def _csv(rows: list[dict]) -> str:
@@ -471,8 +482,10 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(str(e))
     out = {
         "measure": args.measure,
-        "args": {k: (str(v) if isinstance(v, float) and math.isinf(v) else v)
-                 for k, v in vars(args).items()},
+        "args": {
+            k: (str(v) if isinstance(v, float) and math.isinf(v) else v)
+            for k, v in vars(args).items()
+        },
         "checkpoint": str(ckpt),
         "checkpoint_sha256": file_sha256(ckpt),
         "run_config": run.config,
@@ -480,7 +493,7 @@ def main(argv: list[str] | None = None) -> int:
         "device": str(device),
         "seconds": time.perf_counter() - t0,
         "result": res,
-    }  # fmt: skip
+    }
     atomic_write_json(out_dir / "result.json", out)
     if rows:
         atomic_write_text(out_dir / "result.csv", _csv(rows))

@@ -325,9 +325,12 @@ class VGG16(nn.Module):
                 cin = int(v)
         self.features = nn.Sequential(*layers)
         self.classifier = nn.Sequential(
-            nn.Linear(cin, cin), nn.ReLU(True), nn.Linear(cin, cin), nn.ReLU(True),
+            nn.Linear(cin, cin),
+            nn.ReLU(True),
+            nn.Linear(cin, cin),
+            nn.ReLU(True),
             nn.Linear(cin, num_classes),
-        )  # fmt: skip
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         return self.classifier(self.features(x).flatten(1))

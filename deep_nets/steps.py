@@ -98,9 +98,13 @@ def build_optimizer(cfg: Any, model: nn.Module) -> SAM:
     params = list(model.parameters())
     if cfg.sam_variant == "looksam":
         return LookSAM(
-            params, torch.optim.SGD, rho=cfg.sam_rho, k=cfg.looksam_k, alpha=cfg.looksam_alpha,
+            params,
+            torch.optim.SGD,
+            rho=cfg.sam_rho,
+            k=cfg.looksam_k,
+            alpha=cfg.looksam_alpha,
             **base,
-        )  # fmt: skip
+        )
     return OriginalAscentSAM(
         # named: the official ASAM rescales the parameters named *weight* (norm layers included)
         list(model.named_parameters()) if cfg.sam_variant == "asam" else params,
@@ -181,12 +185,18 @@ def msam_step(ctx: StepContext, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor | 
 
     with ctx.autocast():
         lo, plo = msam_backward(
-            ctx.opt, ctx.net, loss, x, y, ctx.m,
-            sam_iters=ctx.cfg.sam_iters, step_size_mult=ctx.cfg.sam_step_size_mult,
+            ctx.opt,
+            ctx.net,
+            loss,
+            x,
+            y,
+            ctx.m,
+            sam_iters=ctx.cfg.sam_iters,
+            step_size_mult=ctx.cfg.sam_step_size_mult,
             bn_first_pass_only=ctx.cfg.sam_bn_update == "first",
             vectorize=MSAM_IMPL[ctx.cfg.msam_impl],
             max_batched_params=ctx.cfg.msam_max_batched_params,
-        )  # fmt: skip
+        )
     ctx.update()
     return (lo / s, plo / s) if s != 1.0 else (lo, plo)
 

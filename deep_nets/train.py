@@ -326,10 +326,16 @@ class Trainer:
         self.data_seed = int(seeds.data.initial_seed())
         # data (identical on every worker; the batches are sharded in `batch_at`)
         self.splits = sp = load_dataset(
-            cfg.dataset, cfg.data_dir, seed=cfg.seed, val_frac=0.1, frac_train=cfg.frac_train,
-            p_label_noise=cfg.p_label_noise, noise_type=cfg.noise_type, device=device,
+            cfg.dataset,
+            cfg.data_dir,
+            seed=cfg.seed,
+            val_frac=0.1,
+            frac_train=cfg.frac_train,
+            p_label_noise=cfg.p_label_noise,
+            noise_type=cfg.noise_type,
+            device=device,
             noisy_val=not cfg.clean_val,
-        )  # fmt: skip
+        )
         self.n_train = sp.train_x.shape[0]
         self.per_worker = cfg.batch_size // dd.world
         if self.n_train < cfg.batch_size:
@@ -342,10 +348,16 @@ class Trainer:
         # model (initialization from its own stream, independent of the data order)
         torch.manual_seed(int(seeds.init.initial_seed()))
         model = build_model(
-            cfg.model, in_channels=sp.input_shape[0], num_classes=sp.num_classes,
-            width=cfg.model_width, input_shape=tuple(sp.input_shape), droprate=cfg.droprate,
-            activation=cfg.activation, init=cfg.init, scale_init=cfg.scale_init,
-        ).to(device)  # fmt: skip
+            cfg.model,
+            in_channels=sp.input_shape[0],
+            num_classes=sp.num_classes,
+            width=cfg.model_width,
+            input_shape=tuple(sp.input_shape),
+            droprate=cfg.droprate,
+            activation=cfg.activation,
+            init=cfg.init,
+            scale_init=cfg.scale_init,
+        ).to(device)
         self.n_params = count_parameters(model)
         ckpt = out_dir / CHECKPOINT
         if cfg.model_path and not (cfg.resume and ckpt.exists()):
@@ -547,22 +559,32 @@ class Trainer:
             return (a[i] / a[n]).item() if a[n] > 0 else None
 
         row = {
-            "epoch": round(epoch_float, 6), "step": st.global_step, "epoch_end": epoch_end,
-            "lr": lr, "rho": rho, "m": self.m,
-            "train_loss": ratio(tr, 0, 2), "train_err": ratio(tr, 1, 2),
-            "train_err_noisy": ratio(tr, 3, 4), "train_err_clean": ratio(tr, 5, 6),
+            "epoch": round(epoch_float, 6),
+            "step": st.global_step,
+            "epoch_end": epoch_end,
+            "lr": lr,
+            "rho": rho,
+            "m": self.m,
+            "train_loss": ratio(tr, 0, 2),
+            "train_err": ratio(tr, 1, 2),
+            "train_err_noisy": ratio(tr, 3, 4),
+            "train_err_clean": ratio(tr, 5, 6),
             "train_loss_batch": (acc[0] / acc[1]).item() if acc[1] > 0 else None,
-            "val_loss": ratio(va, 0, 2), "val_err": ratio(va, 1, 2),
-            "test_loss": ratio(te, 0, 2), "test_err": ratio(te, 1, 2),
-            "sharpness": ratio(sh, 0, 1), "sharpness_rho": cfg.sharpness_rho,
+            "val_loss": ratio(va, 0, 2),
+            "val_err": ratio(va, 1, 2),
+            "test_loss": ratio(te, 0, 2),
+            "test_err": ratio(te, 1, 2),
+            "sharpness": ratio(sh, 0, 1),
+            "sharpness_rho": cfg.sharpness_rho,
             "sharpness_m": self.m_sharp,
-            "train_err_swa": ratio(str_, 1, 2), "val_err_swa": ratio(sva, 1, 2),
+            "train_err_swa": ratio(str_, 1, 2),
+            "val_err_swa": ratio(sva, 1, 2),
             "test_err_swa": ratio(ste, 1, 2),
             "seconds": round(st.seconds, 3),
             "eval_seconds": round(time.perf_counter() - t0, 3),
             "examples_per_s": round(st.since_row_examples / max(st.since_row_seconds, 1e-9), 1),
             "train_cpu_seconds": round(st.since_row_cpu, 4),
-        }  # fmt: skip
+        }
         st.accum.zero_()
         st.since_row_examples, st.since_row_seconds, st.since_row_cpu = 0, 0.0, 0.0
         st.n_rows += 1
@@ -587,12 +609,19 @@ class Trainer:
         best = self.best or {}
         if better:
             st.best_val_err = ve
-            best.update(model=copy.deepcopy(self.model.state_dict()), val_err=ve,
-                        epoch=row["epoch"], step=row["step"])  # fmt: skip
+            best.update(
+                model=copy.deepcopy(self.model.state_dict()),
+                val_err=ve,
+                epoch=row["epoch"],
+                step=row["step"],
+            )
         if better_swa:
             st.best_swa_val_err = vs
-            best.update(swa_model=copy.deepcopy(self.swa.state_dict()), swa_val_err=vs,
-                        swa_epoch=row["epoch"])  # fmt: skip
+            best.update(
+                swa_model=copy.deepcopy(self.swa.state_dict()),
+                swa_val_err=vs,
+                swa_epoch=row["epoch"],
+            )
         self.best = best
         if self.dd.main:
             atomic_torch_save(best, self.out_dir / BEST)
@@ -601,22 +630,30 @@ class Trainer:
         rows = [r for r in (self.run.metrics() if self.run else []) if r.get("epoch_end")]
         st = self.st
         s: dict[str, Any] = {
-            "status": status, "epochs_done": st.epoch, "global_step": st.global_step,
-            "n_params": self.n_params, "m": self.m, "world_size": self.dd.world,
-            "seconds": round(st.seconds, 3), "data": self.splits.info,
-        }  # fmt: skip
+            "status": status,
+            "epochs_done": st.epoch,
+            "global_step": st.global_step,
+            "n_params": self.n_params,
+            "m": self.m,
+            "world_size": self.dd.world,
+            "seconds": round(st.seconds, 3),
+            "data": self.splits.info,
+        }
         if message:
             s["message"] = message
         if rows:
             valid = [r for r in rows if r.get("val_err") is not None]
             best = min(valid, key=lambda r: r["val_err"]) if valid else rows[-1]
             s.update(
-                best_epoch=best["epoch"], best_val_err=best.get("val_err"),
-                test_err_at_best_val=best["test_err"], test_err_last=rows[-1]["test_err"],
-                val_err_last=rows[-1].get("val_err"), train_err_last=rows[-1]["train_err"],
+                best_epoch=best["epoch"],
+                best_val_err=best.get("val_err"),
+                test_err_at_best_val=best["test_err"],
+                test_err_last=rows[-1]["test_err"],
+                val_err_last=rows[-1].get("val_err"),
+                train_err_last=rows[-1]["train_err"],
                 sharpness_last=rows[-1].get("sharpness"),
                 test_err_swa_last=rows[-1].get("test_err_swa"),
-            )  # fmt: skip
+            )
         if self.run is not None:
             self.run.write_summary(s)
         return s
@@ -705,10 +742,17 @@ class Trainer:
                 self.noise["gen"] = noise_gen
                 active = sam_active(cfg, epoch)
                 ctx = StepContext(
-                    cfg, self.opt, self.net, self.loss, self.m, params, noise_gen,
+                    cfg,
+                    self.opt,
+                    self.net,
+                    self.loss,
+                    self.m,
+                    params,
+                    noise_gen,
                     other_batch=lambda gen=gen: self.other_batch(gen),
-                    autocast=self.autocast, scaler=self.scaler,
-                )  # fmt: skip
+                    autocast=self.autocast,
+                    scaler=self.scaler,
+                )
                 step = STEPS[step_kind(cfg, active)]
                 rho = cfg.sam_rho * active
                 t0, cpu0 = time.perf_counter(), time.process_time()

@@ -317,9 +317,14 @@ def _train(config: TrainConfig) -> Path:
 
     with GracefulInterrupt() as intr:
         res = simulate(
-            runs, cfg, logs, track_alpha=config.theory, callback=stream, on_chunk=on_chunk,
+            runs,
+            cfg,
+            logs,
+            track_alpha=config.theory,
+            callback=stream,
+            on_chunk=on_chunk,
             resume_from=resume_from,
-        )  # fmt: skip
+        )
     rd.log_many(pending)
     if res.stopped_at is not None:
         status = "interrupted" if intr.requested else "stopped"

@@ -58,8 +58,12 @@ def teacher_student(
 ) -> Dataset:
     """Teacher-student regression data (module docstring). The ``n_val`` validation points are
     drawn after the training and test points, so adding them changes neither."""
-    for name, v in (("d", d), ("teacher_width", teacher_width), ("n_train", n_train),
-                    ("n_test", n_test)):  # fmt: skip
+    for name, v in (
+        ("d", d),
+        ("teacher_width", teacher_width),
+        ("n_train", n_train),
+        ("n_test", n_test),
+    ):
         if v < 1:
             raise ValueError(f"{name}: must be >= 1 (got {v})")
     if n_val < 0:

@@ -59,8 +59,16 @@ MSAM_M = 4  # the middle chunk size: 12 points in 3 chunks
 
 def _sizes(profile: str) -> dict:
     if check_profile(profile) == "test":
-        return {"it1": 300, "seeds1": [0, 1], "sweep": True, "it2": 300, "seeds2": [0, 1],
-                "it3": 300, "seeds3": [0, 1], "original": True}  # fmt: skip
+        return {
+            "it1": 300,
+            "seeds1": [0, 1],
+            "sweep": True,
+            "it2": 300,
+            "seeds2": [0, 1],
+            "it3": 300,
+            "seeds3": [0, 1],
+            "original": True,
+        }
     return {
         "it1": 1_000_000,
         "seeds1": [0, 1, 2, 3, 4],
@@ -120,8 +128,10 @@ def experiment_configs(profile: str) -> dict[str, dict[str, Config]]:
         exp1 |= {"exp1_sweep": sweep, "exp1_sweep" + MATCHED: matched}
     if s["original"]:  # the notebook's own loop: lr decayed for SAM only (GD at constant lr)
         orig = replace(ref, algorithms=["gd", "nsam"], rhos=[0.3], m=1, lr_decay_sam_only=True)
-        exp1 |= {"exp1_original": orig,
-                 "exp1_original" + MATCHED: replace(matched, lr_decay_sam_only=True)}  # fmt: skip
+        exp1 |= {
+            "exp1_original": orig,
+            "exp1_original" + MATCHED: replace(matched, lr_decay_sam_only=True),
+        }
     teacher = Config(
         **TEACHER, iterations=s["it2"], loss_threshold=0.0, seeds=s["seeds2"], n_logs=40
     )

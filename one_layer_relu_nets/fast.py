@@ -102,8 +102,29 @@ class Run:
         if m and n % m:
             raise ValueError(f"m={m} must divide n={n}")
         code = lib.relu_advance(
-            n, d, width, m, _ptr(self.X), _ptr(self.y), _ptr(self.W), _ptr(self.b), _ptr(self.a),
-            omega, omega_chunk, int(normalize), rho, eps, lr, _ptr(lr_f), _ptr(rho_f), thr,
-            t0, t1, T, ctypes.byref(self._loss), ctypes.byref(self._t), _ptr(self.work),
-        )  # fmt: skip
+            n,
+            d,
+            width,
+            m,
+            _ptr(self.X),
+            _ptr(self.y),
+            _ptr(self.W),
+            _ptr(self.b),
+            _ptr(self.a),
+            omega,
+            omega_chunk,
+            int(normalize),
+            rho,
+            eps,
+            lr,
+            _ptr(lr_f),
+            _ptr(rho_f),
+            thr,
+            t0,
+            t1,
+            T,
+            ctypes.byref(self._loss),
+            ctypes.byref(self._t),
+            _ptr(self.work),
+        )
         return STATUS[code], int(self._t.value), float(self._loss.value)

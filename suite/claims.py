@@ -89,8 +89,16 @@ class Gap:
 
     def scaled(self, k: float) -> Gap:
         """The same comparison in other units (``k = 100``: error rates in percentage points)."""
-        return Gap(k * self.gap, k * self.se, k * self.mean_a, k * self.std_a, self.n_a,
-                   k * self.mean_b, k * self.std_b, self.n_b)  # fmt: skip
+        return Gap(
+            k * self.gap,
+            k * self.se,
+            k * self.mean_a,
+            k * self.std_a,
+            self.n_a,
+            k * self.mean_b,
+            k * self.std_b,
+            self.n_b,
+        )
 
     def describe(self, fmt: str = ".3g") -> str:
         return f"gap {self.gap:{fmt}} +- {self.se:{fmt}} (SE)"
@@ -121,10 +129,19 @@ class ClaimRow:
         """The row as ``write_claims`` writes it: {column: value} over ``CLAIM_COLUMNS``, with
         ``family`` / ``profile`` where the row leaves them empty."""
         g, s = ("", "") if self.stat is None else (self.stat.gap, self.stat.se)
-        return {"family": self.family or family, "paper": self.paper, "claim": self.claim,
-                "paper_value": self.paper_value, "ours": self.ours, "gap": g, "se": s,
-                "profile": self.profile or profile, "verdict": self.verdict,
-                "figure": self.figure, "note": self.note}  # fmt: skip
+        return {
+            "family": self.family or family,
+            "paper": self.paper,
+            "claim": self.claim,
+            "paper_value": self.paper_value,
+            "ours": self.ours,
+            "gap": g,
+            "se": s,
+            "profile": self.profile or profile,
+            "verdict": self.verdict,
+            "figure": self.figure,
+            "note": self.note,
+        }
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float, int]:

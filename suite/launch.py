@@ -437,8 +437,9 @@ def _run_pool(runs: Sequence[Run], jobs: int) -> list[Outcome]:
                 except BaseException as e:  # noqa: BLE001 - raised below, after the others end
                     error = error or e
                     continue
-                outcomes[r.name] = Outcome(r.name, Path(r.out_dir), action, wall, note=note,
-                                           cpu_seconds=cpu)  # fmt: skip
+                outcomes[r.name] = Outcome(
+                    r.name, Path(r.out_dir), action, wall, note=note, cpu_seconds=cpu
+                )
                 _report("run_ended", outcomes[r.name])
     except KeyboardInterrupt:
         # pass the Ctrl-C on to the workers (their trainers save and stop), drop what is queued

@@ -53,9 +53,11 @@ class StageContext:
     def trained_now(self, runs: Sequence[Run]) -> bool:
         """Whether this call trained (or resumed) any of ``runs``: a report that caches what
         it measured on them (landscapes) measures again."""
-        return any(self.outcomes.get(Path(r.out_dir).name, None) is None
-                   or self.outcomes[Path(r.out_dir).name].action != "skipped"
-                   for r in runs)  # fmt: skip
+        return any(
+            self.outcomes.get(Path(r.out_dir).name, None) is None
+            or self.outcomes[Path(r.out_dir).name].action != "skipped"
+            for r in runs
+        )
 
 
 Text = str | Callable[[StageContext], str]
@@ -103,8 +105,14 @@ def run_stage(
     ``root``: where the stage's runs lie (default ``results/<family>``); ``extra_rows``: rows
     that belong to no experiment (a paper-scale placeholder)."""
     results_dir, figures_dir = Path(results_dir), Path(figures_dir)
-    ctx = StageContext(family, profile, settings(profiles, profile), results_dir, figures_dir,
-                       Path(root) if root is not None else results_dir / family)  # fmt: skip
+    ctx = StageContext(
+        family,
+        profile,
+        settings(profiles, profile),
+        results_dir,
+        figures_dir,
+        Path(root) if root is not None else results_dir / family,
+    )
     t0 = time.perf_counter()
     figures_dir.mkdir(parents=True, exist_ok=True)
     dirs, outcomes = _launch(ctx, experiments)
@@ -121,9 +129,11 @@ def run_stage(
             caption_figure(results_dir, family, e.figure, shows=shows, reading=reading, key=e.key)
         timings[e.name] = _timing(*dirs[e.name], outcomes, per_run, time.perf_counter() - t1)
         t = timings[e.name]
-        print(f"[{family}] {e.name}: {t['runs']} runs ({t['trained']} trained now), "
-              f"{t['run_seconds']:.1f} s of training ({t['run_cpu_seconds']:.1f} CPU s)",
-              flush=True)  # fmt: skip
+        print(
+            f"[{family}] {e.name}: {t['runs']} runs ({t['trained']} trained now), "
+            f"{t['run_seconds']:.1f} s of training ({t['run_cpu_seconds']:.1f} CPU s)",
+            flush=True,
+        )
     if extra_rows is not None:
         rows += extra_rows(ctx)
     timings["_stage"] = {
@@ -173,8 +183,11 @@ def _update_run_seconds(root: Path, outcomes: Mapping[str, Outcome]) -> dict[str
         if o.action == "skipped" and d in table:
             table[d]["trained_now"] = False
         else:
-            table[d] = {"seconds": round(o.seconds, 2), "cpu_seconds": o.cpu_seconds,
-                        "trained_now": o.action != "skipped"}  # fmt: skip
+            table[d] = {
+                "seconds": round(o.seconds, 2),
+                "cpu_seconds": o.cpu_seconds,
+                "trained_now": o.action != "skipped",
+            }
     atomic_write_json(path, table)
     return table
 

@@ -171,8 +171,9 @@ def compare(a: Sequence[Outcome], b: Sequence[Outcome]) -> GapEstimate:
     per_seed = delta.mean(axis=1)
     k = per_seed.size
     var = per_seed.var(ddof=1) / k if k > 1 else math.nan
-    return GapEstimate(float(per_seed.mean()), math.sqrt(var), k - 1.0, d, k,
-                       a[0].values.size, var, 0.0)  # fmt: skip
+    return GapEstimate(
+        float(per_seed.mean()), math.sqrt(var), k - 1.0, d, k, a[0].values.size, var, 0.0
+    )
 
 
 def _two_way(delta: np.ndarray) -> GapEstimate:
@@ -220,8 +221,9 @@ def _unpaired(a: Sequence[Outcome], b: Sequence[Outcome]) -> GapEstimate:
     mb, sb, fb, eb, _, _ = _side(b)
     var = sa + sb + ea + eb
     df = satterthwaite([(sa, fa), (sb, fb)])  # the example terms count as known
-    return GapEstimate(ma - mb, math.sqrt(var), df, "unpaired", min(len(a), len(b)), n,
-                       sa + sb, ea + eb)  # fmt: skip
+    return GapEstimate(
+        ma - mb, math.sqrt(var), df, "unpaired", min(len(a), len(b)), n, sa + sb, ea + eb
+    )
 
 
 def pooled_seed_variance(
@@ -314,9 +316,13 @@ class Judgement:
 
 
 def judge(
-    claim: Claim, gap: float | None, se: float | None, df: float | None,
-    *, paper_effect: float | None = None,
-) -> Judgement:  # fmt: skip
+    claim: Claim,
+    gap: float | None,
+    se: float | None,
+    df: float | None,
+    *,
+    paper_effect: float | None = None,
+) -> Judgement:
     """The verdict on a gap measured in the paper's direction (positive = the paper's sign).
 
     significant: |gap| > t(1 - alpha/2, df) se (two-sided level alpha);

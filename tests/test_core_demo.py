@@ -129,8 +129,7 @@ def test_ctrl_c_stops_after_the_epoch_and_resume_equals_an_uninterrupted_run(tmp
     trains (the most stateful optimizer): the run stops after the current epoch with status
     "interrupted"; resuming gives exactly the metrics and summary of an uninterrupted run
     (wall-clock seconds aside)."""
-    cfg = DemoConfig(optimizer="looksam", epochs=60, width=16, frac_train=0.3,
-                     hessian_examples=64)  # fmt: skip
+    cfg = DemoConfig(optimizer="looksam", epochs=60, width=16, frac_train=0.3, hessian_examples=64)
     out, ref = tmp_path / "interrupted", tmp_path / "reference"
     metrics = out / "metrics.jsonl"
 
@@ -218,10 +217,8 @@ def test_profiles():
     from analysis.core_demo import demo_runs
 
     quick, full, paper = (demo_runs(p, Path("r")) for p in ("quick", "full", "paper"))
-    assert {(r.config["epochs"], r.config["seed"]) for r in quick} == {
-        (40, s) for s in (0, 1, 2)}  # fmt: skip
-    assert {(r.config["epochs"], r.config["seed"]) for r in full} == {
-        (100, s) for s in range(5)}  # fmt: skip
+    assert {(r.config["epochs"], r.config["seed"]) for r in quick} == {(40, s) for s in (0, 1, 2)}
+    assert {(r.config["epochs"], r.config["seed"]) for r in full} == {(100, s) for s in range(5)}
     assert len(full) == 4 * 5 and {r.config["optimizer"] for r in full} == set(OPTIMIZERS)
     assert [(r.out_dir, r.config) for r in paper] == [(r.out_dir, r.config) for r in full]
     assert all(r.config == asdict(DemoConfig(**r.config)) for r in quick)

@@ -114,10 +114,16 @@ def _looksam_worker(rank: int, init_file: str, out_prefix: str) -> None:
             model = nn.parallel.DistributedDataParallel(tiny_model())
             opt = LookSAM(model.parameters(), torch.optim.SGD, rho=RHO, k=LK, alpha=ALPHA, lr=LR)
             ctx = StepContext(
-                cfg=None, opt=opt, net=model, loss=lambda a, b, m=model: loss_fn(m, a, b), m=N,
-                params=list(model.parameters()), noise_gen=torch.Generator(), other_batch=None,
+                cfg=None,
+                opt=opt,
+                net=model,
+                loss=lambda a, b, m=model: loss_fn(m, a, b),
+                m=N,
+                params=list(model.parameters()),
+                noise_gen=torch.Generator(),
+                other_batch=None,
                 autocast=contextlib.nullcontext,
-            )  # fmt: skip
+            )
             shard = N // WORLD
             for t in range(LSTEPS):
                 x, y = tiny_data(N, seed=100 + t)
@@ -187,9 +193,11 @@ def test_ddp_looksam_replicas_stay_bitwise_equal_and_average_per_worker_looksam(
     apart (4.8e-2 with the README loop, 1.2e-2 with the trainer's step, after 6 steps)."""
     prefix = str(tmp_path / "looksam_rank")
     mp.start_processes(
-        _looksam_worker, args=(str(tmp_path / "init_looksam"), prefix), nprocs=WORLD,
+        _looksam_worker,
+        args=(str(tmp_path / "init_looksam"), prefix),
+        nprocs=WORLD,
         start_method="spawn",
-    )  # fmt: skip
+    )
     ranks = [torch.load(f"{prefix}{r}.pt", weights_only=True) for r in range(WORLD)]
     for mode in LOOKSAM_MODES:
         diff = max((a - b).abs().max().item() for a, b in zip(ranks[0][mode], ranks[1][mode]))

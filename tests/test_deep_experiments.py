@@ -28,23 +28,30 @@ from deep_nets.config import TrainConfig, check_config, load_named_config
 
 # The original's settings for each paper figure (PAPERS.md#deep-nets-setup and the figures after
 # it), written out by hand.
-RESNET18_C10 = dict(dataset="cifar10", model="resnet18", batch_size=128, epochs=200, lr_max=0.1,
-                    lr_schedule="piecewise", l2_reg=5e-4)  # fmt: skip
+RESNET18_C10 = dict(
+    dataset="cifar10",
+    model="resnet18",
+    batch_size=128,
+    epochs=200,
+    lr_max=0.1,
+    lr_schedule="piecewise",
+    l2_reg=5e-4,
+)
 PAPER_TABLE = {
     "fig1_resnet18_cifar10_msam": dict(RESNET18_C10, momentum=0.9),
     "fig1_resnet34gn_cifar100_msam": dict(RESNET18_C10, dataset="cifar100", model="resnet34_gn"),
     "msharpness_resnet18_cifar10": dict(RESNET18_C10, momentum=0.9),
-    "fig9_erm_to_sam_cifar10": dict(RESNET18_C10, sam_epoch_frac_start=0.9,
-                                    sam_epoch_frac_end=1.0),
-    "fig9_sam_to_erm_cifar10": dict(RESNET18_C10, sam_epoch_frac_start=0.0,
-                                    sam_epoch_frac_end=0.9),
-    "fig12_noisy_labels_cifar10": dict(RESNET18_C10, epochs=1000, p_label_noise=0.6,
-                                       noise_type="sym"),
+    "fig9_erm_to_sam_cifar10": dict(RESNET18_C10, sam_epoch_frac_start=0.9, sam_epoch_frac_end=1.0),
+    "fig9_sam_to_erm_cifar10": dict(RESNET18_C10, sam_epoch_frac_start=0.0, sam_epoch_frac_end=0.9),
+    "fig12_noisy_labels_cifar10": dict(
+        RESNET18_C10, epochs=1000, p_label_noise=0.6, noise_type="sym"
+    ),
     "convergence_resnet18_cifar10": RESNET18_C10,
-    "looksam_resnet18_cifar10": dict(RESNET18_C10, sam_variant="looksam", looksam_k=5,
-                                     looksam_alpha=0.7),
+    "looksam_resnet18_cifar10": dict(
+        RESNET18_C10, sam_variant="looksam", looksam_k=5, looksam_alpha=0.7
+    ),
     "seminar_fmnist_cnn": dict(dataset="fashion_mnist", model="cnn", lr_schedule="cosine"),
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize("name", sorted(PAPER_TABLE))
@@ -156,8 +163,14 @@ def test_metric_rows_tolerate_the_epoch_0_row():
     def row(epoch, step, end, err):
         return {"epoch": epoch, "step": step, "epoch_end": end, "test_err": err}
 
-    a = {"metrics": [row(0.0, 0, False, 0.9), row(0.5, 5, False, 0.7), row(1.0, 10, True, 0.5),
-                     row(2.0, 20, True, 0.3)]}  # fmt: skip
+    a = {
+        "metrics": [
+            row(0.0, 0, False, 0.9),
+            row(0.5, 5, False, 0.7),
+            row(1.0, 10, True, 0.5),
+            row(2.0, 20, True, 0.3),
+        ]
+    }
     b = {"metrics": [row(0.0, 0, False, 0.7), row(1.0, 10, True, 0.3), row(2.0, 20, True, 0.1)]}
     assert [r["epoch"] for r in epoch_rows(a)] == [1.0, 2.0]  # neither epoch 0 nor mid-epoch
     assert [[r["epoch"] for r in rs] for rs in curve_rows([a, b])] == [[0.0, 1.0, 2.0]] * 2
@@ -184,8 +197,13 @@ def test_fig1_uses_the_originals_n_sam_and_random_baseline():
     # s = rho / sqrt(d), d counted on the model the trainer builds (an MLP on mnist1d)
     from deep_nets.models import build_model, count_parameters
 
-    net = build_model(P["base"]["model"], in_channels=1, num_classes=10, input_shape=(1, 40),
-                      width=P["base"].get("model_width"))  # fmt: skip
+    net = build_model(
+        P["base"]["model"],
+        in_channels=1,
+        num_classes=10,
+        input_shape=(1, 40),
+        width=P["base"].get("model_width"),
+    )
     d = count_parameters(net)
     assert rnd["add_weight_perturb_scale"] == pytest.approx(0.1 / math.sqrt(d), rel=1e-5)
     assert m["random"](0).dirname().startswith("gauss-")
@@ -231,9 +249,16 @@ def test_spec_identity_ignores_defaults_and_runtime_flags():
 def test_to_argv_round_trips_through_the_trainer_cli(tmp_path):
     from deep_nets.train import config_from_argv
 
-    flags = {"dataset": "mnist1d", "model": "mlp", "no_data_augm": True, "half_prec": False,
-             "sam_rho": 0.05, "acc_steps": 4, "model_width": None,
-             "out_dir": str(tmp_path / "r")}  # fmt: skip
+    flags = {
+        "dataset": "mnist1d",
+        "model": "mlp",
+        "no_data_augm": True,
+        "half_prec": False,
+        "sam_rho": 0.05,
+        "acc_steps": 4,
+        "model_width": None,
+        "out_dir": str(tmp_path / "r"),
+    }
     cfg = config_from_argv(to_argv(flags))
     assert cfg.no_data_augm and not cfg.half_prec and cfg.sam_rho == 0.05 and cfg.acc_steps == 4
 
@@ -285,8 +310,10 @@ def test_barrier_is_the_bump_above_the_worse_end():
 
 
 def test_first_epoch_below_and_cpu_per_epoch():
-    rows = [{"epoch": e, "epoch_end": True, "train_err_noisy": v, "train_cpu_seconds": 2.0}
-            for e, v in ((1, 0.9), (2, 0.6), (3, 0.4), (4, 0.1))]  # fmt: skip
+    rows = [
+        {"epoch": e, "epoch_end": True, "train_err_noisy": v, "train_cpu_seconds": 2.0}
+        for e, v in ((1, 0.9), (2, 0.6), (3, 0.4), (4, 0.1))
+    ]
     run = {"metrics": rows}
     assert fig12.first_epoch_below(run, "train_err_noisy", 0.5) == 3
     assert fig12.first_epoch_below(run, "train_err_noisy", 0.05) == 5  # never: one past the end

@@ -58,10 +58,17 @@ def run_step(
     for g in opt.param_groups:
         g["lr"] = cfg.lr_max
     ctx = StepContext(
-        cfg, opt, model, make_loss(cfg, model, model), cfg.m, list(model.parameters()),
-        torch.Generator().manual_seed(gen_seed), other_batch=lambda: other or (x, y),
-        autocast=contextlib.nullcontext, prev=prev,
-    )  # fmt: skip
+        cfg,
+        opt,
+        model,
+        make_loss(cfg, model, model),
+        cfg.m,
+        list(model.parameters()),
+        torch.Generator().manual_seed(gen_seed),
+        other_batch=lambda: other or (x, y),
+        autocast=contextlib.nullcontext,
+        prev=prev,
+    )
     model.train()
     STEPS[kind or step_kind(cfg, True)](ctx, x, y)
     return model
@@ -167,9 +174,17 @@ def test_rho_tied_to_the_learning_rate():
     opt = build_optimizer(cfg, model)
     for g in opt.param_groups:
         g["sam_rho"] = cfg.lr_max * cfg.sam_lr_mult  # what the loop sets every step
-    ctx = StepContext(cfg, opt, model, make_loss(cfg, model, model), cfg.m,
-                      list(model.parameters()), torch.Generator(), lambda: (x, y),
-                      contextlib.nullcontext)  # fmt: skip
+    ctx = StepContext(
+        cfg,
+        opt,
+        model,
+        make_loss(cfg, model, model),
+        cfg.m,
+        list(model.parameters()),
+        torch.Generator(),
+        lambda: (x, y),
+        contextlib.nullcontext,
+    )
     STEPS["msam"](ctx, x, y)
     assert_weights(model, want)
 
@@ -246,8 +261,9 @@ def test_previous_batch_perturbation_is_the_originals():
 def test_random_weight_perturbation_scales_are_the_originals(distr):
     """utils_train.perturb_weights: per parameter, n_add then n_mul; w' = (1 + s_mul n_mul) w +
     s_add n_add; the gradient at w' updates w."""
-    cfg = cfg_for(add_weight_perturb_scale=0.05, mul_weight_perturb_scale=0.2,
-                  weight_perturb_distr=distr)  # fmt: skip
+    cfg = cfg_for(
+        add_weight_perturb_scale=0.05, mul_weight_perturb_scale=0.2, weight_perturb_distr=distr
+    )
     x, y = batch()
     ref = tiny_net()
     g = torch.Generator().manual_seed(7)
@@ -317,8 +333,9 @@ def test_switch_epochs_as_the_original_counts():
         return cfg.sam_epoch_frac_start <= epoch_1based / cfg.epochs <= cfg.sam_epoch_frac_end
 
     for start, end in [(0.9, 1.0), (0.0, 0.5), (0.25, 0.75), (0.5, 0.5)]:
-        cfg = TrainConfig(epochs=20, sam_rho=0.1, sam_epoch_frac_start=start,
-                          sam_epoch_frac_end=end)  # fmt: skip
+        cfg = TrainConfig(
+            epochs=20, sam_rho=0.1, sam_epoch_frac_start=start, sam_epoch_frac_end=end
+        )
         assert [sam_active(cfg, e) for e in range(20)] == [original(cfg, e) for e in range(1, 21)]
 
 
@@ -340,33 +357,56 @@ def test_original_models_parameter_counts_and_init():
     with torch.device("meta"):
         vgg = build_model("vgg16", in_channels=3, num_classes=10, input_shape=(3, 32, 32))
     assert count_parameters(vgg) == total
-    lin = build_model("linear", in_channels=1, num_classes=10, input_shape=(1, 40),
-                      init="original", scale_init=2.0)  # fmt: skip
+    lin = build_model(
+        "linear",
+        in_channels=1,
+        num_classes=10,
+        input_shape=(1, 40),
+        init="original",
+        scale_init=2.0,
+    )
     assert count_parameters(lin) == 400 and lin._model[1].weight.norm().item() == pytest.approx(2)
     torch.manual_seed(0)
-    m = build_model("resnet18", in_channels=3, num_classes=10, width=16,
-                    input_shape=(3, 32, 32), init="original")  # fmt: skip
+    m = build_model(
+        "resnet18",
+        in_channels=3,
+        num_classes=10,
+        width=16,
+        input_shape=(3, 32, 32),
+        init="original",
+    )
     w = m.stages[3][0].conv1.weight  # 3x3, 128 output channels
     assert w.std().item() == pytest.approx(math.sqrt(2 / (9 * 128)), rel=0.05)  # fan_out
     assert torch.equal(m.linear.bias, torch.zeros(10))
-    assert all(torch.equal(b.weight, torch.ones_like(b.weight)) for b in m.modules()
-               if isinstance(b, nn.BatchNorm2d))  # fmt: skip
+    assert all(
+        torch.equal(b.weight, torch.ones_like(b.weight))
+        for b in m.modules()
+        if isinstance(b, nn.BatchNorm2d)
+    )
 
 
 def test_droprate_and_softplus_activation_in_preact_blocks():
     x = torch.randn(4, 3, 32, 32)
-    m = build_model("resnet_tiny", in_channels=3, num_classes=10, width=4, input_shape=(3, 32, 32),
-                    droprate=0.5)  # fmt: skip
+    m = build_model(
+        "resnet_tiny", in_channels=3, num_classes=10, width=4, input_shape=(3, 32, 32), droprate=0.5
+    )
     m.train()
     assert not torch.equal(m(x), m(x))  # dropout active in training
     m.eval()
     assert torch.equal(m(x), m(x))
     torch.manual_seed(0)
-    relu = build_model("resnet_tiny", in_channels=3, num_classes=10, width=4,
-                       input_shape=(3, 32, 32)).eval()  # fmt: skip
+    relu = build_model(
+        "resnet_tiny", in_channels=3, num_classes=10, width=4, input_shape=(3, 32, 32)
+    ).eval()
     torch.manual_seed(0)
-    soft = build_model("resnet_tiny", in_channels=3, num_classes=10, width=4,
-                       input_shape=(3, 32, 32), activation="softplus3").eval()  # fmt: skip
+    soft = build_model(
+        "resnet_tiny",
+        in_channels=3,
+        num_classes=10,
+        width=4,
+        input_shape=(3, 32, 32),
+        activation="softplus3",
+    ).eval()
     blk = soft.stages[0][0]
     t = torch.randn(10)
     assert torch.allclose(blk.act(t), torch.log1p(torch.exp(3 * t)) / 3)
@@ -389,8 +429,13 @@ def test_model_path_loads_the_originals_checkpoint_layout(tmp_path):
         if k in names:
             key = names[k]
         elif parts[0] == "stages":  # stages.S.B.norm1.weight -> layer{S+1}.B.bn1.weight
-            rest = {"norm1": "bn1", "norm2": "bn2", "conv1": "conv1", "conv2": "conv2",
-                    "shortcut": "shortcut.0"}[parts[3]]  # fmt: skip
+            rest = {
+                "norm1": "bn1",
+                "norm2": "bn2",
+                "conv1": "conv1",
+                "conv2": "conv2",
+                "shortcut": "shortcut.0",
+            }[parts[3]]
             key = f"layer{int(parts[1]) + 1}.{parts[2]}.{rest}." + ".".join(parts[4:])
         else:
             key = {"final_norm": "bn", "linear": "linear"}[parts[0]] + "." + ".".join(parts[1:])
@@ -426,15 +471,17 @@ def test_group_norm_has_width_over_2_groups_in_every_layer():
         groups = {g.num_groups for g in m.modules() if isinstance(g, nn.GroupNorm)}
         assert groups == {width // 2}, (name, groups)
     with pytest.raises(ValueError, match="even width"):
-        build_model("resnet_tiny_gn", in_channels=3, num_classes=10, width=5,
-                    input_shape=(3, 32, 32))  # fmt: skip
+        build_model(
+            "resnet_tiny_gn", in_channels=3, num_classes=10, width=5, input_shape=(3, 32, 32)
+        )
 
 
 def test_vgg16_conv_biases_start_at_zero_under_the_originals_init():
     def conv_biases(init):
         torch.manual_seed(0)
-        m = build_model("vgg16", in_channels=3, num_classes=10, width=2, input_shape=(3, 32, 32),
-                        init=init)  # fmt: skip
+        m = build_model(
+            "vgg16", in_channels=3, num_classes=10, width=2, input_shape=(3, 32, 32), init=init
+        )
         return [c.bias for c in m.modules() if isinstance(c, nn.Conv2d)]
 
     assert all(torch.equal(b, torch.zeros_like(b)) for b in conv_biases("original"))

@@ -66,21 +66,53 @@ def test_parity_table_matches_help_and_the_original():
 
 def test_help_states_the_defaults_the_table_names():
     text = " ".join(build_parser().format_help().split())
-    for phrase in ("(default: 200)", "(default: 0.0005)", "(default: 128)", "(default: first)",
-                   "(default: float16)", "(default: original)", "(default: 0.999)"):  # fmt: skip
+    for phrase in (
+        "(default: 200)",
+        "(default: 0.0005)",
+        "(default: 128)",
+        "(default: first)",
+        "(default: float16)",
+        "(default: original)",
+        "(default: 0.999)",
+    ):
         assert phrase in text, phrase
 
 
 # The original's get_args() defaults of the flags the table gives one, copied by hand.
 ORIGINAL_DEFAULTS = dict(
-    batch_size=128, dataset="cifar10", model="resnet18", epochs=100, lr_schedule="piecewise",
-    lr_max=0.1, p_label_noise=0.0, noise_type="sym", sam_rho=0.0, sam_step_size_mult=1.0,
-    sam_iters=1, sam_lr_mult=0.0, sam_epoch_frac_start=0.0, sam_epoch_frac_end=1.0, swa_tau=0.999,
-    add_weight_perturb_scale=0.0, mul_weight_perturb_scale=0.0, weight_perturb_distr="gauss",
-    frac_train=1, acc_steps=1, l1_reg=0.0, l2_reg=0.0, grad_gauss_std=0.0, scale_init=0.0,
-    droprate=0.0, activation="relu", seed=0, save_model_each_k_epochs=0, eval_iter_freq=-1,
-    n_eval_every_k_iter=512, batch_size_eval=512, n_final_eval=10000,
-)  # fmt: skip
+    batch_size=128,
+    dataset="cifar10",
+    model="resnet18",
+    epochs=100,
+    lr_schedule="piecewise",
+    lr_max=0.1,
+    p_label_noise=0.0,
+    noise_type="sym",
+    sam_rho=0.0,
+    sam_step_size_mult=1.0,
+    sam_iters=1,
+    sam_lr_mult=0.0,
+    sam_epoch_frac_start=0.0,
+    sam_epoch_frac_end=1.0,
+    swa_tau=0.999,
+    add_weight_perturb_scale=0.0,
+    mul_weight_perturb_scale=0.0,
+    weight_perturb_distr="gauss",
+    frac_train=1,
+    acc_steps=1,
+    l1_reg=0.0,
+    l2_reg=0.0,
+    grad_gauss_std=0.0,
+    scale_init=0.0,
+    droprate=0.0,
+    activation="relu",
+    seed=0,
+    save_model_each_k_epochs=0,
+    eval_iter_freq=-1,
+    n_eval_every_k_iter=512,
+    batch_size_eval=512,
+    n_final_eval=10000,
+)
 
 
 def _value(text: str):

@@ -22,15 +22,24 @@ from suite.rundir import load_run
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
 needs_fmnist = pytest.mark.skipif(not FMNIST.exists(), reason="needs dataset-fashion-mnist")
-MLP = dict(dataset="mnist1d", model="mlp", model_width=16, batch_size=32, frac_train=0.1,
-           lr_max=0.05, workers=1, n_eval_train=128, n_eval=128, n_sharpness=128,
-           device="cpu")  # fmt: skip
+MLP = dict(
+    dataset="mnist1d",
+    model="mlp",
+    model_width=16,
+    batch_size=32,
+    frac_train=0.1,
+    lr_max=0.05,
+    workers=1,
+    n_eval_train=128,
+    n_eval=128,
+    n_sharpness=128,
+    device="cpu",
+)
 
 
 def test_validation_labels_are_noisy_by_default_and_clean_with_clean_val():
     clean = load_dataset("mnist1d", None, seed=0, frac_train=0.1)
-    noisy = load_dataset("mnist1d", None, seed=0, frac_train=0.1, p_label_noise=0.3,
-                         noisy_val=True)  # fmt: skip
+    noisy = load_dataset("mnist1d", None, seed=0, frac_train=0.1, p_label_noise=0.3, noisy_val=True)
     n_val = clean.val_y.numel()
     changed = int((noisy.val_y != clean.val_y).sum())
     assert changed == round(0.3 * n_val)  # exactly round(p n) labels, each to another class
@@ -50,8 +59,7 @@ def test_best_weights_epoch_zero_row_and_provenance(tmp_path):
     assert best["epoch"] == best_row["epoch"] and best["val_err"] == best_row["val_err"]
     model = build_model("mlp", in_channels=1, num_classes=10, width=16, input_shape=(1, 40))
     model.load_state_dict(best["model"])
-    data = load_dataset("mnist1d", None, seed=0, frac_train=0.1, p_label_noise=0.2,
-                        noisy_val=True)  # fmt: skip
+    data = load_dataset("mnist1d", None, seed=0, frac_train=0.1, p_label_noise=0.2, noisy_val=True)
     ev = evaluate(model, data.val_x[:128], data.val_y[:128], 512)
     assert (ev[1] / ev[2]).item() == best_row["val_err"]
     assert "swa_model" in best and rows[-1]["test_err_swa"] is not None
@@ -62,8 +70,13 @@ def test_best_weights_epoch_zero_row_and_provenance(tmp_path):
     assert info["noise"]["n_noisy"] == int(data.noisy.sum()) and info["noise"]["noisy_val"]
     assert len(info["normalization"]["mean"]) == 1
     # fine-tuning from the last weights: its epoch-0 row is the source's final evaluation
-    ft = TrainConfig(**MLP, epochs=1, p_label_noise=0.2, model_path=str(tmp_path / "a" /
-                     "checkpoint.pt"), out_dir=str(tmp_path / "ft"))  # fmt: skip
+    ft = TrainConfig(
+        **MLP,
+        epochs=1,
+        p_label_noise=0.2,
+        model_path=str(tmp_path / "a" / "checkpoint.pt"),
+        out_dir=str(tmp_path / "ft"),
+    )
     train(ft)
     start = load_run(tmp_path / "ft")["metrics"][0]
     for k in ("train_err", "val_err", "test_err", "test_loss"):
@@ -96,9 +109,20 @@ def test_data_dir_must_exist_and_resume_refuses_other_data(tmp_path):
     raw = bytearray(gzip.decompress((FMNIST / "t10k-labels-idx1-ubyte.gz").read_bytes()))
     raw[-1] = (raw[-1] + 1) % 10  # one test label differs
     (c / "t10k-labels-idx1-ubyte.gz").write_bytes(gzip.compress(bytes(raw)))
-    kw = dict(dataset="fashion_mnist", model="mlp", model_width=8, frac_train=0.005,
-              batch_size=32, epochs=2, n_eval=64, n_eval_train=64, n_sharpness=32,
-              sharpness_m=32, workers=1, device="cpu")  # fmt: skip
+    kw = dict(
+        dataset="fashion_mnist",
+        model="mlp",
+        model_width=8,
+        frac_train=0.005,
+        batch_size=32,
+        epochs=2,
+        n_eval=64,
+        n_eval_train=64,
+        n_sharpness=32,
+        sharpness_m=32,
+        workers=1,
+        device="cpu",
+    )
     out = tmp_path / "run"
     train(TrainConfig(**kw, data_dir=str(a), stop_after_epoch=1, out_dir=str(out)))
     digest = hashlib.sha256((FMNIST / "train-labels-idx1-ubyte.gz").read_bytes()).hexdigest()
@@ -144,8 +168,18 @@ def test_flags_without_effect_are_errors(extra, message, capsys, tmp_path):
 @needs_fmnist
 def test_missing_data_dir_is_an_error(capsys, tmp_path):
     with pytest.raises(SystemExit) as e:
-        main(["--dataset", "fashion_mnist", "--model", "mlp", "--data_dir", "/nonexistent",
-              "--out_dir", str(tmp_path / "run")])  # fmt: skip
+        main(
+            [
+                "--dataset",
+                "fashion_mnist",
+                "--model",
+                "mlp",
+                "--data_dir",
+                "/nonexistent",
+                "--out_dir",
+                str(tmp_path / "run"),
+            ]
+        )
     assert (
         e.value.code == 2 and "--data_dir /nonexistent: no such folder" in capsys.readouterr().err
     )
@@ -178,15 +212,29 @@ def test_loop_wiring_of_the_originals_flags(tmp_path):
     rows = load_run(tmp_path / "mult")["metrics"]
     assert [r["rho"] for r in rows[1:]] == [0.025] * 3
     assert sorted(p.name for p in (tmp_path / "mult").glob("epoch_*.pt")) == [
-        "epoch_1.pt", "epoch_2.pt", "epoch_3.pt",
-    ]  # fmt: skip
+        "epoch_1.pt",
+        "epoch_2.pt",
+        "epoch_3.pt",
+    ]
 
 
 @needs_fmnist
 def test_freeze_bn_stats_in_a_run(tmp_path):
-    kw = dict(dataset="fashion_mnist", model="resnet_tiny", model_width=4, frac_train=0.003,
-              batch_size=32, epochs=1, n_eval=64, n_eval_train=64, n_sharpness=32,
-              sharpness_m=32, workers=1, device="cpu", sam_rho=0.05)  # fmt: skip
+    kw = dict(
+        dataset="fashion_mnist",
+        model="resnet_tiny",
+        model_width=4,
+        frac_train=0.003,
+        batch_size=32,
+        epochs=1,
+        n_eval=64,
+        n_eval_train=64,
+        n_sharpness=32,
+        sharpness_m=32,
+        workers=1,
+        device="cpu",
+        sam_rho=0.05,
+    )
     train(TrainConfig(**kw, freeze_bn_stats=True, out_dir=str(tmp_path / "frozen")))
     sd = torch.load(tmp_path / "frozen" / "checkpoint.pt", weights_only=True)["model"]
     means = [v for k, v in sd.items() if k.endswith("running_mean")]

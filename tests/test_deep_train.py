@@ -98,8 +98,10 @@ BAD_FLAGS = [
     (["--sam_iters", "2"], "--sam_iters has no effect without --sam_rho"),
     (["--model", "resnet18"], "--model resnet18"),
     (["--dataset", "imagenet"], "--dataset: invalid choice: 'imagenet'"),
-    (["--sam_rho", "0.1", "--sam_epoch_frac_start", "0.8", "--sam_epoch_frac_end", "0.5"],
-     "--sam_epoch_frac_start"),
+    (
+        ["--sam_rho", "0.1", "--sam_epoch_frac_start", "0.8", "--sam_epoch_frac_end", "0.5"],
+        "--sam_epoch_frac_start",
+    ),
     (["--sam_rho", "0.1", "--sam_variant", "looksam", "--acc_steps", "2"], "--acc_steps > 1"),
     (["--sam_rho", "0.1", "--sam_perturb_batch", "other", "--sam_iters", "2"], "--sam_iters > 1"),
     (["--frac_train", "0"], "--frac_train"),
@@ -107,7 +109,7 @@ BAD_FLAGS = [
     (["--model_path", "/nonexistent/model.pt"], "--model_path /nonexistent/model.pt"),
     (["--lr_schedule", "step"], "--lr_schedule"),
     (["--config", "no_such_config"], "--config: invalid choice: 'no_such_config'"),
-]  # fmt: skip
+]
 
 
 @pytest.mark.parametrize("extra,message", BAD_FLAGS)
@@ -158,9 +160,23 @@ VARIANTS = {
     ),
     "msam_fp16": dict(sam_rho=0.05, acc_steps=2, half_prec=True),
 }
-KEYS = {"epoch", "step", "lr", "rho", "train_loss", "train_err", "train_err_clean",
-        "train_err_noisy", "val_err", "val_loss", "test_err", "test_loss", "sharpness",
-        "seconds", "examples_per_s"}  # fmt: skip
+KEYS = {
+    "epoch",
+    "step",
+    "lr",
+    "rho",
+    "train_loss",
+    "train_err",
+    "train_err_clean",
+    "train_err_noisy",
+    "val_err",
+    "val_loss",
+    "test_err",
+    "test_loss",
+    "sharpness",
+    "seconds",
+    "examples_per_s",
+}
 
 
 @pytest.fixture(scope="module")
@@ -212,10 +228,19 @@ def test_msam_steps_match_a_hand_written_reference(tmp_path):
     for each chunk c, e_c = rho g_c/||g_c||, average grad L_c(w + e_c), SGD with momentum."""
     rho, l2, lr, mu, bs, m = 0.1, 0.01, 0.05, 0.9, 16, 4
     cfg = tiny(
-        tmp_path / "run", epochs=1, batch_size=bs, frac_train=32 / 3600, sam_rho=rho, l2_reg=l2,
-        acc_steps=bs // m, lr_schedule="constant", lr_max=lr, momentum=mu, no_data_augm=True,
+        tmp_path / "run",
+        epochs=1,
+        batch_size=bs,
+        frac_train=32 / 3600,
+        sam_rho=rho,
+        l2_reg=l2,
+        acc_steps=bs // m,
+        lr_schedule="constant",
+        lr_max=lr,
+        momentum=mu,
+        no_data_augm=True,
         model_width=8,
-    )  # fmt: skip
+    )
     train(cfg)
     data = load_dataset("mnist1d", None, seed=0, frac_train=32 / 3600)
     assert data.train_x.shape[0] == 32
@@ -294,9 +319,17 @@ def test_resume_gives_exactly_the_uninterrupted_metrics(tmp_path, kw):
 @pytest.mark.skipif(not FMNIST.exists(), reason="needs the Debian package dataset-fashion-mnist")
 def test_resume_with_batch_norm_and_augmentation_on_fashion_mnist(tmp_path):
     kw = dict(
-        dataset="fashion_mnist", model="resnet_tiny", model_width=4, frac_train=0.004,
-        batch_size=16, epochs=2, sam_rho=0.05, acc_steps=2, n_eval=200, n_eval_train=128,
-    )  # fmt: skip
+        dataset="fashion_mnist",
+        model="resnet_tiny",
+        model_width=4,
+        frac_train=0.004,
+        batch_size=16,
+        epochs=2,
+        sam_rho=0.05,
+        acc_steps=2,
+        n_eval=200,
+        n_eval_train=128,
+    )
     train(tiny(tmp_path / "full", **kw))
     train(tiny(tmp_path / "part", stop_after_epoch=1, **kw))
     train(tiny(tmp_path / "part", resume=True, **kw))

@@ -175,8 +175,13 @@ def test_notebook_without_results_stops_at_once_naming_the_command(tmp_path, mon
     )
     with pytest.raises(CellExecutionError):
         client.execute()
-    errors = [(i, o) for i, c in enumerate(src.cells) if c.cell_type == "code"
-              for o in c.get("outputs", []) if o.get("output_type") == "error"]  # fmt: skip
+    errors = [
+        (i, o)
+        for i, c in enumerate(src.cells)
+        if c.cell_type == "code"
+        for o in c.get("outputs", [])
+        if o.get("output_type") == "error"
+    ]
     assert len(errors) == 1
     i, err = errors[0]
     assert i == 1 and err["ename"] == "FileNotFoundError"  # the setup cell

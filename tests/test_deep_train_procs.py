@@ -109,17 +109,29 @@ def test_ddp_two_workers_equal_msam_with_one_chunk_per_worker(tmp_path):
     process with acc_steps=2 (no augmentation, no batch norm, so the data and model agree)."""
     flags = dict(FLAGS, epochs=2, sam_rho=0.1, no_data_augm=True, l2_reg=1e-3)
     cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-        "-m", "deep_nets.train", *argv(flags), "--out_dir", str(tmp_path / "ddp"),
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "deep_nets.train",
+        *argv(flags),
+        "--out_dir",
+        str(tmp_path / "ddp"),
+    ]
     res = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=180, cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     ddp = load_run(tmp_path / "ddp")
     assert ddp["summary"]["world_size"] == 2 and ddp["summary"]["m"] == 8
     assert len(ddp["metrics"]) == 3  # only rank 0 wrote (epoch 0, 1, 2)
     assert sorted(p.name for p in (tmp_path / "ddp").iterdir()) == [
-        "best.pt", "checkpoint.pt", "config.json", "metrics.jsonl", "summary.json",
-    ]  # fmt: skip
+        "best.pt",
+        "checkpoint.pt",
+        "config.json",
+        "metrics.jsonl",
+        "summary.json",
+    ]
 
     train(TrainConfig(**flags, acc_steps=2, out_dir=str(tmp_path / "single")))
     single = load_run(tmp_path / "single")

@@ -32,9 +32,12 @@ def _one_thread():
 def net() -> nn.Module:
     torch.manual_seed(0)
     return nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1), nn.GroupNorm(4, 8), nn.ReLU(), nn.Flatten(),
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.GroupNorm(4, 8),
+        nn.ReLU(),
+        nn.Flatten(),
         nn.Linear(8 * 8 * 8, 10),
-    ).to(DEVICE)  # fmt: skip
+    ).to(DEVICE)
 
 
 def data(t: int = 0, n: int = 32):
@@ -97,9 +100,21 @@ def test_resume_on_the_device(tmp_path):
     from deep_nets.train import train
     from suite.rundir import load_run
 
-    kw = dict(dataset="mnist1d", model="mlp", model_width=16, epochs=2, batch_size=32,
-              frac_train=0.1, workers=1, n_eval_train=128, n_eval=128, n_sharpness=32,
-              sam_rho=0.05, acc_steps=4, device=DEVICE)  # fmt: skip
+    kw = dict(
+        dataset="mnist1d",
+        model="mlp",
+        model_width=16,
+        epochs=2,
+        batch_size=32,
+        frac_train=0.1,
+        workers=1,
+        n_eval_train=128,
+        n_eval=128,
+        n_sharpness=32,
+        sam_rho=0.05,
+        acc_steps=4,
+        device=DEVICE,
+    )
     train(TrainConfig(out_dir=str(tmp_path / "full"), **kw))
     train(TrainConfig(out_dir=str(tmp_path / "part"), stop_after_epoch=1, **kw))
     train(TrainConfig(out_dir=str(tmp_path / "part"), resume=True, **kw))

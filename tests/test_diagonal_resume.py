@@ -35,22 +35,39 @@ ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = {
     "gd": dict(algo=["gd"], alpha=[0.05, 0.1], iters=40_000, log_points=3),
     "sgd": dict(
-        algo=["sgd"], batch_size=2, sgd_skip=7, seeds=[0, 1], rho_per_algo={"sgd": [0.0, 0.2]},
-        iters=40_000, log_points=3,
+        algo=["sgd"],
+        batch_size=2,
+        sgd_skip=7,
+        seeds=[0, 1],
+        rho_per_algo={"sgd": [0.0, 0.2]},
+        iters=40_000,
+        log_points=3,
     ),
     "sgd_own_seed": dict(algo=["sgd"], batch_size=3, sgd_seed=5, iters=3000, log_points=30),
     "sam_switch": dict(
-        algo=["nsam", "1sam"], rho=[0.1, 2.0], gamma=0.5, switch="erm_to_sam", switch_at=150,
-        theory=True, iters=3000, log_points=30,
+        algo=["nsam", "1sam"],
+        rho=[0.1, 2.0],
+        gamma=0.5,
+        switch="erm_to_sam",
+        switch_at=150,
+        theory=True,
+        iters=3000,
+        log_points=30,
     ),
     "sam_to_erm": dict(
-        algo=["1sam", "msam"], m=5, rho=[0.2], gamma=0.5, switch="sam_to_erm", switch_at=900,
-        iters=3000, log_points=30,
+        algo=["1sam", "msam"],
+        m=5,
+        rho=[0.2],
+        gamma=0.5,
+        switch="sam_to_erm",
+        switch_at=900,
+        iters=3000,
+        log_points=30,
     ),
     "torch_engine": dict(
         algo=["gd", "1sam"], rho=[0.2], engine="torch", theory=True, iters=300, log_points=10
     ),
-}  # fmt: skip
+}
 # stop points: inside the per-step logging (< 100), inside a long C chunk (the 40k-step
 # variants log at 0..99 and 40000 only: chunks of 16384 steps), and late
 STOPS = {"gd": (50, 100), "sgd": (60, 100), "torch_engine": (40, 150)}
@@ -112,8 +129,10 @@ def test_chunk_size_does_not_change_results():
 
 def test_simulate_snapshot_resume_equals_uninterrupted():
     """The simulator level: stop at a chunk end, continue from the snapshot."""
-    runs = [RunSpec("sgd", batch_size=2), RunSpec("1sam", rho=0.4, switch="sam_to_erm",
-                                                   switch_at=222)]  # fmt: skip
+    runs = [
+        RunSpec("sgd", batch_size=2),
+        RunSpec("1sam", rho=0.4, switch="sam_to_erm", switch_at=222),
+    ]
     cfg = SimConfig(iters=500)
     logs = [0, 5, 100, 500]
     ref = simulate(runs, cfg, logs, track_alpha=True)
@@ -150,8 +169,10 @@ def test_ctrl_c_or_crash_then_resume_continues_bitwise(tmp_path, sig):
     cmd = [sys.executable, "-m", "diagonal_linear_nets.train", *flags]
     proc = subprocess.Popen(
         cmd + ["--out_dir", str(out), "--checkpoint_every", "0.3"],
-        env=env, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
     def checkpoint_iter() -> int:
         try:

@@ -12,9 +12,12 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_gpu_check_runs_end_to_end_on_cpu():
     proc = subprocess.run(
         [str(ROOT / "benchmarks" / "gpu_check.sh"), "--device", "cpu", "--tiny"],
-        cwd=ROOT, capture_output=True, text=True, timeout=1500,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=1500,
         env=dict(os.environ, GPU_CHECK_TIMEOUT="1400"),
-    )  # fmt: skip
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = proc.stdout
     for name in ("fig1", "finetune", "noisy", "m_sharpness", "looksam"):

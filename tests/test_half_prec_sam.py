@@ -125,16 +125,27 @@ def test_trainer_steps_under_half_prec(flags):
 
     def grad_of(autocast, rho):
         cfg = TrainConfig(
-            dataset="mnist1d", model="mlp", batch_size=16, lr_max=0.1, l2_reg=0.0,
+            dataset="mnist1d",
+            model="mlp",
+            batch_size=16,
+            lr_max=0.1,
+            l2_reg=0.0,
             **{**flags, "sam_rho": rho},
-        )  # fmt: skip
+        )
         model = net()
         opt = build_optimizer(cfg, model)
         ctx = StepContext(
-            cfg, opt, model, make_loss(cfg, model, model), cfg.m, list(model.parameters()),
-            torch.Generator().manual_seed(0), other_batch=lambda: (x.flip(0), y.flip(0)),
-            autocast=autocast, prev=(x.flip(0), y.flip(0)),
-        )  # fmt: skip
+            cfg,
+            opt,
+            model,
+            make_loss(cfg, model, model),
+            cfg.m,
+            list(model.parameters()),
+            torch.Generator().manual_seed(0),
+            other_batch=lambda: (x.flip(0), y.flip(0)),
+            autocast=autocast,
+            prev=(x.flip(0), y.flip(0)),
+        )
         # grad captured just before the base step (the step functions zero nothing themselves)
         STEPS[step_kind(cfg, True) if rho > 0 else "erm"](ctx, x, y)
         return flat_grad(model)

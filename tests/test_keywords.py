@@ -25,11 +25,12 @@ OPTIMIZERS = sorted(
     (
         c
         for c in vars(torch.optim).values()
-        if isinstance(c, type) and issubclass(c, torch.optim.Optimizer)
+        if isinstance(c, type)
+        and issubclass(c, torch.optim.Optimizer)
         and c is not torch.optim.Optimizer
     ),
     key=lambda c: c.__name__,
-)  # fmt: skip
+)
 WRAPPER_NAMES = set(GROUP_OPTIONS) | set(SAM_GLOBAL_OPTIONS) | set(LOOKSAM_GLOBAL_OPTIONS)
 ALIASES = {"rho": "sam_rho", "alpha": "looksam_alpha"}  # familiar name -> unambiguous name
 
@@ -81,8 +82,11 @@ def test_wrapper_option_names_collide_with_no_torch_optimizer(cls):
     used = set(_keywords(cls)) | set(base.defaults) | set(base.param_groups[0])
     assert not (WRAPPER_NAMES & used), WRAPPER_NAMES & used
     for alias in set(ALIASES) & used:  # the aliases collide only where the ambiguity rule acts
-        assert (cls, alias) in {(torch.optim.Adadelta, "rho"), (torch.optim.RMSprop, "alpha"),
-                                (torch.optim.ASGD, "alpha")}  # fmt: skip
+        assert (cls, alias) in {
+            (torch.optim.Adadelta, "rho"),
+            (torch.optim.RMSprop, "alpha"),
+            (torch.optim.ASGD, "alpha"),
+        }
 
 
 def _walk(cls):
@@ -176,8 +180,11 @@ def test_adadelta_rho_is_ambiguous_and_each_rho_can_be_set():
     opt = SAM(ps, torch.optim.Adadelta, sam_rho=0.05)  # Adadelta's rho keeps its default
     assert opt.param_groups[0]["rho"] == torch.optim.Adadelta(_params()).defaults["rho"]
     # a param group's rho is Adadelta's too; SAM's per-group radius is sam_rho
-    opt = SAM([{"params": ps[:1], "rho": 0.5, "sam_rho": 0.0}, {"params": ps[1:]}],
-              torch.optim.Adadelta, sam_rho=0.1)  # fmt: skip
+    opt = SAM(
+        [{"params": ps[:1], "rho": 0.5, "sam_rho": 0.0}, {"params": ps[1:]}],
+        torch.optim.Adadelta,
+        sam_rho=0.1,
+    )
     assert [g["rho"] for g in opt.param_groups] == [0.5, 0.9]
     assert [g["sam_rho"] for g in opt.param_groups] == [0.0, 0.1]
 

@@ -35,10 +35,21 @@ def tiny_config(seed: int, epochs: int = 3) -> dict:
     # Fashion-MNIST from the Debian package (`make data`): each job process loads it in ~1 s,
     # where generating MNIST-1D costs several seconds per process.
     flags = dict(
-        dataset="fashion_mnist", model="mlp", model_width=16, batch_size=32, epochs=epochs,
-        frac_train=0.03, lr_max=0.05, n_eval=256, n_eval_train=256, n_sharpness=64,
-        sharpness_m=32, sam_rho=0.1, seed=seed, workers=1,
-    )  # fmt: skip
+        dataset="fashion_mnist",
+        model="mlp",
+        model_width=16,
+        batch_size=32,
+        epochs=epochs,
+        frac_train=0.03,
+        lr_max=0.05,
+        n_eval=256,
+        n_eval_train=256,
+        n_sharpness=64,
+        sharpness_m=32,
+        sam_rho=0.1,
+        seed=seed,
+        workers=1,
+    )
     return TrainConfig(**flags).to_dict()
 
 
@@ -175,13 +186,30 @@ def test_slurm_job_script_from_the_command_line(tmp_path, monkeypatch):
     (fake / "srun").write_text("#!/bin/sh\nexit 0\n")
     (fake / "srun").chmod(0o755)
     monkeypatch.setenv("PATH", f"{fake}{os.pathsep}{os.environ['PATH']}")
-    argv = ["--launcher", "slurm", "--partition", "gpu", "--timeout_min", "90",
-            "--gpus_per_node", "2", "--slurm_extra", "account=proj", "qos=high"]  # fmt: skip
+    argv = [
+        "--launcher",
+        "slurm",
+        "--partition",
+        "gpu",
+        "--timeout_min",
+        "90",
+        "--gpus_per_node",
+        "2",
+        "--slurm_extra",
+        "account=proj",
+        "qos=high",
+    ]
     params = slurm_params(build_parser().parse_args(argv))
     ex = launch.make_executor("slurm", tmp_path / "jobs", params)
     text = ex._executor._make_submission_file_text("python -m x", "uid")
-    for line in ("--partition=gpu", "--time=90", "--gpus-per-node=2", "--account=proj",
-                 "--qos=high", "--signal=USR2@"):  # fmt: skip
+    for line in (
+        "--partition=gpu",
+        "--time=90",
+        "--gpus-per-node=2",
+        "--account=proj",
+        "--qos=high",
+        "--signal=USR2@",
+    ):
         assert f"#SBATCH {line}" in text, text
 
 
@@ -211,8 +239,9 @@ def test_parallel_local_jobs_skip_and_fail(tmp_path):
     assert [o.action for o in outcomes] == ["trained", "trained"]
     assert all(o.cpu_seconds and o.cpu_seconds > 0 for o in outcomes)
     assert first[0] == ("planned", "par:2")
-    assert sorted(first[1:]) == sorted([("started", "seed 0"), ("started", "seed 1"),
-                                        ("trained", "seed 0"), ("trained", "seed 1")])  # fmt: skip
+    assert sorted(first[1:]) == sorted(
+        [("started", "seed 0"), ("started", "seed 1"), ("trained", "seed 0"), ("trained", "seed 1")]
+    )
     # the runs really ran in worker processes, not in this one
     dirs = [tmp_path / f"p{i}" for i in (0, 1)]
     probes = [Run(d.name, d, {"d": d.name}, functools.partial(_record_pid, str(d))) for d in dirs]
@@ -247,8 +276,9 @@ def test_parallel_jobs_ctrl_c_saves_and_resumes(tmp_path):
     import sys
 
     epochs = 8
-    script = _CTRL_C_SCRIPT.format(tests=str(ROOT / "tests"), root=str(tmp_path / "par"),
-                                   epochs=epochs)  # fmt: skip
+    script = _CTRL_C_SCRIPT.format(
+        tests=str(ROOT / "tests"), root=str(tmp_path / "par"), epochs=epochs
+    )
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     proc = subprocess.Popen(
         [sys.executable, "-c", script],

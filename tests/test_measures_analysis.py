@@ -82,10 +82,14 @@ def test_reproduce_test_profile(tmp_path):
 
 
 def test_rank_correlation_is_kendalls_tau():
-    df = pd.DataFrame({
-        "m": [16] * 4 + [128] * 4, "rho": [0.1] * 8,
-        "sharpness": [1, 2, 3, 4, 1, 2, 3, 4], "test_error": [.1, .2, .4, .3, .4, .3, .2, .1],
-    })  # fmt: skip
+    df = pd.DataFrame(
+        {
+            "m": [16] * 4 + [128] * 4,
+            "rho": [0.1] * 8,
+            "sharpness": [1, 2, 3, 4, 1, 2, 3, 4],
+            "test_error": [0.1, 0.2, 0.4, 0.3, 0.4, 0.3, 0.2, 0.1],
+        }
+    )
     out = AM.rank_correlation(df).set_index("m")
     # pairs concordant - discordant over 6 pairs: (5 - 1) / 6 and (0 - 6) / 6
     assert out.loc[16, "kendall_tau"] == pytest.approx(4 / 6)
@@ -115,8 +119,13 @@ def _deep_runs(results):
     from analysis.deep_nets.runs import Spec, ensure_runs
 
     base = {**PROFILES["test"]["base"], "epochs": 1}
-    variants = [{}, {"sam_rho": 0.1}, {"sam_rho": 0.1, "acc_steps": 4}, {"sam_rho": 0.3},
-                {"p_label_noise": 0.4}]  # fmt: skip
+    variants = [
+        {},
+        {"sam_rho": 0.1},
+        {"sam_rho": 0.1, "acc_steps": 4},
+        {"sam_rho": 0.3},
+        {"p_label_noise": 0.4},
+    ]
     specs = [Spec.make({**base, **v}, 0) for v in variants]
     ensure_runs(specs, results / "deep_nets" / "test", runtime={"workers": 0, "device": "cpu"})
     return specs
@@ -145,8 +154,16 @@ def test_figure3_end_to_end(tmp_path):
     r0 = df.iloc[0]
     run = load_deep_run(r0["run"], torch.device("cpu"))
     x, y = _examples(run, "train", st["n_examples"], 0)
-    ref = m_sharpness(run.model, F.cross_entropy, x, y, m=int(r0["m"]), rho=float(r0["rho"]),
-                      steps=st["steps"], error_fn=None)  # fmt: skip
+    ref = m_sharpness(
+        run.model,
+        F.cross_entropy,
+        x,
+        y,
+        m=int(r0["m"]),
+        rho=float(r0["rho"]),
+        steps=st["steps"],
+        error_fn=None,
+    )
     assert r0["sharpness"] == pytest.approx(ref["sharpness"], rel=1e-5)
     summary = json.loads((Path(r0["run"]) / "summary.json").read_text())
     assert r0["test_error"] == summary["test_err_last"]
@@ -184,12 +201,17 @@ def _run_notebook(results: Path, figures: Path) -> str:
     from nbclient import NotebookClient
 
     root = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "SHARPNESS_RESULTS": str(results), "SHARPNESS_FIGURES": str(figures),
-           "SHARPNESS_PROFILE": "test",
-           "PYTHONPATH": str(root) + os.pathsep + os.environ.get("PYTHONPATH", "")}  # fmt: skip
+    env = {
+        **os.environ,
+        "SHARPNESS_RESULTS": str(results),
+        "SHARPNESS_FIGURES": str(figures),
+        "SHARPNESS_PROFILE": "test",
+        "PYTHONPATH": str(root) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    }
     nb = nbformat.read(root / "notebooks" / "measures.ipynb", as_version=4)
-    client = NotebookClient(nb, kernel_name="python3", timeout=300,
-                            resources={"metadata": {"path": str(root)}})  # fmt: skip
+    client = NotebookClient(
+        nb, kernel_name="python3", timeout=300, resources={"metadata": {"path": str(root)}}
+    )
     client.execute(env=env)
     return "".join(
         o.get("text", "") + str(o.get("data", {}).get("text/plain", ""))
@@ -210,11 +232,15 @@ def test_correlations_against_scipy():
     s128 = [5.0, 1.0, 3.0, 2.0, 4.0, 2.5, 1.0, 6.0]
     runs = [f"r{i}" for i in range(8)]
     df = pd.DataFrame(
-        [{"run": r, "m": 4, "rho": 0.1, "sharpness": a, "test_error": e}
-         for r, a, e in zip(runs, s4, err)]
-        + [{"run": r, "m": 128, "rho": 0.1, "sharpness": b, "test_error": e}
-           for r, b, e in zip(runs, s128, err)]
-    )  # fmt: skip
+        [
+            {"run": r, "m": 4, "rho": 0.1, "sharpness": a, "test_error": e}
+            for r, a, e in zip(runs, s4, err)
+        ]
+        + [
+            {"run": r, "m": 128, "rho": 0.1, "sharpness": b, "test_error": e}
+            for r, b, e in zip(runs, s128, err)
+        ]
+    )
     out = AM.rank_correlation(df).set_index("m")
     for m, col in ((4, s4), (128, s128)):
         assert out.loc[m, "kendall_tau"] == pytest.approx(kendalltau(col, err).statistic, 1e-12)

@@ -39,8 +39,9 @@ def _one_thread():
 def _make_run(path, seed: int, cfg: dict = CFG):
     splits = load_dataset("mnist1d", None, seed=cfg["seed"], frac_train=cfg["frac_train"])
     torch.manual_seed(seed)
-    model = build_model(cfg["model"], in_channels=1, num_classes=10, width=cfg["model_width"],
-                        input_shape=(1, 40))  # fmt: skip
+    model = build_model(
+        cfg["model"], in_channels=1, num_classes=10, width=cfg["model_width"], input_shape=(1, 40)
+    )
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
     for _ in range(30):  # a few full-batch steps: a model that is not at its initialization
         opt.zero_grad()
@@ -81,16 +82,37 @@ def _hessian(model, x, y):
     blocks = torch.autograd.functional.hessian(f, ps, vectorize=True)
     sz = [p.numel() for p in ps]
     return torch.cat(
-        [torch.cat([blocks[i][j].reshape(sz[i], sz[j]) for j in range(len(ps))], 1)
-         for i in range(len(ps))], 0,
-    ).numpy()  # fmt: skip
+        [
+            torch.cat([blocks[i][j].reshape(sz[i], sz[j]) for j in range(len(ps))], 1)
+            for i in range(len(ps))
+        ],
+        0,
+    ).numpy()
 
 
 def test_hessian_measure_matches_the_dense_hessian(runs):
     root, a, _, splits = runs
-    ES.main(["--model_path", str(root / "a" / "checkpoint.pt"), "--measure", "hessian",
-             "--n_examples", "0", "--float64", "--top_k", "3", "--max_iter", "80",
-             "--tol", "1e-10", "--trace_samples", "2", "--density_steps", "20"])  # fmt: skip
+    ES.main(
+        [
+            "--model_path",
+            str(root / "a" / "checkpoint.pt"),
+            "--measure",
+            "hessian",
+            "--n_examples",
+            "0",
+            "--float64",
+            "--top_k",
+            "3",
+            "--max_iter",
+            "80",
+            "--tol",
+            "1e-10",
+            "--trace_samples",
+            "2",
+            "--density_steps",
+            "20",
+        ]
+    )
     res = _result(root / "a", "hessian")
     H = _hessian(a, splits.train_x.double(), splits.train_y)
     ev = np.linalg.eigvalsh(H)[::-1]
@@ -109,9 +131,31 @@ def test_hessian_measure_matches_the_dense_hessian(runs):
 
 def test_msharpness_measure_rows_and_flags(runs):
     root, a, _, splits = runs
-    ES.main(["--model_path", str(root / "a"), "--measure", "msharpness", "--name", "ms",
-             "--n_examples", "64", "--m", "8", "32", "--rho", "0.1", "0.2", "--steps", "2",
-             "--adaptive", "--norm", "inf", "--seed", "4"])  # fmt: skip
+    ES.main(
+        [
+            "--model_path",
+            str(root / "a"),
+            "--measure",
+            "msharpness",
+            "--name",
+            "ms",
+            "--n_examples",
+            "64",
+            "--m",
+            "8",
+            "32",
+            "--rho",
+            "0.1",
+            "0.2",
+            "--steps",
+            "2",
+            "--adaptive",
+            "--norm",
+            "inf",
+            "--seed",
+            "4",
+        ]
+    )
     rows = _csv(root / "a", "ms")
     assert [(int(r["m"]), float(r["rho"])) for r in rows] == [
         (8, 0.1),
@@ -123,8 +167,9 @@ def test_msharpness_measure_rows_and_flags(runs):
     # the same numbers from the library on the same seeded subset
     idx = torch.randperm(splits.train_x.shape[0], generator=torch.Generator().manual_seed(4))[:64]
     x, y = splits.train_x[idx], splits.train_y[idx]
-    ref = m_sharpness(a, F.cross_entropy, x, y, m=32, rho=0.2, steps=2, adaptive=True,
-                      p=math.inf, seed=4)  # fmt: skip
+    ref = m_sharpness(
+        a, F.cross_entropy, x, y, m=32, rho=0.2, steps=2, adaptive=True, p=math.inf, seed=4
+    )
     assert float(rows[3]["sharpness"]) == pytest.approx(ref["sharpness"], rel=1e-6)
     with torch.no_grad():
         assert float(rows[3]["loss"]) == pytest.approx(float(F.cross_entropy(a(x), y)), rel=1e-5)
@@ -134,23 +179,64 @@ def test_msharpness_measure_rows_and_flags(runs):
 def test_landscape_and_interpolation(runs):
     root, a, b, splits = runs
     x, y = splits.test_x, splits.test_y
-    ES.main(["--model_path", str(root / "a"), "--measure", "landscape", "--split", "test",
-             "--n_examples", "0", "--points", "5"])  # fmt: skip
+    ES.main(
+        [
+            "--model_path",
+            str(root / "a"),
+            "--measure",
+            "landscape",
+            "--split",
+            "test",
+            "--n_examples",
+            "0",
+            "--points",
+            "5",
+        ]
+    )
     rows = _csv(root / "a", "landscape")
     assert [float(r["alpha"]) for r in rows] == [-1.0, -0.5, 0.0, 0.5, 1.0]
     with torch.no_grad():
         la, lb = float(F.cross_entropy(a(x), y)), float(F.cross_entropy(b(x), y))
     assert float(rows[2]["loss"]) == pytest.approx(la, rel=1e-5)
-    ES.main(["--model_path", str(root / "a"), "--measure", "interpolate", "--split", "test",
-             "--n_examples", "0", "--other_path", str(root / "b" / "checkpoint.pt"),
-             "--points", "5"])  # fmt: skip
+    ES.main(
+        [
+            "--model_path",
+            str(root / "a"),
+            "--measure",
+            "interpolate",
+            "--split",
+            "test",
+            "--n_examples",
+            "0",
+            "--other_path",
+            str(root / "b" / "checkpoint.pt"),
+            "--points",
+            "5",
+        ]
+    )
     rows = _csv(root / "a", "interpolate")
     assert [float(r["t"]) for r in rows] == [-0.5, 0.0, 0.5, 1.0, 1.5]
     assert float(rows[1]["loss"]) == pytest.approx(la, rel=1e-5)
     assert float(rows[3]["loss"]) == pytest.approx(lb, rel=1e-5)
     one_d = {float(r["alpha"]): float(r["loss"]) for r in _csv(root / "a", "landscape")}
-    ES.main(["--model_path", str(root / "a"), "--measure", "landscape", "--dim", "2",
-             "--name", "l2", "--split", "test", "--n_examples", "0", "--points", "3"])  # fmt: skip
+    ES.main(
+        [
+            "--model_path",
+            str(root / "a"),
+            "--measure",
+            "landscape",
+            "--dim",
+            "2",
+            "--name",
+            "l2",
+            "--split",
+            "test",
+            "--n_examples",
+            "0",
+            "--points",
+            "3",
+        ]
+    )
     rows = {(float(r["alpha"]), float(r["beta"])): float(r["loss"]) for r in _csv(root / "a", "l2")}
     assert len(rows) == 9
     for a_ in (-1.0, 0.0, 1.0):  # the first direction is the 1-D slice's (same seed)
@@ -169,15 +255,39 @@ def test_bad_paths_and_flags_are_clear_errors(runs, tmp_path, capsys):
         (["--model_path", str(tmp_path / "empty"), "--measure", "hessian"], "checkpoint.pt"),
         (["--model_path", str(tmp_path / "noconf"), "--measure", "hessian"], "config.json"),
         (["--model_path", str(root / "a"), "--measure", "interpolate"], "--other_path"),
-        (["--model_path", str(root / "a"), "--measure", "interpolate", "--name", "x",
-          "--other_path", str(tmp_path / "junk.pt")], "not a loadable"),
+        (
+            [
+                "--model_path",
+                str(root / "a"),
+                "--measure",
+                "interpolate",
+                "--name",
+                "x",
+                "--other_path",
+                str(tmp_path / "junk.pt"),
+            ],
+            "not a loadable",
+        ),
         (["--model_path", str(root / "a"), "--measure", "msharpness", "--norm", "1"], "--norm"),
         (["--model_path", str(root / "a"), "--measure", "msharpness", "--rho", "nan"], "--rho"),
         (["--model_path", str(root / "a"), "--measure", "msharpness", "--m", "0"], "--m"),
-        (["--model_path", str(root / "a"), "--measure", "msharpness", "--name", "big",
-          "--n_examples", "16", "--m", "32"], "--m 32"),
+        (
+            [
+                "--model_path",
+                str(root / "a"),
+                "--measure",
+                "msharpness",
+                "--name",
+                "big",
+                "--n_examples",
+                "16",
+                "--m",
+                "32",
+            ],
+            "--m 32",
+        ),
         (["--model_path", str(root / "a"), "--measure", "curvature"], "--measure"),
-    ]  # fmt: skip
+    ]
     for argv, msg in cases:
         with pytest.raises(SystemExit) as e:
             ES.main(argv)

@@ -74,19 +74,30 @@ def tiny_results(root: Path) -> tuple[Path, Path, list[str]]:
         write_claims(
             results / fam / "claims.csv",
             [
-                dict(family=fam, paper=f"Paper {i}", claim=f"claim of {fam}", paper_value="1",
-                     ours="0.9 +- 0.1 (3 seeds)", gap=gap, se=se, profile="quick",
-                     verdict=verdict(gap, se), figure=f"{fam}_key.png", note="")
+                dict(
+                    family=fam,
+                    paper=f"Paper {i}",
+                    claim=f"claim of {fam}",
+                    paper_value="1",
+                    ours="0.9 +- 0.1 (3 seeds)",
+                    gap=gap,
+                    se=se,
+                    profile="quick",
+                    verdict=verdict(gap, se),
+                    figure=f"{fam}_key.png",
+                    note="",
+                )
             ],
-        )  # fmt: skip
+        )
         for name in (f"{fam}_key.png", f"{fam}_other.png"):
             fig, ax = plt.subplots(figsize=(2, 2))
             ax.plot([0, 1], [i, 1 - i])
             fig.savefig(figures / name)
             plt.close(fig)
         caption_figure(results, fam, f"{fam}_other.png", shows="Other.", reading="Other.")
-        caption_figure(results, fam, f"{fam}_key.png", shows=f"Key of {fam}.",
-                       reading="It holds.", key=True)  # fmt: skip
+        caption_figure(
+            results, fam, f"{fam}_key.png", shows=f"Key of {fam}.", reading="It holds.", key=True
+        )
     return results, figures, have
 
 

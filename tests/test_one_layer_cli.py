@@ -22,14 +22,33 @@ ENV = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTH
 
 def test_cli_script_runs_and_writes_a_run(tmp_path):
     out = tmp_path / "cli_run"
-    cmd = [sys.executable, "-m", "one_layer_relu_nets.train", "--algorithms", "gd",
-           "1sam", "--rhos", "0.1", "--iterations", "20", "--num_seeds", "2", "--seed", "3",
-           "--out_dir", str(out)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "one_layer_relu_nets.train",
+        "--algorithms",
+        "gd",
+        "1sam",
+        "--rhos",
+        "0.1",
+        "--iterations",
+        "20",
+        "--num_seeds",
+        "2",
+        "--seed",
+        "3",
+        "--out_dir",
+        str(out),
+    ]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=tmp_path, env=ENV)
     assert res.returncode == 0, res.stderr
     summary = json.loads((out / "summary.json").read_text())
     assert [(r["algorithm"], r["seed"]) for r in summary["runs"]] == [
-        ("gd", 3), ("gd", 4), ("1sam", 3), ("1sam", 4)]  # fmt: skip
+        ("gd", 3),
+        ("gd", 4),
+        ("1sam", 3),
+        ("1sam", 4),
+    ]
     assert "1sam" in res.stdout and "wrote" in res.stdout
 
 
@@ -49,7 +68,7 @@ def test_cli_script_runs_and_writes_a_run(tmp_path):
             if not __import__("torch").cuda.is_available()
             else ["--device", "nonsense"],
             "--device",
-        ),  # fmt: skip
+        ),
         (["--iterations", "ten"], "--iterations"),
         (["--task", "teacher", "--d", "0"], "--d"),
         (["--task", "teacher", "--n_train", "0"], "--n_train"),
@@ -91,11 +110,21 @@ def test_ctrl_c_saves_finished_groups_and_resume_finishes_the_run(tmp_path):
     """A real SIGINT to the script while the second algorithm trains: exit 130 with the first
     algorithm saved; --resume then gives exactly the summary of an uninterrupted run."""
     out = tmp_path / "int"
-    flags = ["--algorithms", "gd", "nsam", "--iterations", "250000", "--num_seeds", "1",
-             "--n_logs", "10"]  # fmt: skip
+    flags = [
+        "--algorithms",
+        "gd",
+        "nsam",
+        "--iterations",
+        "250000",
+        "--num_seeds",
+        "1",
+        "--n_logs",
+        "10",
+    ]
     cmd = [sys.executable, "-m", "one_layer_relu_nets.train", *flags]
-    proc = subprocess.Popen([*cmd, "--out_dir", str(out)], stderr=subprocess.PIPE, text=True,
-                            cwd=tmp_path, env=ENV)  # fmt: skip
+    proc = subprocess.Popen(
+        [*cmd, "--out_dir", str(out)], stderr=subprocess.PIPE, text=True, cwd=tmp_path, env=ENV
+    )
     deadline = time.time() + 120
     while not (out / "groups" / "gd.json").exists() and time.time() < deadline:
         time.sleep(0.05)
@@ -104,12 +133,24 @@ def test_ctrl_c_saves_finished_groups_and_resume_finishes_the_run(tmp_path):
     assert proc.returncode == 130, err
     assert "--resume" in err and not (out / "summary.json").exists()
     assert not (out / "groups" / "nsam.json").exists()
-    res = subprocess.run([*cmd, "--out_dir", str(out), "--resume"], capture_output=True,
-                         text=True, cwd=tmp_path, env=ENV, timeout=300)  # fmt: skip
+    res = subprocess.run(
+        [*cmd, "--out_dir", str(out), "--resume"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=ENV,
+        timeout=300,
+    )
     assert res.returncode == 0, res.stderr
     full = tmp_path / "full"
-    subprocess.run([*cmd, "--out_dir", str(full)], check=True, capture_output=True, cwd=tmp_path,
-                   env=ENV, timeout=300)  # fmt: skip
+    subprocess.run(
+        [*cmd, "--out_dir", str(full)],
+        check=True,
+        capture_output=True,
+        cwd=tmp_path,
+        env=ENV,
+        timeout=300,
+    )
     a, b = (json.loads((d / "summary.json").read_text())["runs"] for d in (out, full))
     assert a == b
     rows = [(out / "metrics.jsonl").read_text(), (full / "metrics.jsonl").read_text()]
@@ -117,9 +158,31 @@ def test_ctrl_c_saves_finished_groups_and_resume_finishes_the_run(tmp_path):
 
 
 def test_diverged_run_says_at_which_step(tmp_path, capsys):
-    assert main(["--task", "teacher", "--width", "10", "--init", "standard", "--lr", "50",
-                 "--reduction", "mean", "--iterations", "200", "--num_seeds", "1",
-                 "--algorithms", "gd", "--out_dir", str(tmp_path / "d")]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "--task",
+                "teacher",
+                "--width",
+                "10",
+                "--init",
+                "standard",
+                "--lr",
+                "50",
+                "--reduction",
+                "mean",
+                "--iterations",
+                "200",
+                "--num_seeds",
+                "1",
+                "--algorithms",
+                "gd",
+                "--out_dir",
+                str(tmp_path / "d"),
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "diverged at step" in out and "None" not in out
 
@@ -128,10 +191,29 @@ def test_help_documents_every_flag(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])
     text = capsys.readouterr().out
-    for flag in ("--task", "--width", "--init", "--algorithms", "--rhos", "--unnormalized",
-                 "--rho_schedule", "--lr", "--lr_schedule", "--iterations", "--loss_threshold",
-                 "--num_seeds", "--out_dir", "--seed", "--batch_size", "--m", "--resume",
-                 "--overwrite", "--backend", "--lr_decay_sam_only", "--match_losses_of",
-                 "--device"):  # fmt: skip
+    for flag in (
+        "--task",
+        "--width",
+        "--init",
+        "--algorithms",
+        "--rhos",
+        "--unnormalized",
+        "--rho_schedule",
+        "--lr",
+        "--lr_schedule",
+        "--iterations",
+        "--loss_threshold",
+        "--num_seeds",
+        "--out_dir",
+        "--seed",
+        "--batch_size",
+        "--m",
+        "--resume",
+        "--overwrite",
+        "--backend",
+        "--lr_decay_sam_only",
+        "--match_losses_of",
+        "--device",
+    ):
         assert flag in text
     assert "default: 30000" in text and "1000000" in text and "default: cpu" in text

@@ -55,6 +55,8 @@ def test_test_profile_reproduce_then_notebook(tmp_path, monkeypatch):
     assert (nb_figures / f"{FAMILY}_teacher.png").exists()
     text = "".join(
         o.get("text", "") + str(o.get("data", {}).get("text/plain", ""))
-        for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
-    )  # fmt: skip
+        for c in nb.cells
+        if c.cell_type == "code"
+        for o in c.get("outputs", [])
+    )
     assert "profile: test" in text and "verdict" in text

@@ -16,10 +16,20 @@ from suite.launch import run_state
 from tests.core_utils import LaunchRecorder
 
 # the reference notebook's 1-D setting (PAPERS.md#relu-nets)
-NOTEBOOK = dict(task="reference1d", width=100, init="reference", reduction="sum", lr=5e-5,
-                lr_schedule="linear", iterations=1_000_000, loss_threshold=1e-5,
-                seeds=[0, 1, 2, 3, 4], normalize=True, rho_schedule="constant",
-                batch_size=0)  # fmt: skip
+NOTEBOOK = dict(
+    task="reference1d",
+    width=100,
+    init="reference",
+    reduction="sum",
+    lr=5e-5,
+    lr_schedule="linear",
+    iterations=1_000_000,
+    loss_threshold=1e-5,
+    seeds=[0, 1, 2, 3, 4],
+    normalize=True,
+    rho_schedule="constant",
+    batch_size=0,
+)
 
 
 def _flat(profile: str) -> dict:
@@ -28,8 +38,14 @@ def _flat(profile: str) -> dict:
 
 def test_profiles_follow_the_notebook():
     quick, full, paper = _flat("quick"), _flat("full"), _flat("paper")
-    assert set(quick) == {"exp1_main", "exp1_main" + MATCHED, "exp2_teacher",
-                          "exp3_unnormalized", "exp3_normalized", "exp3_decaying"}  # fmt: skip
+    assert set(quick) == {
+        "exp1_main",
+        "exp1_main" + MATCHED,
+        "exp2_teacher",
+        "exp3_unnormalized",
+        "exp3_normalized",
+        "exp3_decaying",
+    }
     assert set(full) == set(quick) | {"exp1_sweep", "exp1_sweep" + MATCHED}
     assert set(paper) == set(full) | {"exp1_original", "exp1_original" + MATCHED}
     assert all(paper[n] == full[n] for n in full)  # paper = full + the notebook's loop

@@ -26,9 +26,13 @@ def norm_model(seed: int = 0) -> nn.Module:
     of normalization weights the official ASAM rescales (it selects by name)."""
     torch.manual_seed(seed)
     return nn.Sequential(
-        nn.Linear(5, 7), nn.BatchNorm1d(7), nn.Tanh(), nn.Linear(7, 6), nn.LayerNorm(6),
+        nn.Linear(5, 7),
+        nn.BatchNorm1d(7),
+        nn.Tanh(),
+        nn.Linear(7, 6),
+        nn.LayerNorm(6),
         nn.Linear(6, 3),
-    ).double()  # fmt: skip
+    ).double()
 
 
 def _max_diff(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
@@ -66,8 +70,16 @@ def test_default_asam_is_the_official_asam_with_batch_and_layer_norm():
     ref = official_asam(norm_model(), 20, rho=0.5, eta=0.01)
     model = norm_model()
     # sam_eps=1e-16: the official code's constant (ours defaults to 1e-12, davda54's)
-    opt = SAM(model.named_parameters(), torch.optim.SGD, rho=0.5, adaptive=True, eta=0.01,
-              sam_eps=1e-16, lr=LR, momentum=MOM)  # fmt: skip
+    opt = SAM(
+        model.named_parameters(),
+        torch.optim.SGD,
+        rho=0.5,
+        adaptive=True,
+        eta=0.01,
+        sam_eps=1e-16,
+        lr=LR,
+        momentum=MOM,
+    )
     sam_train(model, opt, 20)
     diff = _max_diff(params_of(model), ref)
     print(f"ASAM vs the official rule with BN + LN, float64, 20 steps: {diff:.2e}")
@@ -80,8 +92,15 @@ def test_asam_scales_exactly_the_tensors_named_weight():
     """One ascent by hand: T on 0.weight, 1.weight (BN), 3.weight, 4.weight (LN), 5.weight;
     none on the biases."""
     model = norm_model()
-    opt = SAM(model.named_parameters(), torch.optim.SGD, rho=0.5, adaptive=True, eta=0.01,
-              sam_eps=0.0, lr=LR)  # fmt: skip
+    opt = SAM(
+        model.named_parameters(),
+        torch.optim.SGD,
+        rho=0.5,
+        adaptive=True,
+        eta=0.01,
+        sam_eps=0.0,
+        lr=LR,
+    )
     x, y = tiny_data()
     loss_fn(model, x, y).backward()
     named = list(model.named_parameters())
@@ -171,11 +190,16 @@ class Davda54SAM(torch.optim.Optimizer):
     @torch.no_grad()
     def first_step(self, zero_grad=False):
         norm = torch.norm(
-            torch.stack([
-                ((torch.abs(p) if g["adaptive"] else 1.0) * p.grad).norm(p=2)
-                for g in self.param_groups for p in g["params"] if p.grad is not None
-            ]), p=2,
-        )  # fmt: skip
+            torch.stack(
+                [
+                    ((torch.abs(p) if g["adaptive"] else 1.0) * p.grad).norm(p=2)
+                    for g in self.param_groups
+                    for p in g["params"]
+                    if p.grad is not None
+                ]
+            ),
+            p=2,
+        )
         for g in self.param_groups:
             scale = g["rho"] / (norm + 1e-12)
             for p in g["params"]:
@@ -224,8 +248,9 @@ def test_a_peer_checkpoint_loads_and_training_continues_as_the_resumed_peer(peer
     rho = 0.5 if adaptive else 0.05
     cls = Davda54SAM if peer == "davda54" else PeerSAM
     m_peer = tiny_model()
-    theirs = cls(m_peer.parameters(), torch.optim.SGD, rho=rho, adaptive=adaptive, lr=LR,
-                 momentum=MOM)  # fmt: skip
+    theirs = cls(
+        m_peer.parameters(), torch.optim.SGD, rho=rho, adaptive=adaptive, lr=LR, momentum=MOM
+    )
     peer_train(m_peer, theirs, 3)
     sd = _save_load(theirs.state_dict())
     if peer == "davda54":
@@ -239,8 +264,14 @@ def test_a_peer_checkpoint_loads_and_training_continues_as_the_resumed_peer(peer
         assert any("momentum_buffer" in s for s in sd["state"].values())
     m_ours = tiny_model()
     m_ours.load_state_dict(m_peer.state_dict())
-    ours = SAM(m_ours.parameters(), torch.optim.SGD, rho=0.05, lr=LR, momentum=MOM,
-               **(DAVDA54_ASAM if adaptive else {}))  # fmt: skip
+    ours = SAM(
+        m_ours.parameters(),
+        torch.optim.SGD,
+        rho=0.05,
+        lr=LR,
+        momentum=MOM,
+        **(DAVDA54_ASAM if adaptive else {}),
+    )
     fresh_keys = set(ours.state_dict()["param_groups"][0])
     ours.load_state_dict(sd)
     assert ours.param_groups[0]["rho"] == rho and ours.param_groups[0]["adaptive"] is adaptive

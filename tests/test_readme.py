@@ -84,8 +84,13 @@ def test_the_section_has_its_blocks():
 def test_readme_library_block_runs_as_written(index, monkeypatch):
     block = README_BLOCKS[index]
     if "init_process_group" in block:  # what torchrun sets for a one-process job
-        for k, v in dict(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
-                         MASTER_PORT=str(_free_port())).items():  # fmt: skip
+        for k, v in dict(
+            RANK="0",
+            WORLD_SIZE="1",
+            LOCAL_RANK="0",
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=str(_free_port()),
+        ).items():
             monkeypatch.setenv(k, v)
     namespace: dict = {"__name__": "__readme__"}
     try:

@@ -188,11 +188,16 @@ def test_report_flags_hand_made_verdicts_and_stale_rows(tmp_path, monkeypatch):
             "profile": "quick",
             "stages": [
                 {"name": "a", "status": "ok", "seconds": 1},
-                {"name": "b", "status": "crashed", "error": "ValueError: x", "seconds": 2,
-                 "started": "2999-01-01T00:00:00+00:00"},
+                {
+                    "name": "b",
+                    "status": "crashed",
+                    "error": "ValueError: x",
+                    "seconds": 2,
+                    "started": "2999-01-01T00:00:00+00:00",
+                },
             ],
         },
-    )  # fmt: skip
+    )
     df = claims_table(res)
     check = dict(zip(df["family"], df["check"]))
     assert "suite.claims.verdict gives 'within noise'" in check["a"]
@@ -324,8 +329,18 @@ def test_ctrl_c_stops_the_job_and_a_rerun_resumes(tmp_path):
     (res / "hold").touch()  # released before the re-run
     # one run at a time: the first run ends before the second starts (tests/test_launch.py has
     # Ctrl-C with runs in parallel worker processes)
-    cmd = [sys.executable, str(driver), "--results_dir", str(res), "--figures_dir",
-           str(tmp_path / "f"), "--report", str(tmp_path / "REPORT.md"), "--jobs", "1"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        str(driver),
+        "--results_dir",
+        str(res),
+        "--figures_dir",
+        str(tmp_path / "f"),
+        "--report",
+        str(tmp_path / "REPORT.md"),
+        "--jobs",
+        "1",
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     second = res / "slow" / "s1" / "metrics.jsonl"
     t0 = time.time()
@@ -382,8 +397,19 @@ def test_jobs_reach_the_stages(tmp_path, monkeypatch, argv, jobs):
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setattr(stage_list, "STAGES", [("probe", "fake_probe")])
     res = tmp_path / "r"
-    rc = reproduce.main([*argv, "--only", "probe", "--results_dir", str(res), "--figures_dir",
-                         str(tmp_path / "f"), "--report", str(tmp_path / "R.md")])  # fmt: skip
+    rc = reproduce.main(
+        [
+            *argv,
+            "--only",
+            "probe",
+            "--results_dir",
+            str(res),
+            "--figures_dir",
+            str(tmp_path / "f"),
+            "--report",
+            str(tmp_path / "R.md"),
+        ]
+    )
     assert rc == 0
     want = launch.cpu_count() if jobs is None else jobs
     assert read_json(res / "probe.json") == {"jobs": want}
@@ -438,8 +464,17 @@ def test_paper_profile_without_a_gpu_stops_at_the_check_not_a_traceback(tmp_path
     root = Path(__file__).resolve().parents[1]
     env = {**__import__("os").environ, "PYTHONPATH": str(root)}
     env["SHARPNESS_DATA_DIR"] = str(tmp_path / "data")
-    cmd = [sys.executable, "-m", "analysis.reproduce", "--profile", "paper", "--results_dir",
-           str(tmp_path / "r"), "--report", str(tmp_path / "REPORT.md")]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "analysis.reproduce",
+        "--profile",
+        "paper",
+        "--results_dir",
+        str(tmp_path / "r"),
+        "--report",
+        str(tmp_path / "REPORT.md"),
+    ]
     p = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert p.returncode == 2, p.stdout + p.stderr
     assert "profile paper cannot start on this machine" in p.stderr and "no GPU" in p.stderr

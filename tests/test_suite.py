@@ -218,11 +218,18 @@ def test_claims_tables_and_report(tmp_path):
     claims.write_claims(
         tmp_path / "fam" / "claims.csv",
         [
-            {"family": "fam", "claim": "a | b", "paper_value": "1", "ours": "2",
-             "gap": 0.5, "se": 0.1, "verdict": "reproduced"},
+            {
+                "family": "fam",
+                "claim": "a | b",
+                "paper_value": "1",
+                "ours": "2",
+                "gap": 0.5,
+                "se": 0.1,
+                "verdict": "reproduced",
+            },
             {"family": "fam", "claim": "c", "paper_value": "NA", "ours": "", "verdict": "not run"},
         ],
-    )  # fmt: skip
+    )
     with pytest.raises(ValueError, match="verdict"):
         claims.write_claims(tmp_path / "x.csv", [{"verdict": "maybe"}])
     with pytest.raises(ValueError, match="unknown columns"):

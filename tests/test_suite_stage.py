@@ -53,8 +53,7 @@ def report_a(ctx: StageContext) -> list[ClaimRow]:
     ctx.figure("a.png").write_bytes(b"\x89PNG\r\n\x1a\n")
     losses = [loss(ctx, f"base{s}") for s in ctx.P["seeds"]]
     ours = f"{losses}, trained now: {ctx.trained_now(base_runs(ctx))}"
-    return [ClaimRow("P", "losses below 10", "<10", ours, stat=gap(losses, 10.0),
-                     figure="a.png")]  # fmt: skip
+    return [ClaimRow("P", "losses below 10", "<10", ours, stat=gap(losses, 10.0), figure="a.png")]
 
 
 def report_b(ctx: StageContext) -> list[ClaimRow]:  # draws nothing: no caption
@@ -62,11 +61,18 @@ def report_b(ctx: StageContext) -> list[ClaimRow]:  # draws nothing: no caption
 
 
 EXPERIMENTS = [
-    Experiment("a", "a.png", base_runs, report_a, shows=lambda c: f"{len(c.P['seeds'])} seeds.",
-               reading="Lower is better.", key=True),
+    Experiment(
+        "a",
+        "a.png",
+        base_runs,
+        report_a,
+        shows=lambda c: f"{len(c.P['seeds'])} seeds.",
+        reading="Lower is better.",
+        key=True,
+    ),
     Experiment("shared", "", shifted_runs, lambda ctx: []),
     Experiment("b", "b.png", after_runs, report_b, shows="never shown", reading="-", wave=1),
-]  # fmt: skip
+]
 
 
 def test_run_stage_launches_reports_captions_and_writes_claims(tmp_path):
@@ -86,14 +92,19 @@ def test_run_stage_launches_reports_captions_and_writes_claims(tmp_path):
         assert [r["claim"] for r in rows] == [r["claim"] for r in written]
         assert written[0]["ours"] == "[1.0, 2.0], trained now: True"  # the launch outcomes
         caps = read_captions(res, "fam")  # only the figure the report drew
-        assert caps == [{"file": "a.png", "shows": "2 seeds.", "reading": "Lower is better.",
-                         "key": True}]  # fmt: skip
+        assert caps == [
+            {"file": "a.png", "shows": "2 seeds.", "reading": "Lower is better.", "key": True}
+        ]
         t = read_json(res / "fam" / "timings.json")
         assert (t["a"]["runs"], t["a"]["runs_counted"], t["a"]["trained"]) == (2, 2, 2)
         assert (t["shared"]["runs"], t["shared"]["runs_counted"]) == (2, 1)  # base0 is a's
         assert t["_stage"]["experiments"] == ["a", "shared", "b"]
-        assert set(read_json(res / "fam" / "run_seconds.json")) == {"base0", "base1", "shift",
-                                                                     "after"}  # fmt: skip
+        assert set(read_json(res / "fam" / "run_seconds.json")) == {
+            "base0",
+            "base1",
+            "shift",
+            "after",
+        }
         # a second call reuses every run
         rec.actions.clear()
         rows = run_stage("fam", EXPERIMENTS, PROFILES, "test", res, figs)
@@ -108,9 +119,13 @@ def test_run_stage_launches_reports_captions_and_writes_claims(tmp_path):
 
 def test_claims_rows_of_another_profile_keep_it(tmp_path):
     rows = run_stage(
-        "fam", [Experiment("x", "", lambda ctx: [], lambda ctx: [])], PROFILES, "quick",
-        tmp_path, tmp_path / "f",
+        "fam",
+        [Experiment("x", "", lambda ctx: [], lambda ctx: [])],
+        PROFILES,
+        "quick",
+        tmp_path,
+        tmp_path / "f",
         extra_rows=lambda ctx: [ClaimRow("P", "at paper scale", "x", "not run", profile="paper")],
-    )  # fmt: skip
+    )
     assert [(r["profile"], r["verdict"]) for r in rows] == [("paper", "not run")]
     assert Path(tmp_path / "fam" / "claims.csv").exists()

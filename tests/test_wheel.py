@@ -23,12 +23,30 @@ import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SUITE = ["suite", "analysis", "benchmarks", "deep_nets", "diagonal_linear_nets",
-         "one_layer_relu_nets"]  # fmt: skip
+SUITE = [
+    "suite",
+    "analysis",
+    "benchmarks",
+    "deep_nets",
+    "diagonal_linear_nets",
+    "one_layer_relu_nets",
+]
 IGNORE = shutil.ignore_patterns(
-    ".venv", ".git", "results", "figures", "runs", "data", "build", "dist", "__pycache__",
-    "*.egg-info", ".pytest_cache", ".ruff_cache", ".ipynb_checkpoints", "REPORT.md",
-)  # fmt: skip
+    ".venv",
+    ".git",
+    "results",
+    "figures",
+    "runs",
+    "data",
+    "build",
+    "dist",
+    "__pycache__",
+    "*.egg-info",
+    ".pytest_cache",
+    ".ruff_cache",
+    ".ipynb_checkpoints",
+    "REPORT.md",
+)
 
 IN_VENV = r"""
 import importlib, importlib.metadata as md, sys, sysconfig
@@ -110,10 +128,23 @@ def test_the_wheel_holds_sharpness_only_and_works_in_a_fresh_venv(tmp_path):
     src = tmp_path / "src"
     shutil.copytree(ROOT, src, ignore=IGNORE)  # the build writes build/ and *.egg-info there
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
-         "--no-index", "-w", str(tmp_path / "dist"), str(src)],
-        check=True, capture_output=True, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "-w",
+            str(tmp_path / "dist"),
+            str(src),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     (wheel,) = (tmp_path / "dist").glob("*.whl")
     version = re.search(r'__version__ = "([^"]+)"', (ROOT / "sharpness/__init__.py").read_text())
     assert wheel.name == f"sharpness-{version.group(1)}-py3-none-any.whl"
@@ -138,21 +169,39 @@ def test_the_wheel_holds_sharpness_only_and_works_in_a_fresh_venv(tmp_path):
     dists = _link_torch_and_numpy(tmp_path / "torch_numpy")
     purelib = subprocess.run(
         [py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-        check=True, capture_output=True, text=True,
-    ).stdout.strip()  # fmt: skip
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
     assert purelib != sysconfig.get_paths()["purelib"]
     (Path(purelib) / "torch_numpy.pth").write_text(str(tmp_path / "torch_numpy") + "\n")
     subprocess.run(
-        [sys.executable, "-m", "pip", "--python", str(py), "install", "-q", "--no-index",
-         "--no-deps", str(wheel)],
-        check=True, capture_output=True, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "--python",
+            str(py),
+            "install",
+            "-q",
+            "--no-index",
+            "--no-deps",
+            str(wheel),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
     env["OMP_NUM_THREADS"] = "1"
     out = subprocess.run(
         [py, "-c", f"SUITE = {SUITE!r}\n" + IN_VENV],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     assert [line.split()[0] for line in out.stdout.splitlines()] == ["SAM", "ASAM", "LookSAM"]
     done = time.perf_counter()

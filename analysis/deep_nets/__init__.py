@@ -94,9 +94,16 @@ def reproduce(
         if name not in EXPERIMENTS:
             raise ValueError(f"experiment {name!r}: choose from {', '.join(EXPERIMENTS)}")
     experiments = [EXPERIMENTS[n] for n in only or EXPERIMENTS]
-    return run_stage(FAMILY, experiments, PROFILES, profile, results_dir, figures_dir,
-                     root=profile_root(results_dir, profile),
-                     extra_rows=paper_scale_row)  # fmt: skip
+    return run_stage(
+        FAMILY,
+        experiments,
+        PROFILES,
+        profile,
+        results_dir,
+        figures_dir,
+        root=profile_root(results_dir, profile),
+        extra_rows=paper_scale_row,
+    )
 
 
 def read_timings(root: Path) -> dict[str, Any]:
@@ -106,15 +113,24 @@ def read_timings(root: Path) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m analysis.deep_nets", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    ap = argparse.ArgumentParser(
+        prog="python -m analysis.deep_nets",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ap.add_argument("--profile", choices=list(PROFILES), default="quick")
     ap.add_argument("--results_dir", type=Path, default=Path("results"))
     ap.add_argument("--figures_dir", type=Path, default=Path("figures"))
-    ap.add_argument("--only", nargs="*", choices=list(EXPERIMENTS), default=None,
-                    help="experiments to run (default: all)")  # fmt: skip
-    ap.add_argument("--jobs", type=int, default=1,
-                    help="runs trained at once in worker processes (default 1)")  # fmt: skip
+    ap.add_argument(
+        "--only",
+        nargs="*",
+        choices=list(EXPERIMENTS),
+        default=None,
+        help="experiments to run (default: all)",
+    )
+    ap.add_argument(
+        "--jobs", type=int, default=1, help="runs trained at once in worker processes (default 1)"
+    )
     ap.add_argument("--force", action="store_true", help="retrain every run, even finished ones")
     a = ap.parse_args(argv)
     if a.jobs < 1:

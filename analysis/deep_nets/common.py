@@ -34,10 +34,19 @@ def method(
     a paper base config's own SAM settings never leak into the ERM run). ``prev``: the original's
     n-SAM (``--sam_use_prev_batch``); ``gauss``: the original's random baseline
     (``--add_weight_perturb_scale``, Gaussian per coordinate, SAM off)."""
-    flags = {**P[base], "sam_rho": rho, "acc_steps": acc, "sam_variant": variant,
-             "sam_perturb_batch": "same", "sam_use_prev_batch": prev, "sam_no_grad_norm": unnorm,
-             "sam_epoch_frac_start": start, "sam_epoch_frac_end": end,
-             "add_weight_perturb_scale": gauss, "mul_weight_perturb_scale": 0.0}  # fmt: skip
+    flags = {
+        **P[base],
+        "sam_rho": rho,
+        "acc_steps": acc,
+        "sam_variant": variant,
+        "sam_perturb_batch": "same",
+        "sam_use_prev_batch": prev,
+        "sam_no_grad_norm": unnorm,
+        "sam_epoch_frac_start": start,
+        "sam_epoch_frac_end": end,
+        "add_weight_perturb_scale": gauss,
+        "mul_weight_perturb_scale": 0.0,
+    }
     if variant == "looksam":
         flags["looksam_k"] = P["looksam_k"]
     return Spec.make(flags, seed)

@@ -39,36 +39,51 @@ def report(ctx: StageContext) -> list[ClaimRow]:
     o = {lab: outcome(root, lab, per_seed(P, fn)) for lab, fn in conv_methods(P).items()}
     fig = plots.curves(
         list(o.values()),
-        [("train_loss", "training loss (cross-entropy, fixed subset)"),
-         ("train_err", "training error (%)")],
-        ctx.figure(FIGURE), x="step", logy=(True, False),
+        [
+            ("train_loss", "training loss (cross-entropy, fixed subset)"),
+            ("train_err", "training error (%)"),
+        ],
+        ctx.figure(FIGURE),
+        x="step",
+        logy=(True, False),
         title=f"Convergence ({setting(P)})",
-    )  # fmt: skip
+    )
     erm_final = [epoch_rows(r)[-1]["train_loss"] for r in o["ERM"].runs]
     rows = []
     for lab in list(o)[2:]:
         final = [epoch_rows(r)[-1]["train_loss"] for r in o[lab].runs]
-        rows.append(ClaimRow(
-            paper=f"{PAPER}, convergence (Sec. 4.2)",
-            claim=f"{lab} drives the training loss to near zero (< {NEAR_ZERO} nats at the end)",
-            paper_value="m-SAM / 1-SAM reach near-zero training loss; unnormalized SAM with "
-                        "constant rho converges",
-            ours=f"final train loss {fmt_mean_std(final, '.4f')} "
-                 f"(ERM {fmt_mean_std(erm_final, '.4f')})",
-            stat=gap(final, NEAR_ZERO), figure=rel(fig),
-            note=f"gap = tolerance - mean final loss; {setting(P)}. Unnormalized SAM = the "
-                 "original's --sam_no_grad_norm: e = P_rho(rho * grad(L/acc_steps)), the step "
-                 "projected onto the rho-ball (normalized SAM whenever ||grad|| > 1)",
-        ))  # fmt: skip
+        rows.append(
+            ClaimRow(
+                paper=f"{PAPER}, convergence (Sec. 4.2)",
+                claim=f"{lab} drives the training loss to near zero "
+                f"(< {NEAR_ZERO} nats at the end)",
+                paper_value="m-SAM / 1-SAM reach near-zero training loss; unnormalized SAM with "
+                "constant rho converges",
+                ours=f"final train loss {fmt_mean_std(final, '.4f')} "
+                f"(ERM {fmt_mean_std(erm_final, '.4f')})",
+                stat=gap(final, NEAR_ZERO),
+                figure=rel(fig),
+                note=f"gap = tolerance - mean final loss; {setting(P)}. Unnormalized SAM = the "
+                "original's --sam_no_grad_norm: e = P_rho(rho * grad(L/acc_steps)), the step "
+                "projected onto the rho-ball (normalized SAM whenever ||grad|| > 1)",
+            )
+        )
     return rows
 
 
 FIGURE = "deep_nets_convergence.png"
 EXPERIMENT = Experiment(
-    "convergence", FIGURE, SpecRuns(specs), report,
+    "convergence",
+    FIGURE,
+    SpecRuns(specs),
+    report,
     title="Convergence of ERM / SAM / m-SAM / unnormalized SAM",
-    shows=Caption("Training loss per step (log scale) and test error for ERM, SAM (constant "
-                  "rho), m-SAM and unnormalized SAM; {setting}."),
-    reading=Caption("The claim: m-SAM (and unnormalized SAM) still drive the training loss to "
-                    "near zero, as the convergence analysis says."),
-)  # fmt: skip
+    shows=Caption(
+        "Training loss per step (log scale) and test error for ERM, SAM (constant "
+        "rho), m-SAM and unnormalized SAM; {setting}."
+    ),
+    reading=Caption(
+        "The claim: m-SAM (and unnormalized SAM) still drive the training loss to "
+        "near zero, as the convergence analysis says."
+    ),
+)

@@ -29,9 +29,13 @@ def paper_scale_row(ctx: StageContext) -> list[ClaimRow]:
     if ctx.profile == "paper":
         return []
     names = ", ".join(c for cs in PAPER_CONFIGS.values() for c in cs)
-    return [ClaimRow(
-        paper=f"{PAPER}, Figs. 1 / 9 / 12; LookSAM; SAM m-sharpness",
-        claim="the experiments at paper scale (ResNet-18/34, CIFAR-10/100, 200-1000 epochs)",
-        paper_value="see PAPERS.md#deep-nets", ours="not run here (GPU-days)", profile="paper",
-        note=f"named configs: {names}; make reproduce PROFILE=paper on a GPU with the data",
-    )]  # fmt: skip
+    return [
+        ClaimRow(
+            paper=f"{PAPER}, Figs. 1 / 9 / 12; LookSAM; SAM m-sharpness",
+            claim="the experiments at paper scale (ResNet-18/34, CIFAR-10/100, 200-1000 epochs)",
+            paper_value="see PAPERS.md#deep-nets",
+            ours="not run here (GPU-days)",
+            profile="paper",
+            note=f"named configs: {names}; make reproduce PROFILE=paper on a GPU with the data",
+        )
+    ]

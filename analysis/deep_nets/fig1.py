@@ -15,8 +15,13 @@ from suite.claims import ClaimRow
 from suite.stage import Experiment, StageContext
 
 # Input shapes as deep_nets.data loads them (N, *shape), for counting a model's parameters.
-INPUT_SHAPES = {"mnist1d": (1, 40), "fashion_mnist": (1, 28, 28), "cifar10": (3, 32, 32),
-                "cifar100": (3, 32, 32), "svhn": (3, 32, 32)}  # fmt: skip
+INPUT_SHAPES = {
+    "mnist1d": (1, 40),
+    "fashion_mnist": (1, 28, 28),
+    "cifar10": (3, 32, 32),
+    "cifar100": (3, 32, 32),
+    "svhn": (3, 32, 32),
+}
 
 
 @functools.cache
@@ -25,8 +30,13 @@ def _n_params(model: str, width: int | None, dataset: str) -> int:
     from deep_nets.models import build_model, count_parameters
 
     shape = INPUT_SHAPES[dataset]
-    net = build_model(model, in_channels=shape[0], num_classes=NUM_CLASSES[dataset], width=width,
-                      input_shape=shape)  # fmt: skip
+    net = build_model(
+        model,
+        in_channels=shape[0],
+        num_classes=NUM_CLASSES[dataset],
+        width=width,
+        input_shape=shape,
+    )
     return count_parameters(net)
 
 
@@ -70,36 +80,72 @@ def report(ctx: StageContext) -> list[ClaimRow]:
         for lab in labels
     }
     fig = plots.error_vs_x(
-        P["rhos"], series, erm, ctx.figure(FIGURE), xlabel="training rho",
+        P["rhos"],
+        series,
+        erm,
+        ctx.figure(FIGURE),
+        xlabel="training rho",
         title=f"Fig. 1: test error vs rho ({setting(P)})",
-    )  # fmt: skip
+    )
     at = {lab: series[lab][P["rhos"].index(P["rho"])] for lab in labels}
     rnd, nsam, sam, msam = (at[lab] for lab in labels)
     common = dict(paper=f"{PAPER}, Fig. 1", figure=rel(fig), n=n_test(erm.runs[0]))
-    note = (f"rho = {P['rho']} fixed before the runs; {setting(P)} instead of ResNet-18 / "
-            "CIFAR-10 (CPU budget). n-SAM = ascent on the previous batch (--sam_use_prev_batch, "
-            "the original's); random = the original's Gaussian weight perturbation "
-            "(--add_weight_perturb_scale rho / sqrt(#params): norm ~ rho; the paper does not "
-            "state its scale)")  # fmt: skip
+    note = (
+        f"rho = {P['rho']} fixed before the runs; {setting(P)} instead of ResNet-18 / "
+        "CIFAR-10 (CPU budget). n-SAM = ascent on the previous batch (--sam_use_prev_batch, "
+        "the original's); random = the original's Gaussian weight perturbation "
+        "(--add_weight_perturb_scale rho / sqrt(#params): norm ~ rho; the paper does not "
+        "state its scale)"
+    )
     return [
-        *compare_rows(erm, sam, claim="SAM with m = batch (the paper's 128-SAM) beats ERM",
-                      paper_value="ERM ~5.1%, 128-SAM ~4.35% at rho 0.1", note=note, **common),
-        *compare_rows(erm, msam, claim="m-SAM with a small m beats ERM",
-                      paper_value="ERM ~5.1%, 128-SAM 4.25-4.75%", note=note, **common),
-        *compare_rows(nsam, sam, claim="SAM (m = batch) beats n-SAM (n-SAM stays near ERM)",
-                      paper_value="n-SAM ~5.1% (flat in rho) vs 128-SAM ~4.35%", note=note,
-                      **common),
-        *compare_rows(rnd, sam,
-                      claim="SAM (m = batch) beats random perturbations (which do not help)",
-                      paper_value="random ~ERM (5.1%) vs 128-SAM ~4.35%", note=note, **common),
-    ]  # fmt: skip
+        *compare_rows(
+            erm,
+            sam,
+            claim="SAM with m = batch (the paper's 128-SAM) beats ERM",
+            paper_value="ERM ~5.1%, 128-SAM ~4.35% at rho 0.1",
+            note=note,
+            **common,
+        ),
+        *compare_rows(
+            erm,
+            msam,
+            claim="m-SAM with a small m beats ERM",
+            paper_value="ERM ~5.1%, 128-SAM 4.25-4.75%",
+            note=note,
+            **common,
+        ),
+        *compare_rows(
+            nsam,
+            sam,
+            claim="SAM (m = batch) beats n-SAM (n-SAM stays near ERM)",
+            paper_value="n-SAM ~5.1% (flat in rho) vs 128-SAM ~4.35%",
+            note=note,
+            **common,
+        ),
+        *compare_rows(
+            rnd,
+            sam,
+            claim="SAM (m = batch) beats random perturbations (which do not help)",
+            paper_value="random ~ERM (5.1%) vs 128-SAM ~4.35%",
+            note=note,
+            **common,
+        ),
+    ]
 
 
 FIGURE = "deep_nets_fig1_rho.png"
 EXPERIMENT = Experiment(
-    "fig1", FIGURE, SpecRuns(specs), report, title="Fig. 1: test error vs rho",
-    shows=Caption("Test error (best-validation and last epoch) vs training rho for ERM, random "
-                  "perturbation, n-SAM, SAM (m = batch) and m-SAM (small m); {setting}."),
-    reading=Caption("Fig. 1's claim: only m-SAM with small m clearly beats ERM; n-SAM and random "
-                    "stay near ERM (verdicts in the claims table)."),
-)  # fmt: skip
+    "fig1",
+    FIGURE,
+    SpecRuns(specs),
+    report,
+    title="Fig. 1: test error vs rho",
+    shows=Caption(
+        "Test error (best-validation and last epoch) vs training rho for ERM, random "
+        "perturbation, n-SAM, SAM (m = batch) and m-SAM (small m); {setting}."
+    ),
+    reading=Caption(
+        "Fig. 1's claim: only m-SAM with small m clearly beats ERM; n-SAM and random "
+        "stay near ERM (verdicts in the claims table)."
+    ),
+)

@@ -20,9 +20,10 @@ def noisy_methods(P: dict[str, Any]) -> dict[str, Callable[[int], Spec]]:
     return {
         "ERM": lambda s: method(P, s, base="noisy"),
         f"SAM (m={m_of(P, 1, 'noisy')})": lambda s: method(P, s, base="noisy", rho=P["rho"]),
-        f"m-SAM (m={m_of(P, acc, 'noisy')})": lambda s: method(P, s, base="noisy", rho=P["rho"],
-                                                               acc=acc),
-    }  # fmt: skip
+        f"m-SAM (m={m_of(P, acc, 'noisy')})": lambda s: method(
+            P, s, base="noisy", rho=P["rho"], acc=acc
+        ),
+    }
 
 
 def specs(P: dict[str, Any]) -> list[Spec]:
@@ -45,8 +46,10 @@ def train_size(run: dict[str, Any]) -> int:
     data = (run.get("summary") or {}).get("data") or run["config"].get("data") or {}
     size = (data.get("sizes") or {}).get("train")
     if not size:
-        raise ValueError(f"{run['path']}: no training-set size in the data provenance of "
-                         "summary.json or config.json; run the experiment again")  # fmt: skip
+        raise ValueError(
+            f"{run['path']}: no training-set size in the data provenance of "
+            "summary.json or config.json; run the experiment again"
+        )
     return int(size)
 
 
@@ -65,14 +68,20 @@ def report(ctx: StageContext) -> list[ClaimRow]:
     p = b["p_label_noise"]
     fig = plots.curves(
         list(o.values()),
-        [("test_err", "test error (%) - dot: best-validation epoch"),
-         ("train_err_noisy", "train error on the NOISY examples (%)\n(vs their noisy labels; "
-                             "0 = memorized)"),
-         ("train_err_clean", "train error on the CLEAN examples (%)")],
-        ctx.figure(FIGURE), mark_best=True, marks=_lr_drops(b),
+        [
+            ("test_err", "test error (%) - dot: best-validation epoch"),
+            (
+                "train_err_noisy",
+                "train error on the NOISY examples (%)\n(vs their noisy labels; 0 = memorized)",
+            ),
+            ("train_err_clean", "train error on the CLEAN examples (%)"),
+        ],
+        ctx.figure(FIGURE),
+        mark_best=True,
+        marks=_lr_drops(b),
         title=f"Fig. 12: {p:.0%} symmetric label noise - {setting(P, 'noisy')} "
-              "(dotted: best-validation epoch)",
-    )  # fmt: skip
+        "(dotted: best-validation epoch)",
+    )
     erm, sam, msam = o.values()
     n = n_test(erm.runs[0])
     note = (
@@ -83,58 +92,88 @@ def report(ctx: StageContext) -> list[ClaimRow]:
     paper = f"{PAPER}, Fig. 12"
     common = dict(paper=paper, figure=rel(fig), n=n, note=note)
     rows = [
-        *compare_rows(erm, sam, claim="with 60% label noise SAM's test error is below ERM's",
-                      paper_value="best: ERM ~20-30% vs SAM ~10%; last: ERM ~49% vs SAM ~43%",
-                      **common),
-        *compare_rows(erm, msam, claim="with 60% label noise m-SAM's test error is below ERM's",
-                      paper_value="best: ERM ~20-30% vs SAM ~10%; last: ERM ~49% vs SAM ~43%",
-                      **common),
-    ]  # fmt: skip
+        *compare_rows(
+            erm,
+            sam,
+            claim="with 60% label noise SAM's test error is below ERM's",
+            paper_value="best: ERM ~20-30% vs SAM ~10%; last: ERM ~49% vs SAM ~43%",
+            **common,
+        ),
+        *compare_rows(
+            erm,
+            msam,
+            claim="with 60% label noise m-SAM's test error is below ERM's",
+            paper_value="best: ERM ~20-30% vs SAM ~10%; last: ERM ~49% vs SAM ~43%",
+            **common,
+        ),
+    ]
     # early stopping matters: the best-validation epoch beats the last epoch (per method)
     for out in (erm, sam):
-        rows.append(ClaimRow(
-            paper=paper,
-            claim=f"early stopping matters: {out.label}'s best-validation epoch beats its last",
-            paper_value="ERM best ~20-30% vs last ~49%; SAM best ~10% vs last ~43%",
-            ours=f"last {pct(out.last)} vs best {pct(out.best)}",
-            stat=gap(out.best, out.last, n_test=n).scaled(100), figure=rel(fig), note=note,
-        ))  # fmt: skip
+        rows.append(
+            ClaimRow(
+                paper=paper,
+                claim=f"early stopping matters: {out.label}'s best-validation epoch beats its last",
+                paper_value="ERM best ~20-30% vs last ~49%; SAM best ~10% vs last ~43%",
+                ours=f"last {pct(out.last)} vs best {pct(out.best)}",
+                stat=gap(out.best, out.last, n_test=n).scaled(100),
+                figure=rel(fig),
+                note=note,
+            )
+        )
     # memorization: ERM fits the noisy labels; SAM does so later
     noisy_end = [epoch_rows(r)[-1]["train_err_noisy"] for r in erm.runs]
     # noisy examples in the evaluated training subset: p * min(--n_eval_train, training set size
     # from the data provenance)
     n_sub = min(b.get("n_eval_train", 10000), train_size(erm.runs[0]))
-    rows.append(ClaimRow(
-        paper=paper,
-        claim=f"ERM memorizes the noisy labels (final train error on them < {MEMORIZED:.0%})",
-        paper_value="train error on noisy examples -> 0 (ERM and SAM, 1000 epochs)",
-        ours=f"ERM {pct(noisy_end)}",
-        stat=gap(noisy_end, MEMORIZED, n_test=max(1, round(p * n_sub))).scaled(100),
-        figure=rel(fig), note=note,
-    ))  # fmt: skip
-    for out in (sam, msam):
-        ep = {x.label: [first_epoch_below(r, "train_err_noisy", HALF) for r in x.runs]
-              for x in (erm, out)}  # fmt: skip
-        rows.append(ClaimRow(
+    rows.append(
+        ClaimRow(
             paper=paper,
-            claim=f"{out.label} memorizes later: first epoch with train error on the noisy "
-                  f"examples < {HALF:.0%}",
-            paper_value="SAM memorizes much later than ERM",
-            ours=f"ERM epoch {fmt_mean_std(ep['ERM'], '.1f')} vs {out.label} "
-                 f"{fmt_mean_std(ep[out.label], '.1f')}",
-            stat=gap(ep[out.label], ep["ERM"], lower_is_better=False), figure=rel(fig),
-            note="never reached counts as epochs + 1; " + note,
-        ))  # fmt: skip
+            claim=f"ERM memorizes the noisy labels (final train error on them < {MEMORIZED:.0%})",
+            paper_value="train error on noisy examples -> 0 (ERM and SAM, 1000 epochs)",
+            ours=f"ERM {pct(noisy_end)}",
+            stat=gap(noisy_end, MEMORIZED, n_test=max(1, round(p * n_sub))).scaled(100),
+            figure=rel(fig),
+            note=note,
+        )
+    )
+    for out in (sam, msam):
+        ep = {
+            x.label: [first_epoch_below(r, "train_err_noisy", HALF) for r in x.runs]
+            for x in (erm, out)
+        }
+        rows.append(
+            ClaimRow(
+                paper=paper,
+                claim=f"{out.label} memorizes later: first epoch with train error on the noisy "
+                f"examples < {HALF:.0%}",
+                paper_value="SAM memorizes much later than ERM",
+                ours=f"ERM epoch {fmt_mean_std(ep['ERM'], '.1f')} vs {out.label} "
+                f"{fmt_mean_std(ep[out.label], '.1f')}",
+                stat=gap(ep[out.label], ep["ERM"], lower_is_better=False),
+                figure=rel(fig),
+                note="never reached counts as epochs + 1; " + note,
+            )
+        )
     return rows
 
 
 FIGURE = "deep_nets_fig12_noisy_labels.png"
 EXPERIMENT = Experiment(
-    "noisy", FIGURE, SpecRuns(specs), report, title="Fig. 12: noisy labels", key=True,
-    shows=Caption("Per epoch, with 60% symmetric label noise: test error, train error on the "
-                  "noisy-label and on the clean examples, for ERM, SAM and m-SAM (mean over "
-                  "seeds; best-validation epoch marked); {setting}.", base="noisy"),
-    reading=Caption("Fig. 12's claims: SAM's best test error is below ERM's; both memorize the "
-                    "noisy labels in the end, SAM later; stopping at the best epoch matters.",
-                    base="noisy"),
-)  # fmt: skip
+    "noisy",
+    FIGURE,
+    SpecRuns(specs),
+    report,
+    title="Fig. 12: noisy labels",
+    key=True,
+    shows=Caption(
+        "Per epoch, with 60% symmetric label noise: test error, train error on the "
+        "noisy-label and on the clean examples, for ERM, SAM and m-SAM (mean over "
+        "seeds; best-validation epoch marked); {setting}.",
+        base="noisy",
+    ),
+    reading=Caption(
+        "Fig. 12's claims: SAM's best test error is below ERM's; both memorize the "
+        "noisy labels in the end, SAM later; stopping at the best epoch matters.",
+        base="noisy",
+    ),
+)

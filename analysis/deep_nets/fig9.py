@@ -48,8 +48,9 @@ def interpolation(root: Path, erm: Outcome, ft: Outcome) -> list[dict[str, list[
 
     out = []
     for a, b in zip(erm.runs, ft.runs, strict=True):
-        key = config_hash({"a": a["path"], "b": b["path"], "t": INTERP_T, "ca": a["config"],
-                           "cb": b["config"]})  # fmt: skip
+        key = config_hash(
+            {"a": a["path"], "b": b["path"], "t": INTERP_T, "ca": a["config"], "cb": b["config"]}
+        )
         path = root / "interpolation" / f"{key}.json"
         if path.exists():
             out.append(read_json(path))
@@ -76,8 +77,13 @@ def report(ctx: StageContext) -> list[ClaimRow]:
     def interp_panel(ax: Any) -> None:
         t = curves[0]["t"]
         for name, c in (("train", "C0"), ("test", "C3")):
-            ax.plot(t, np.mean([cv[name] for cv in curves], axis=0), color=c, marker=".",
-                    label=f"{name} loss")  # fmt: skip
+            ax.plot(
+                t,
+                np.mean([cv[name] for cv in curves], axis=0),
+                color=c,
+                marker=".",
+                label=f"{name} loss",
+            )
         ax.axvline(0, color="k", lw=0.5)
         ax.axvline(1, color="k", lw=0.5)
         ax.set_xlabel("t: (1-t) w_ERM + t w_(ERM->SAM)")
@@ -86,43 +92,64 @@ def report(ctx: StageContext) -> list[ClaimRow]:
         ax.grid(alpha=0.3)
 
     fig = plots.curves(
-        list(o.values()), [("test_err", "test error (%)")], ctx.figure(FIGURE),
+        list(o.values()),
+        [("test_err", "test error (%)")],
+        ctx.figure(FIGURE),
         title=f"Fig. 9: ERM <-> SAM switches at {P['switch']:.0%} of training ({setting(P)})",
         extra=interp_panel,
-    )  # fmt: skip
-    note = (f"switch at {P['switch']:.0%} of the epochs, rho {P['rho']}, m = batch; "
-            f"{setting(P)} (CPU budget). The switch as the original counts it: SAM on in the "
-            "1-based epochs e with e / epochs >= switch (ERM -> SAM) or <= switch (SAM -> ERM), "
-            f"so epoch {switch_epoch(P)} is a SAM epoch in both; curves start at the epoch-0 "
-            "evaluation")  # fmt: skip
-    common = dict(paper=f"{PAPER}, Fig. 9", figure=rel(fig), n=n_test(o["ERM"].runs[0]),
-                  note=note)  # fmt: skip
+    )
+    note = (
+        f"switch at {P['switch']:.0%} of the epochs, rho {P['rho']}, m = batch; "
+        f"{setting(P)} (CPU budget). The switch as the original counts it: SAM on in the "
+        "1-based epochs e with e / epochs >= switch (ERM -> SAM) or <= switch (SAM -> ERM), "
+        f"so epoch {switch_epoch(P)} is a SAM epoch in both; curves start at the epoch-0 "
+        "evaluation"
+    )
+    common = dict(paper=f"{PAPER}, Fig. 9", figure=rel(fig), n=n_test(o["ERM"].runs[0]), note=note)
     b = [barrier(c) for c in curves]
     return [
-        *compare_rows(o["ERM"], o["ERM -> SAM"], claim="switching ERM -> SAM late improves",
-                      paper_value="CIFAR-10 ~4.65% -> ~4.2%", **common),
-        *compare_rows(o["ERM"], o["SAM -> ERM"], claim="SAM -> ERM keeps SAM's gain over ERM",
-                      paper_value="CIFAR-10 ERM ~4.65%, SAM -> ERM ~3.95%", **common),
+        *compare_rows(
+            o["ERM"],
+            o["ERM -> SAM"],
+            claim="switching ERM -> SAM late improves",
+            paper_value="CIFAR-10 ~4.65% -> ~4.2%",
+            **common,
+        ),
+        *compare_rows(
+            o["ERM"],
+            o["SAM -> ERM"],
+            claim="SAM -> ERM keeps SAM's gain over ERM",
+            paper_value="CIFAR-10 ERM ~4.65%, SAM -> ERM ~3.95%",
+            **common,
+        ),
         ClaimRow(
             paper=f"{PAPER}, Fig. 9 (interpolation)",
             claim=f"ERM -> SAM stays in the ERM basin: train-loss barrier on the segment < "
-                  f"{BARRIER_TOL} nats",
+            f"{BARRIER_TOL} nats",
             paper_value="no barrier between the ERM and ERM -> SAM solutions",
-            ours=f"barrier {fmt_mean_std(b, '.4f')} nats", stat=gap(b, BARRIER_TOL),
+            ours=f"barrier {fmt_mean_std(b, '.4f')} nats",
+            stat=gap(b, BARRIER_TOL),
             figure=rel(fig),
             note="gap = tolerance - mean barrier; batch-norm statistics recomputed at every t. "
-                 + note,
+            + note,
         ),
-    ]  # fmt: skip
+    ]
 
 
 FIGURE = "deep_nets_fig9_finetune.png"
 EXPERIMENT = Experiment(
-    "finetune", FIGURE, SpecRuns(specs), report,
+    "finetune",
+    FIGURE,
+    SpecRuns(specs),
+    report,
     title="Fig. 9: ERM <-> SAM switches and interpolation",
-    shows=Caption("Test error per epoch of ERM, ERM -> SAM, SAM -> ERM and SAM (switch at "
-                  "{switch:.0%} of training), and the train/test loss on the line between the "
-                  "ERM and ERM -> SAM solutions (t from -0.5 to 1.5); {setting}."),
-    reading=Caption("Fig. 9's claims: switching to SAM late improves on ERM, and the two "
-                    "solutions lie in one basin (no loss barrier between t = 0 and t = 1)."),
-)  # fmt: skip
+    shows=Caption(
+        "Test error per epoch of ERM, ERM -> SAM, SAM -> ERM and SAM (switch at "
+        "{switch:.0%} of training), and the train/test loss on the line between the "
+        "ERM and ERM -> SAM solutions (t from -0.5 to 1.5); {setting}."
+    ),
+    reading=Caption(
+        "Fig. 9's claims: switching to SAM late improves on ERM, and the two "
+        "solutions lie in one basin (no loss barrier between t = 0 and t = 1)."
+    ),
+)

@@ -35,15 +35,22 @@ def interpolate_losses(
     out: dict[str, list[float]] = {"t": [float(t) for t in ts]}
     for name, (x, y) in data.items():
         rows = interpolate(
-            net, state_a, state_b, ts, F.cross_entropy, _batches(x, y, batch_size),
-            error_fn=None, bn_data=bn,
-        )  # fmt: skip
+            net,
+            state_a,
+            state_b,
+            ts,
+            F.cross_entropy,
+            _batches(x, y, batch_size),
+            error_fn=None,
+            bn_data=bn,
+        )
         out[name] = [r["loss"] for r in rows]
     return out
 
 
-def interpolate_runs(run_a: Mapping[str, Any], run_b: Mapping[str, Any], ts: Sequence[float],
-                     n_train: int = 2000) -> dict[str, list[float]]:  # fmt: skip
+def interpolate_runs(
+    run_a: Mapping[str, Any], run_b: Mapping[str, Any], ts: Sequence[float], n_train: int = 2000
+) -> dict[str, list[float]]:
     """``interpolate_losses`` between the final weights of two finished runs of the trainer
     (their ``checkpoint.pt``), on the first ``n_train`` examples of run a's training split (its
     possibly noisy labels, as trained) and on its test set; same data flags in both runs."""
@@ -61,13 +68,22 @@ def interpolate_runs(run_a: Mapping[str, Any], run_b: Mapping[str, Any], ts: Seq
             raise FileNotFoundError(f"{ck}: the run has no checkpoint to interpolate")
         states.append(torch.load(ck, map_location="cpu", weights_only=True)["model"])
     splits = load_dataset(
-        cfg.dataset, cfg.data_dir, seed=cfg.seed, val_frac=0.1, frac_train=cfg.frac_train,
-        p_label_noise=cfg.p_label_noise, noise_type=cfg.noise_type, device="cpu",
-    )  # fmt: skip
+        cfg.dataset,
+        cfg.data_dir,
+        seed=cfg.seed,
+        val_frac=0.1,
+        frac_train=cfg.frac_train,
+        p_label_noise=cfg.p_label_noise,
+        noise_type=cfg.noise_type,
+        device="cpu",
+    )
     net = build_model(
-        cfg.model, in_channels=splits.input_shape[0], num_classes=splits.num_classes,
-        width=cfg.model_width, input_shape=tuple(splits.input_shape),
-    )  # fmt: skip
+        cfg.model,
+        in_channels=splits.input_shape[0],
+        num_classes=splits.num_classes,
+        width=cfg.model_width,
+        input_shape=tuple(splits.input_shape),
+    )
     data = {
         "train": (splits.train_x[:n_train], splits.train_y[:n_train]),
         "test": (splits.test_x, splits.test_y),

@@ -16,8 +16,17 @@ import numpy as np  # noqa: E402
 from analysis.deep_nets.runs import Outcome, curve_rows, mean_curve  # noqa: E402
 
 # by label prefix (the longest matching prefix wins)
-COLORS = {"ERM": "C0", "SAM": "C3", "m-SAM": "C2", "n-SAM": "C1", "random": "C7", "LookSAM": "C4",
-          "ERM -> SAM": "C1", "SAM -> ERM": "C9", "SAM unnormalized": "C8"}  # fmt: skip
+COLORS = {
+    "ERM": "C0",
+    "SAM": "C3",
+    "m-SAM": "C2",
+    "n-SAM": "C1",
+    "random": "C7",
+    "LookSAM": "C4",
+    "ERM -> SAM": "C1",
+    "SAM -> ERM": "C9",
+    "SAM unnormalized": "C8",
+}
 
 
 def _color(label: str) -> str:
@@ -60,8 +69,9 @@ def error_vs_x(
         ax.axhspan(m - s, m + s, color=_color("ERM"), alpha=0.15)
         for label, outs in series.items():
             ms = np.array([_ms(o.at(when)) for o in outs])
-            ax.errorbar(xs, ms[:, 0], yerr=ms[:, 1], marker="o", capsize=3, label=label,
-                        color=_color(label))  # fmt: skip
+            ax.errorbar(
+                xs, ms[:, 0], yerr=ms[:, 1], marker="o", capsize=3, label=label, color=_color(label)
+            )
         if logx:
             ax.set_xscale("log", base=2)
         ax.set_xticks(list(xs), [f"{x:g}" for x in xs])
@@ -115,8 +125,16 @@ def curves(
     for ax, (_key, name) in zip(axes, keys):
         for xm, text in marks:
             ax.axvline(xm, color="0.5", ls="--", lw=0.8)
-            ax.annotate(text, (xm, 1), xycoords=("data", "axes fraction"), fontsize=7,
-                        color="0.4", ha="left", va="top", rotation=90)  # fmt: skip
+            ax.annotate(
+                text,
+                (xm, 1),
+                xycoords=("data", "axes fraction"),
+                fontsize=7,
+                color="0.4",
+                ha="left",
+                va="top",
+                rotation=90,
+            )
         ax.set_title(name)
         ax.set_xlabel(x)
         ax.grid(alpha=0.3)

@@ -28,25 +28,65 @@ _TEST_EVAL = dict(n_eval=200, n_eval_train=200, n_sharpness=32, sharpness_m=32)
 PROFILES: dict[str, dict[str, Any]] = {
     # seconds: every experiment end to end (pytest and the notebook test)
     "test": _common(
-        base=_cfg("quick_mnist1d_mlp", model_width=16, batch_size=32, epochs=2, frac_train=0.2,
-                  **_TEST_EVAL),
-        noisy=_cfg("quick_fmnist_mlp_noisy", model_width=16, batch_size=32, epochs=3,
-                   frac_train=0.02, **_TEST_EVAL),
-        seminar=_cfg("seminar_fmnist_cnn", model_width=4, batch_size=32, epochs=1,
-                     frac_train=0.01, **_TEST_EVAL),
+        base=_cfg(
+            "quick_mnist1d_mlp",
+            model_width=16,
+            batch_size=32,
+            epochs=2,
+            frac_train=0.2,
+            **_TEST_EVAL,
+        ),
+        noisy=_cfg(
+            "quick_fmnist_mlp_noisy",
+            model_width=16,
+            batch_size=32,
+            epochs=3,
+            frac_train=0.02,
+            **_TEST_EVAL,
+        ),
+        seminar=_cfg(
+            "seminar_fmnist_cnn",
+            model_width=4,
+            batch_size=32,
+            epochs=1,
+            frac_train=0.01,
+            **_TEST_EVAL,
+        ),
         # switch 0.75: with 2 epochs and the original's count (both ends included) ERM -> SAM is
         # SAM in epoch 2 only, SAM -> ERM in epoch 1 only (0.5 would make ERM -> SAM all SAM)
-        seeds=[0], rhos=[0.1], rho=0.1, small_acc=4, accs=[1, 4], switch=0.75, rho_unnorm=0.1,
-        noisy_acc=2, looksam_k=5, workers=1,
+        seeds=[0],
+        rhos=[0.1],
+        rho=0.1,
+        small_acc=4,
+        accs=[1, 4],
+        switch=0.75,
+        rho_unnorm=0.1,
+        noisy_acc=2,
+        looksam_k=5,
+        workers=1,
     ),
     # make reproduce: all seven experiments in ~7 CPU-minutes, one thread (see deep_nets/README)
     "quick": _common(
         base=_cfg("quick_mnist1d_mlp"),
         noisy=_cfg("quick_fmnist_mlp_noisy"),
-        seminar=_cfg("seminar_fmnist_cnn", model_width=16, frac_train=0.1, epochs=4, n_eval=2000,
-                     n_eval_train=1000),
-        seeds=[0, 1], rhos=[0.05, 0.1, 0.2], rho=0.1, small_acc=4, accs=[1, 2, 4],
-        switch=0.75, rho_unnorm=0.1, noisy_acc=2, looksam_k=5, workers=1,
+        seminar=_cfg(
+            "seminar_fmnist_cnn",
+            model_width=16,
+            frac_train=0.1,
+            epochs=4,
+            n_eval=2000,
+            n_eval_train=1000,
+        ),
+        seeds=[0, 1],
+        rhos=[0.05, 0.1, 0.2],
+        rho=0.1,
+        small_acc=4,
+        accs=[1, 2, 4],
+        switch=0.75,
+        rho_unnorm=0.1,
+        noisy_acc=2,
+        looksam_k=5,
+        workers=1,
     ),
     # CPU, <= 2 hours (estimate in deep_nets/README): 3 seeds and 10 000 test examples, so that
     # a 1-point gap clears 2 standard errors
@@ -54,10 +94,18 @@ PROFILES: dict[str, dict[str, Any]] = {
         base=_cfg("full_fmnist_mlp"),
         noisy=_cfg("full_fmnist_mlp_noisy"),
         seminar=_cfg("seminar_fmnist_cnn", frac_train=0.25),
-        seeds=[0, 1, 2], rhos=[0.05, 0.1, 0.2], rho=0.1, small_acc=8, accs=[1, 4, 8, 32],
-        switch=0.75, rho_unnorm=0.1, noisy_acc=4, looksam_k=5, workers=1,
+        seeds=[0, 1, 2],
+        rhos=[0.05, 0.1, 0.2],
+        rho=0.1,
+        small_acc=8,
+        accs=[1, 4, 8, 32],
+        switch=0.75,
+        rho_unnorm=0.1,
+        noisy_acc=4,
+        looksam_k=5,
+        workers=1,
     ),
-}  # fmt: skip
+}
 
 # The paper profile: the original setups (PAPERS.md#deep-nets-setup) as named configs, for a
 # GPU with the data on disk (``make reproduce PROFILE=paper``, or ``python -m analysis.deep_nets
@@ -76,9 +124,17 @@ PROFILES["paper"] = _common(
     noisy=_cfg("fig12_noisy_labels_cifar10"),
     seminar=_cfg("seminar_fmnist_cnn"),
     # Fig. 1's rho grid; m = 128 / acc_steps in {128, 64, 16, 4}; the switch at 90% of training
-    seeds=[0, 1, 2], rhos=[0.025, 0.05, 0.1, 0.2, 0.4], rho=0.1, small_acc=8, accs=[1, 2, 8, 32],
-    switch=0.9, rho_unnorm=0.1, noisy_acc=8, looksam_k=5, workers=0,
-)  # fmt: skip
+    seeds=[0, 1, 2],
+    rhos=[0.025, 0.05, 0.1, 0.2, 0.4],
+    rho=0.1,
+    small_acc=8,
+    accs=[1, 2, 8, 32],
+    switch=0.9,
+    rho_unnorm=0.1,
+    noisy_acc=8,
+    looksam_k=5,
+    workers=0,
+)
 for _p in PROFILES.values():
     _p.setdefault("seminar_rho", 0.05)
 check_table(PROFILES, "deep_nets")

@@ -32,38 +32,66 @@ def report(ctx: StageContext) -> list[ClaimRow]:
     sgd, sam = (outcome(root, lab, per_seed(P, fn)) for lab, fn in sem_methods(P).items())
     acc = {x.label: [1 - v for v in x.last] for x in (sgd, sam)}
     fig = plots.bars(
-        {"accuracy: the seminar's vs ours (last epoch)": {
-            "SGD (seminar)": (SEMINAR["SGD"], 0.0), "SAM (seminar)": (SEMINAR["SAM"], 0.0),
-            "SGD (ours)": mean_sd(acc["SGD"]), "SAM (ours)": mean_sd(acc["SAM"])}},
-        ctx.figure(FIGURE), ylabels=["test accuracy"],
+        {
+            "accuracy: the seminar's vs ours (last epoch)": {
+                "SGD (seminar)": (SEMINAR["SGD"], 0.0),
+                "SAM (seminar)": (SEMINAR["SAM"], 0.0),
+                "SGD (ours)": mean_sd(acc["SGD"]),
+                "SAM (ours)": mean_sd(acc["SAM"]),
+            }
+        },
+        ctx.figure(FIGURE),
+        ylabels=["test accuracy"],
         title=f"The seminar's table: {setting(P, 'seminar')}, rho {P['seminar_rho']}",
-    )  # fmt: skip
+    )
     full = ctx.profile in ("full", "paper")
-    note = (f"{setting(P, 'seminar')}; the deck does not state epochs / batch / lr / "
-            "architecture" + ("" if full else "; quick subsamples, so the accuracies are "
-                              "not compared with the deck's"))  # fmt: skip
+    note = (
+        f"{setting(P, 'seminar')}; the deck does not state epochs / batch / lr / "
+        "architecture"
+        + ("" if full else "; quick subsamples, so the accuracies are not compared with the deck's")
+    )
     rows = compare_rows(
-        sgd, sam, claim="SAM beats SGD (Fashion-MNIST ConvNet, cosine lr, rho 0.05)",
-        n=n_test(sgd.runs[0]), paper=PAPER, paper_value="accuracy SGD 0.8730 vs SAM 0.8751",
-        figure=rel(fig), note=note,
-    )  # fmt: skip
+        sgd,
+        sam,
+        claim="SAM beats SGD (Fashion-MNIST ConvNet, cosine lr, rho 0.05)",
+        n=n_test(sgd.runs[0]),
+        paper=PAPER,
+        paper_value="accuracy SGD 0.8730 vs SAM 0.8751",
+        figure=rel(fig),
+        note=note,
+    )
     for lab in ("SGD", "SAM"):
         m_ = mean_std(acc[lab])[0]
         g, se = compare_to_paper(m_ if full else None, SEMINAR[lab], rel_tol=SEMINAR_TOL)
-        rows.append(ClaimRow(
-            paper=PAPER,
-            claim=f"our {lab} accuracy matches the deck's within {SEMINAR_TOL:.0%} (relative)",
-            paper_value=f"{SEMINAR[lab]:.4f}", ours=fmt_mean_std(acc[lab], ".4f"),
-            stat=gap(g, se=se), figure=rel(fig), note=note,
-        ))  # fmt: skip
+        rows.append(
+            ClaimRow(
+                paper=PAPER,
+                claim=f"our {lab} accuracy matches the deck's within {SEMINAR_TOL:.0%} (relative)",
+                paper_value=f"{SEMINAR[lab]:.4f}",
+                ours=fmt_mean_std(acc[lab], ".4f"),
+                stat=gap(g, se=se),
+                figure=rel(fig),
+                note=note,
+            )
+        )
     return rows
 
 
 FIGURE = "deep_nets_seminar.png"
 EXPERIMENT = Experiment(
-    "seminar", FIGURE, SpecRuns(specs), report, title="The seminar's table",
-    shows=Caption("Test accuracy per epoch of SGD and SAM (rho {seminar_rho}), the seminar's "
-                  "Fashion-MNIST ConvNet with a cosine schedule; {setting}.", base="seminar"),
-    reading=Caption("The seminar's table: SAM slightly above SGD (0.8751 vs 0.8730); compare "
-                    "the final accuracies with the claims table.", base="seminar"),
-)  # fmt: skip
+    "seminar",
+    FIGURE,
+    SpecRuns(specs),
+    report,
+    title="The seminar's table",
+    shows=Caption(
+        "Test accuracy per epoch of SGD and SAM (rho {seminar_rho}), the seminar's "
+        "Fashion-MNIST ConvNet with a cosine schedule; {setting}.",
+        base="seminar",
+    ),
+    reading=Caption(
+        "The seminar's table: SAM slightly above SGD (0.8751 vs 0.8730); compare "
+        "the final accuracies with the claims table.",
+        base="seminar",
+    ),
+)

@@ -36,8 +36,16 @@ MLP = dict(
     init="pytorch",
 )
 # Fashion-MNIST PreAct ResNet with batch norm, width 4: 540 training examples -> 16 steps.
-BN = dict(MLP, dataset="fashion_mnist", model="resnet_tiny", model_width=4, frac_train=0.01,
-          epochs=1, n_eval_train=64, n_eval=64)  # fmt: skip
+BN = dict(
+    MLP,
+    dataset="fashion_mnist",
+    model="resnet_tiny",
+    model_width=4,
+    frac_train=0.01,
+    epochs=1,
+    n_eval_train=64,
+    n_eval=64,
+)
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "erm": dict(MLP),
