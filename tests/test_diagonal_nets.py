@@ -185,6 +185,14 @@ def test_reference_grid_1sam_beats_gd_nsam_does_not():
         (["--noise", "inf"], "--noise"),
         (["--wd", "nan"], "--wd"),
         (["--sgd_skip", "-1"], "--sgd_skip"),
+        (["--seed", "-1"], "--seed must"),
+        (["--seeds", "0", "-1"], "--seeds"),
+        (["--sgd_seed", str(2**32)], "--sgd_seed"),
+        (["--n", "0"], "--n"),
+        (["--log_points", "1"], "--log_points"),
+        (["--gamma", "0"], "--gamma"),
+        (["--alpha", "0.1", "0"], "--alpha"),
+        (["--algo", "gd", "adam"], "--algo"),
     ],
 )
 def test_bad_flags_exit_2(argv, needle, capsys):
@@ -231,6 +239,17 @@ def test_per_algorithm_rho_and_gamma_and_original_convention():
     assert runs["gd"].gamma == 0.5 and runs["1sam"].gamma == 0.5 and runs["nsam"].gamma == 0.25
     assert runs["nsam"].rho == 0.1 and runs["1sam"].rho == pytest.approx(0.6)  # x2: original
     assert runs["gd"].rho == 0.0 and len(cfg.runs()) == 3
+
+
+def test_cli_defaults_are_the_config_defaults(tmp_path, monkeypatch):
+    """The parser is generated from TrainConfig: no flags gives TrainConfig's defaults (the
+    data seed from --seed, the run directory named after the algorithms and the seed)."""
+    monkeypatch.chdir(tmp_path)  # the default run directory is relative: none there yet
+    cfg = config_from_args([])
+    assert cfg == TrainConfig(out_dir="runs/diag_gd_nsam_1sam_seed0")
+    cfg = config_from_args(["--seed", "3", "--algo", "gd", "--out_dir", str(tmp_path / "r")])
+    assert cfg.seeds == [3] and cfg.algo == ["gd"] and cfg.out_dir == str(tmp_path / "r")
+    assert config_from_args(["--seed", "3", "--seeds", "1", "2"]).seeds == [1, 2]
 
 
 def test_help_example_renders_as_two_lines(capsys):
