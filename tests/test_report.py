@@ -23,6 +23,7 @@ from suite.claims import write_claims
 from suite.rundir import read_json
 
 GOOD = """
+import math
 from pathlib import Path
 
 from suite.captions import caption_figure
@@ -63,11 +64,13 @@ def reproduce(profile, results_dir, figures_dir):
     rows = [
         dict(family="good", paper="Paper A, Fig. 1", claim="SAM lowers test error",
              paper_value="3.5 vs 2.7", ours="1.0 +- 0.1 (2 seeds)", gap=1.0, se=0.1,
-             profile=profile, verdict=verdict(1.0, 0.1), figure="figures/good_curve.png",
+             df="inf", kind="effect", sesoi=0.0, profile=profile,
+             verdict=verdict(1.0, 0.1, math.inf), figure="figures/good_curve.png",
              note=""),
         dict(family="good", paper="Paper A, Fig. 2", claim="m-SAM beats SAM",
              paper_value="0.5", ours="-0.2 +- 0.05 (2 seeds)", gap=-1.0, se=0.1,
-             profile=profile, verdict=verdict(-1.0, 0.1), figure="", note="MNIST-1D"),
+             df="inf", kind="effect", sesoi=0.0, profile=profile,
+             verdict=verdict(-1.0, 0.1, math.inf), figure="", note="MNIST-1D"),
     ]
     write_claims(root / "claims.csv", rows)
 """
@@ -169,6 +172,7 @@ def test_reproduce_isolates_a_crash_logs_epochs_and_writes_the_report(tmp_path, 
 
 def _claims(path: Path, rows: list[dict]) -> None:
     base = dict(paper="P", claim="c", paper_value="1", ours="1", profile="quick")
+    base.update(df=3, kind="effect", sesoi=0.0)
     base.update(figure="", note="")
     write_claims(path, [{**base, **r} for r in rows])
 
@@ -200,7 +204,7 @@ def test_report_flags_hand_made_verdicts_and_stale_rows(tmp_path, monkeypatch):
     )
     df = claims_table(res)
     check = dict(zip(df["family"], df["check"]))
-    assert "suite.claims.verdict gives 'within noise'" in check["a"]
+    assert "suite.stats.judge gives 'within noise'" in check["a"]
     assert "from an earlier job" in check["b"] and "ValueError: x" in check["b"]
     text = render_report(res, tmp_path / "figures", tmp_path / "REPORT.md")
     assert "2 row(s) flagged" in text and "No figures under" in text
@@ -302,6 +306,7 @@ def reproduce(profile, results_dir, figures_dir):
 """
 
 DRIVER = """
+import math
 import sys
 sys.path[:0] = [{pkgs!r}, {root!r}]
 from analysis import reproduce
