@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from pathlib import Path
 
 import numpy as np
@@ -133,3 +134,67 @@ def theory_table(results_dir: Path) -> list[dict]:
                 }
             )
     return out
+
+
+# ------------------------------------------------------------------------ validation (rho choice)
+# rho is chosen on a validation set, never on the test set: N_VAL examples drawn like the
+# training data (X ~ N(0, I_d), y = X beta* with the data seed's beta*) from numpy seed
+# VAL_SEED + the data seed (no seed any experiment trains or tests on).
+N_VAL = 1000
+VAL_SEED = 10_000
+
+
+def validation_set(cfg: dict, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(X_val, y_val) of data seed ``seed`` for an experiment's stored config ``cfg`` (its n, d,
+    n_test, sparsity, noise): the rows are fresh draws, the planted beta* is the training data's."""
+    # beta* is drawn after X and X_test: the training problem's own n_test gives its beta*
+    P = make_problem(cfg["n"], cfg["d"], cfg["sparsity"], cfg["n_test"], cfg["noise"], seed)
+    beta = P.beta_star
+    rs = np.random.RandomState(VAL_SEED + seed)
+    X = rs.multivariate_normal(np.zeros(cfg["d"]), np.eye(cfg["d"]), N_VAL)
+    y = X @ beta.numpy()
+    if cfg["noise"] > 0:  # labels noisy like the training labels
+        y = y + cfg["noise"] * rs.randn(N_VAL)
+    return X, y
+
+
+NAMES = {"gd": "GD", "sgd": "SGD", "nsam": "n-SAM", "1sam": "1-SAM", "msam": "m-SAM"}
+
+
+def rho_orig(r: dict) -> float:
+    """A run's rho in the original code's convention, the one this stage's settings, figures and
+    claims use (1-SAM's suite rho is twice it; the others' are the same)."""
+    return r["rho"] / 2 if r["algo"] == "1sam" else r["rho"]
+
+
+def run_label(r: dict) -> str:
+    """A run's legend label with rho in the original convention (``rho_orig``)."""
+    s = NAMES.get(r["algo"], r["algo"])
+    if r["algo"] == "sgd":
+        s += f" (b={r['batch_size']})"
+    return s + (f" rho {rho_orig(r):g}" if r["rho"] else "")
+
+
+def val_loss(run: dict, X: np.ndarray, y: np.ndarray) -> float:
+    """A run's final validation loss ||X beta - y||^2 / (2 n_val) (NaN for a diverged run)."""
+    if run["status"] == "diverged":
+        return math.nan
+    return float(0.5 * np.mean((X @ np.asarray(run["beta"]) - y) ** 2))
+
+
+def chosen_on_validation(cfg: dict, runs: list[dict]) -> dict:
+    """Of ``runs`` (one algorithm's rho grid of one data seed, from an experiment whose stored
+    config is ``cfg``), the run with the lowest final validation loss (``validation_set``), with
+    its "val_loss" and "grid_end" (the choice is the grid's smallest or largest rho: the optimum
+    is then not bracketed by the grid). A diverged run is never chosen; the test loss is never
+    read."""
+    X, y = validation_set(cfg, runs[0]["seed"])
+    losses = [val_loss(r, X, y) for r in runs]
+    if all(math.isnan(v) for v in losses):
+        raise ValueError("every run of the grid diverged: there is no rho to choose")
+    best = runs[int(np.nanargmin(losses))]
+    rhos = [r["rho"] for r in runs]
+    return best | {
+        "val_loss": float(np.nanmin(losses)),
+        "grid_end": best["rho"] in (min(rhos), max(rhos)),
+    }
