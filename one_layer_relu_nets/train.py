@@ -19,8 +19,7 @@ from datetime import datetime
 from pathlib import Path
 
 from one_layer_relu_nets.data import TASKS
-from one_layer_relu_nets.model import INITS
-from one_layer_relu_nets.training import (
+from one_layer_relu_nets.engine import (
     ALGORITHMS,
     BACKENDS,
     DTYPES,
@@ -34,6 +33,7 @@ from one_layer_relu_nets.training import (
     targets_digest,
     train,
 )
+from one_layer_relu_nets.model import INITS
 from suite.cli import (
     common_parser,
     finite_float,

@@ -10,7 +10,7 @@ import pickle
 from pathlib import Path
 
 from analysis.one_layer_relu_nets import comparison_runs, run_dir, run_experiments
-from one_layer_relu_nets.experiments import MATCHED, experiment_configs
+from analysis.one_layer_relu_nets.profiles import MATCHED, experiment_configs
 from suite import launch
 from suite.launch import run_state
 from tests.core_utils import LaunchRecorder

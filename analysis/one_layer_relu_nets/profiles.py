@@ -50,8 +50,11 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from one_layer_relu_nets.training import Config
-from suite.profiles import check_profile
+from one_layer_relu_nets.engine import Config
+from suite.profiles import PROFILES as PROFILE_NAMES
+from suite.profiles import check_profile, check_table
+
+FAMILY = "one_layer_relu_nets"
 
 SWEEP_RHOS = [0.03, 0.1, 0.3]
 MSAM_M = 4  # the middle chunk size: 12 points in 3 chunks
@@ -153,3 +156,7 @@ def experiment_configs(profile: str) -> dict[str, dict[str, Config]]:
         ),
     }
     return {"exp1": exp1, "exp2": exp2, "exp3": exp3}
+
+
+# {profile: {experiment: {comparison: Config}}}: the table suite.stage.run_stage reads
+PROFILES = check_table({p: experiment_configs(p) for p in PROFILE_NAMES}, FAMILY)
