@@ -25,7 +25,7 @@ import pkgutil
 from dataclasses import dataclass
 from typing import Any
 
-from suite.cli import finite_float
+from suite.cli import dataclass_parser
 
 # The original's schedules (utils_train.get_lr_schedule) that the SAM papers use.
 LR_SCHEDULES = (
@@ -397,38 +397,17 @@ def _choices(f: dataclasses.Field) -> tuple | None:
     return ch
 
 
-def _field_type(f: dataclasses.Field) -> type:
-    ann = str(f.type)
-    for name, t in (("bool", bool), ("int", int), ("float", float), ("str", str)):
-        if ann.startswith(name):
-            return t
-    raise TypeError(f"TrainConfig.{f.name}: unsupported type {ann}")
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The command line, generated from ``TrainConfig``'s field metadata (one flag per field)."""
-    p = argparse.ArgumentParser(
+    return dataclass_parser(
+        TrainConfig,
         prog="python -m deep_nets.train",
         description="Deep-network trainer with SAM, m-SAM, n-SAM, ASAM, LookSAM and random "
         "perturbations; flags named as in the original code of 'Towards Understanding SAM'.",
         epilog="Named configs (--config): " + ", ".join(list_configs()),
+        groups=GROUPS,
+        resolve_choices=_choices,
     )
-    groups = {g: p.add_argument_group(g) for g in GROUPS}
-    for f in dataclasses.fields(TrainConfig):
-        g, t = groups[f.metadata["group"]], _field_type(f)
-        text = f.metadata["help"]
-        if t is bool:
-            g.add_argument(f"--{f.name}", action="store_true", help=text + " (default: off)")
-            continue
-        default = "none" if f.default is None else "%(default)s"
-        g.add_argument(
-            f"--{f.name}",
-            type=finite_float if t is float else t,
-            choices=_choices(f),
-            default=f.default,
-            help=f"{text} (default: {default})",
-        )
-    return p
 
 
 def check_config(cfg: TrainConfig, world_size: int = 1) -> None:

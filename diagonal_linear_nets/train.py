@@ -48,9 +48,13 @@ from diagonal_linear_nets.theory import predict_interpolator, relative_distance
 from suite.cli import (
     GracefulInterrupt,
     available_memory,
+    cli_fields,
     common_parser,
+    dataclass_parser,
+    field_errors,
     finite_float,
     finite_or_none,
+    flag,
     run_dir_flags_error,
 )
 from suite.rundir import (
@@ -78,42 +82,131 @@ class TrainConfig:
     step size than GD and 1-SAM in its grid); ``rho_convention="original"`` reads 1-SAM's rho in
     the original code's convention (half of ours, ``simulator`` docstring)."""
 
-    out_dir: str
-    algo: list[str] = field(default_factory=lambda: ["gd", "nsam", "1sam"])
-    rho: list[float] = field(default_factory=lambda: [0.1])
-    rho_per_algo: dict[str, list[float]] = field(default_factory=dict)
-    rho_convention: str = "suite"
-    alpha: list[float] = field(default_factory=lambda: [0.1])
-    gamma: float = 0.167
-    gamma_per_algo: dict[str, float] = field(default_factory=dict)
-    seeds: list[int] = field(default_factory=lambda: [0])
-    sgd_seed: int | None = None
-    sgd_skip: int = 0
-    m: int | None = None
-    batch_size: int = 1
-    n: int = 20
-    d: int = 30
-    sparsity: int = 3
-    n_test: int = 1000
-    noise: float = 0.0
-    param: str = "uv"
-    normalize: bool = False
-    iters: int = 10_000
-    log_points: int = 200
-    switch: str = "none"
-    switch_at: int = 0
-    wd: float = 0.0
-    balancedness: float = 0.0
-    normalized_gd: bool = False
-    thresholds: list[int] = field(default_factory=list)
-    loss_derivative_only: bool = False
-    theory: bool = False
-    engine: str = "auto"
+    out_dir: str  # --out_dir of suite.cli.common_parser (default: runs/diag_<algos>_seed<seed>)
+    algo: list[str] = flag(
+        help="algorithms; msam needs --m, sgd uses --batch_size",
+        choices=ALGOS,
+        default_factory=lambda: ["gd", "nsam", "1sam"],
+    )
+    rho: list[float] = flag(
+        help="SAM radii >= 0, shared by the SAM algorithms; ALGO=VALUE gives one algorithm its "
+        "own list, e.g. --rho 0.1 1sam=0.2 1sam=0.6; sgd=VALUE makes SGD mini-batch SAM",
+        parse=str,
+        cli_default=["0.1"],
+        default_factory=lambda: [0.1],
+    )
+    rho_per_algo: dict[str, list[float]] = field(default_factory=dict)  # from --rho ALGO=VALUE
+    rho_convention: str = flag(
+        "suite",
+        help="suite: rho multiplies the gradient of the chunk's loss; original: 1-SAM's rho as "
+        "in the original code (x2 here)",
+        choices=("suite", "original"),
+    )
+    alpha: list[float] = flag(
+        help="initialization scales alpha (u0 = alpha, v0 = 0); > 0",
+        gt=0,
+        why="the initialization scale",
+        default_factory=lambda: [0.1],
+    )
+    gamma: float = flag(
+        0.167,
+        help="step size > 0; ALGO=VALUE for one algorithm, e.g. --gamma 0.5 nsam=0.333",
+        parse=str,
+        nargs="+",
+        cli_default=["0.167"],
+        gt=0,
+        why="the step size",
+    )
+    gamma_per_algo: dict[str, float] = field(default_factory=dict)  # from --gamma ALGO=VALUE
+    seeds: list[int] = flag(
+        help="data seeds, one data set each",
+        cli_default=None,
+        default_text="--seed",
+        ge=0,
+        lt=2**32,
+        why="numpy RandomState seeds",
+        default_factory=lambda: [0],
+    )
+    sgd_seed: int | None = flag(
+        None,
+        help="seed of SGD's example draws",
+        default_text="continue the data seed's numpy stream, as the original notebook's global "
+        "np.random",
+        ge=0,
+        lt=2**32,
+        why="numpy RandomState seeds",
+    )
+    sgd_skip: int = flag(0, help="discard this many draws of the SGD stream first", ge=0)
+    m: int | None = flag(None, help="m-SAM chunk size, must divide --n")
+    batch_size: int = flag(1, help="SGD batch size in [1, n]")
+    n: int = flag(20, help="training examples", ge=1)
+    d: int = flag(30, help="dimension", ge=1)
+    sparsity: int = flag(3, help="nonzeros of beta*, in [1, d]")
+    n_test: int = flag(1000, help="test examples", ge=1)
+    noise: float = flag(0.0, help="label noise std sigma >= 0", ge=0)
+    param: str = flag(
+        "uv",
+        help="uv: beta = u*v (u0=alpha, v0=0); u2v2: beta = u^2 - v^2 (u0=v0=alpha)",
+        choices=PARAMS,
+    )
+    normalize: bool = flag(
+        False,
+        help="normalized ascent rho g/||g||",
+        default_text="unnormalized rho g, as in the original",
+    )
+    iters: int = flag(10_000, help="iterations (steps)", ge=1)
+    log_points: int = flag(200, help="log-spaced logging points after the first 100 steps", ge=2)
+    switch: str = flag(
+        "none",
+        help="erm_to_sam: rho = 0 before --switch_at; sam_to_erm: rho = 0 from it",
+        choices=SWITCHES,
+    )
+    switch_at: int = flag(0, help="iteration of the switch")
+    wd: float = flag(
+        0.0,
+        help="weight decay >= 0 as in the original GD: w -= wd*w each step",
+        ge=0,
+        why="the original GD's w -= wd * w",
+    )
+    balancedness: float = flag(0.0, help="the original GD's balancedness term")
+    normalized_gd: bool = flag(
+        False, help="GD runs divide grad_u and grad_v by their norms, as the original"
+    )
+    thresholds: list[int] = flag(
+        help="halve gamma after these 0-based steps, as the original", default_factory=list
+    )
+    loss_derivative_only: bool = flag(
+        False, help="SAM runs use the original's 1-SAM 'loss derivative only' variant"
+    )
+    theory: bool = flag(False, help="track alpha_inf and solve the hyperbolic-entropy prediction")
+    engine: str = flag(
+        "auto",
+        help="c: fused C kernel (compiled once, ~0.4 s); torch: reference PyTorch steps (slow); "
+        "auto: c when a C compiler exists",
+        choices=ENGINES,
+    )
     # how to run (RUNTIME_FIELDS), not part of the experiment:
-    overwrite: bool = False  # replace a run already in out_dir
-    resume: bool = False  # continue the run in out_dir from its checkpoint
-    checkpoint_every: float = 30.0  # seconds between checkpoints (0: after every chunk)
-    stop_after_iter: int | None = None  # stop with a checkpoint at the first chunk end >= this
+    overwrite: bool = flag(
+        False, help="replace the run already in --out_dir", default_text="refuse"
+    )
+    resume: bool = flag(
+        False,
+        help="continue the run in --out_dir from its checkpoint (same flags; a finished run is "
+        "left as it is)",
+    )
+    checkpoint_every: float = flag(
+        30.0,
+        help="seconds between checkpoints of the grid's state; 0: after every chunk of steps",
+        ge=0,
+        why="seconds",
+    )
+    stop_after_iter: int | None = flag(
+        None,
+        help="stop with a checkpoint (status 'stopped') at the first chunk end >= this "
+        "iteration, as a Ctrl-C does; continue with --resume",
+        default_text="run to --iters",
+        ge=1,
+    )
 
     def rhos(self, algo: str) -> list[float]:
         """The suite-convention rho values of ``algo`` (GD: none; SGD: none unless given)."""
@@ -434,181 +527,21 @@ def _per_algo(tokens: list[str], flag: str) -> tuple[list[float], dict[str, list
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    """The command line, generated from ``TrainConfig``'s :func:`suite.cli.flag` fields, plus
+    ``--seed``, ``--device`` and ``--out_dir`` of ``suite.cli.common_parser``."""
+    return dataclass_parser(
+        TrainConfig,
         prog="python -m diagonal_linear_nets.train",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         parents=[common_parser()],
     )
-    a = p.add_argument
-    a(
-        "--algo",
-        type=str,
-        nargs="+",
-        choices=ALGOS,
-        default=["gd", "nsam", "1sam"],
-        help="algorithms (default: gd nsam 1sam); msam needs --m, sgd uses --batch_size",
-    )
-    a(
-        "--rho",
-        type=str,
-        nargs="+",
-        default=["0.1"],
-        help="SAM radii >= 0, shared by the SAM algorithms; ALGO=VALUE gives one algorithm its "
-        "own list, e.g. --rho 0.1 1sam=0.2 1sam=0.6; sgd=VALUE makes SGD mini-batch SAM "
-        "(default: 0.1)",
-    )
-    a(
-        "--rho_convention",
-        choices=("suite", "original"),
-        default="suite",
-        help="suite: rho multiplies the gradient of the chunk's loss; original: 1-SAM's rho as "
-        "in the original code (x2 here) (default: suite)",
-    )
-    a(
-        "--alpha",
-        type=finite_float,
-        nargs="+",
-        default=[0.1],
-        help="initialization scales alpha (u0 = alpha, v0 = 0); > 0 (default: 0.1)",
-    )
-    a(
-        "--gamma",
-        type=str,
-        nargs="+",
-        default=["0.167"],
-        help="step size > 0; ALGO=VALUE for one algorithm, e.g. --gamma 0.5 nsam=0.333 "
-        "(default: 0.167)",
-    )
-    a(
-        "--seeds",
-        type=int,
-        nargs="+",
-        default=None,
-        help="data seeds, one data set each (default: --seed)",
-    )
-    a(
-        "--sgd_seed",
-        type=int,
-        default=None,
-        help="seed of SGD's example draws (default: continue the data seed's numpy stream, as "
-        "the original notebook's global np.random)",
-    )
-    a(
-        "--sgd_skip",
-        type=int,
-        default=0,
-        help="discard this many draws of the SGD stream first (default: 0)",
-    )
-    a("--m", type=int, default=None, help="m-SAM chunk size, must divide --n (default: none)")
-    a("--batch_size", type=int, default=1, help="SGD batch size in [1, n] (default: 1)")
-    a("--n", type=int, default=20, help="training examples (default: 20)")
-    a("--d", type=int, default=30, help="dimension (default: 30)")
-    a("--sparsity", type=int, default=3, help="nonzeros of beta*, in [1, d] (default: 3)")
-    a("--n_test", type=int, default=1000, help="test examples (default: 1000)")
-    a(
-        "--noise",
-        type=finite_float,
-        default=0.0,
-        help="label noise std sigma >= 0 (default: 0)",
-    )
-    a(
-        "--param",
-        type=str,
-        choices=PARAMS,
-        default="uv",
-        help="uv: beta = u*v (u0=alpha, v0=0); u2v2: beta = u^2 - v^2 (u0=v0=alpha) (default: uv)",
-    )
-    a(
-        "--normalize",
-        action="store_true",
-        help="normalized ascent rho g/||g|| (default: unnormalized rho g, as in the original)",
-    )
-    a("--iters", type=int, default=10_000, help="iterations (steps) (default: 10000)")
-    a(
-        "--log_points",
-        type=int,
-        default=200,
-        help="log-spaced logging points after the first 100 steps (default: 200)",
-    )
-    a(
-        "--switch",
-        type=str,
-        choices=SWITCHES,
-        default="none",
-        help="erm_to_sam: rho = 0 before --switch_at; sam_to_erm: rho = 0 from it (default: none)",
-    )
-    a("--switch_at", type=int, default=0, help="iteration of the switch (default: 0)")
-    a(
-        "--wd",
-        type=finite_float,
-        default=0.0,
-        help="weight decay >= 0 as in the original GD: w -= wd*w each step (default: 0)",
-    )
-    a(
-        "--balancedness",
-        type=finite_float,
-        default=0.0,
-        help="the original GD's balancedness term (default: 0)",
-    )
-    a(
-        "--normalized_gd",
-        action="store_true",
-        help="GD runs divide grad_u and grad_v by their norms, as the original (default: off)",
-    )
-    a(
-        "--thresholds",
-        type=int,
-        nargs="+",
-        default=[],
-        help="halve gamma after these 0-based steps, as the original (default: none)",
-    )
-    a(
-        "--loss_derivative_only",
-        action="store_true",
-        help="SAM runs use the original's 1-SAM 'loss derivative only' variant (default: off)",
-    )
-    a(
-        "--theory",
-        action="store_true",
-        help="track alpha_inf and solve the hyperbolic-entropy prediction (default: off)",
-    )
-    a(
-        "--resume",
-        action="store_true",
-        help="continue the run in --out_dir from its checkpoint (same flags; a finished run is "
-        "left as it is) (default: off)",
-    )
-    a(
-        "--overwrite",
-        action="store_true",
-        help="replace the run already in --out_dir (default: refuse)",
-    )
-    a(
-        "--checkpoint_every",
-        type=finite_float,
-        default=30.0,
-        help="seconds between checkpoints of the grid's state; 0: after every chunk of steps "
-        "(default: 30)",
-    )
-    a(
-        "--stop_after_iter",
-        type=int,
-        default=None,
-        help="stop with a checkpoint (status 'stopped') at the first chunk end >= this "
-        "iteration, as a Ctrl-C does; continue with --resume (default: run to --iters)",
-    )
-    a(
-        "--engine",
-        choices=ENGINES,
-        default="auto",
-        help="c: fused C kernel (compiled once, ~0.4 s); torch: reference PyTorch steps (slow); "
-        "auto: c when a C compiler exists (default: auto)",
-    )
-    return p
 
 
 def config_from_args(argv: list[str] | None = None) -> TrainConfig:
+    """Parse ``argv`` into a checked ``TrainConfig``; bad input exits 2 with a message naming the
+    flag (argparse's ``parser.error``). The per-field rules (finite, bounds, choices) are the
+    fields' own (``suite.cli.field_errors``); the ones between flags are checked here."""
     p = build_parser()
     args = p.parse_args(argv)
     try:
@@ -622,91 +555,50 @@ def config_from_args(argv: list[str] | None = None) -> TrainConfig:
         p.error("--rho: give shared values or ALGO=VALUE for every SAM algorithm")
     if any(r < 0 for r in rho + [x for v in rho_own.values() for x in v]):
         p.error("--rho must be >= 0 (the ascent radius); e.g. --rho 0.01 0.1")
-    if any(g <= 0 for g in gam + [v[0] for v in gam_own.values()]):
+    if any(v[0] <= 0 for v in gam_own.values()):
         p.error("--gamma must be > 0 (the step size)")
-    if any(a <= 0 for a in args.alpha):
-        p.error("--alpha must be > 0 (the initialization scale)")
-    if min(args.n, args.d, args.n_test) < 1:
-        p.error("--n, --d and --n_test must be >= 1")
-    if not (1 <= args.sparsity <= args.d):
-        p.error(f"--sparsity must be in [1, --d={args.d}] (got {args.sparsity})")
-    if "msam" in args.algo and (args.m is None or args.m < 1 or args.n % args.m):
-        p.error(f"--m must divide --n={args.n} for --algo msam (got --m {args.m})")
-    if "sgd" in args.algo and not (1 <= args.batch_size <= args.n):
-        p.error(f"--batch_size must be in [1, --n={args.n}] (got {args.batch_size})")
-    if args.sgd_skip < 0:
-        p.error("--sgd_skip must be >= 0")
-    seeds = {"--seed": [args.seed], "--seeds": args.seeds or [], "--sgd_seed": [args.sgd_seed]}
-    for flag, vals in seeds.items():
-        if any(v is not None and not 0 <= v < 2**32 for v in vals):
-            p.error(f"{flag} must be in [0, 2**32 - 1] (numpy RandomState seeds)")
-    if args.wd < 0:
-        p.error(f"--wd must be >= 0 (the original GD's w -= wd * w; got {args.wd})")
-    if args.noise < 0:
-        p.error("--noise must be >= 0")
-    if args.iters < 1:
-        p.error("--iters must be >= 1")
-    if args.log_points < 2:
-        p.error("--log_points must be >= 2")
-    if args.switch != "none" and not (0 <= args.switch_at <= args.iters):
-        p.error(f"--switch_at must be in [0, --iters={args.iters}]")
+    if not 0 <= args.seed < 2**32:
+        p.error("--seed must be in [0, 2**32 - 1] (numpy RandomState seeds)")
     if args.device not in (None, "cpu"):
         p.error("--device: the simulator runs on cpu only (float64 on tiny tensors)")
-    if args.normalized_gd and "gd" not in args.algo:
-        p.error("--normalized_gd applies to --algo gd (the original's GD option)")
-    if args.checkpoint_every < 0:
-        p.error("--checkpoint_every must be >= 0 (seconds)")
-    if args.stop_after_iter is not None and args.stop_after_iter < 1:
-        p.error("--stop_after_iter must be >= 1")
-    out = args.out_dir or f"runs/diag_{'_'.join(args.algo)}_seed{args.seed}"
-    if problem := run_dir_flags_error(out, args.resume, args.overwrite):
-        p.error(problem)
+    flags = {f.name: getattr(args, f.name) for f in cli_fields(TrainConfig)}
     config = TrainConfig(
-        out_dir=out,
-        algo=args.algo,
-        rho=rho,
-        rho_per_algo=rho_own,
-        rho_convention=args.rho_convention,
-        alpha=args.alpha,
-        gamma=gam[0] if gam else 0.167,
-        gamma_per_algo={k: v[0] for k, v in gam_own.items()},
-        seeds=args.seeds if args.seeds is not None else [args.seed],
-        sgd_seed=args.sgd_seed,
-        sgd_skip=args.sgd_skip,
-        m=args.m,
-        batch_size=args.batch_size,
-        n=args.n,
-        d=args.d,
-        sparsity=args.sparsity,
-        n_test=args.n_test,
-        noise=args.noise,
-        param=args.param,
-        normalize=args.normalize,
-        iters=args.iters,
-        log_points=args.log_points,
-        switch=args.switch,
-        switch_at=args.switch_at,
-        wd=args.wd,
-        balancedness=args.balancedness,
-        normalized_gd=args.normalized_gd,
-        thresholds=args.thresholds,
-        loss_derivative_only=args.loss_derivative_only,
-        theory=args.theory,
-        engine=args.engine,
-        overwrite=args.overwrite,
-        resume=args.resume,
-        checkpoint_every=args.checkpoint_every,
-        stop_after_iter=args.stop_after_iter,
+        **flags
+        | dict(
+            out_dir=args.out_dir or f"runs/diag_{'_'.join(args.algo)}_seed{args.seed}",
+            rho=rho,
+            rho_per_algo=rho_own,
+            gamma=gam[0] if gam else TrainConfig.gamma,
+            gamma_per_algo={k: v[0] for k, v in gam_own.items()},
+            seeds=args.seeds if args.seeds is not None else [args.seed],
+        )
     )
+    if problem := field_errors(config) or flags_error(config):
+        p.error(problem)
     need, have = data_bytes(config), available_memory()
     if have is not None and need > have:  # refused before allocating (else the OOM killer)
-        fit = int(args.n * have / need) - 1
+        fit = int(config.n * have / need) - 1
         p.error(
-            f"--n {args.n} --d {args.d} --n_test {args.n_test} ({len(config.runs())} runs): the "
-            f"grid needs about {need / 2**30:.1f} GiB of memory and {have / 2**30:.1f} GiB is "
-            f"available; with these flags at most about --n {max(fit, 0)} fits"
+            f"--n {config.n} --d {config.d} --n_test {config.n_test} ({len(config.runs())} runs): "
+            f"the grid needs about {need / 2**30:.1f} GiB of memory and {have / 2**30:.1f} GiB "
+            f"is available; with these flags at most about --n {max(fit, 0)} fits"
         )
     return config
+
+
+def flags_error(c: TrainConfig) -> str | None:
+    """What is wrong between the flags of ``c`` (None: nothing), after each flag's own rules."""
+    if not (1 <= c.sparsity <= c.d):
+        return f"--sparsity must be in [1, --d={c.d}] (got {c.sparsity})"
+    if "msam" in c.algo and (c.m is None or c.m < 1 or c.n % c.m):
+        return f"--m must divide --n={c.n} for --algo msam (got --m {c.m})"
+    if "sgd" in c.algo and not (1 <= c.batch_size <= c.n):
+        return f"--batch_size must be in [1, --n={c.n}] (got {c.batch_size})"
+    if c.switch != "none" and not (0 <= c.switch_at <= c.iters):
+        return f"--switch_at must be in [0, --iters={c.iters}]"
+    if c.normalized_gd and "gd" not in c.algo:
+        return "--normalized_gd applies to --algo gd (the original's GD option)"
+    return run_dir_flags_error(c.out_dir, c.resume, c.overwrite)
 
 
 def main(argv: list[str] | None = None) -> int:

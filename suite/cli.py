@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
 import random
@@ -201,3 +202,159 @@ def finite_float(text: str) -> float:
 def finite_or_none(x: float | None) -> float | None:
     """A float for JSON where a diverged value should read as missing, not as a number."""
     return x if x is not None and math.isfinite(x) else None
+
+
+# ------------------------------------------------------------- a parser from a config dataclass
+def flag(
+    default: Any = dataclasses.MISSING,
+    *,
+    help: str,
+    group: str | None = None,
+    choices: tuple | None = None,
+    default_factory: Any = dataclasses.MISSING,
+    **meta: Any,
+) -> Any:
+    """A dataclass field that is also a command-line flag ``--<field name>``.
+
+    ``help`` (with the unit), ``group`` (an argparse group) and ``choices`` go to the parser that
+    :func:`dataclass_parser` generates. Further keys of ``meta``, all optional:
+
+    - ``ge``, ``gt``, ``le``, ``lt``: bounds that :func:`field_errors` checks (every element of a
+      list field), with ``why`` said after the bound in the message;
+    - ``parse``: the argparse ``type=`` of one token where it is not the field's own (e.g. ``str``
+      for ``ALGO=VALUE`` tokens the caller turns into the field's value);
+    - ``nargs``: where it is not the field's own (a list field takes ``+``);
+    - ``cli_default``: the parser's default where it is not the field's (then ``default_text``
+      says what it means in ``--help``); ``default_text``: ``--help``'s words for the default.
+
+    A field without ``help`` metadata (a plain ``dataclasses.field``) is not a flag.
+    """
+    kw: dict[str, Any] = {"metadata": dict(group=group, help=help, choices=choices, **meta)}
+    if default_factory is not dataclasses.MISSING:
+        kw["default_factory"] = default_factory
+    else:
+        kw["default"] = default
+    return dataclasses.field(**kw)
+
+
+_SCALARS = (("bool", bool), ("int", int), ("float", float), ("str", str))
+
+
+def field_kind(cls: type, f: dataclasses.Field) -> tuple[type, bool]:
+    """(element type, is a list) of a field annotated ``bool``, ``int``, ``float``, ``str``,
+    optionally ``| None`` or as ``list[...]`` (annotations may be strings: ``from __future__``)."""
+    ann = str(f.type).replace("typing.", "")
+    is_list = ann.startswith("list[")
+    inner = ann[5:] if is_list else ann
+    for name, t in _SCALARS:
+        if inner.startswith(name):
+            return t, is_list
+    raise TypeError(f"{cls.__name__}.{f.name}: unsupported type {ann} for a flag")
+
+
+def cli_fields(cls: type) -> list[dataclasses.Field]:
+    """The fields of ``cls`` that are flags (those declared with :func:`flag`)."""
+    return [f for f in dataclasses.fields(cls) if "help" in f.metadata]
+
+
+def _default(f: dataclasses.Field) -> Any:
+    if "cli_default" in f.metadata:
+        return f.metadata["cli_default"]
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None if f.default is dataclasses.MISSING else f.default
+
+
+def dataclass_parser(
+    cls: type,
+    *,
+    prog: str,
+    description: str,
+    groups: tuple[str, ...] = (),
+    resolve_choices: Any = None,
+    parser: argparse.ArgumentParser | None = None,
+    **parser_kw: Any,
+) -> argparse.ArgumentParser:
+    """The command line of ``cls``: one flag ``--name`` per :func:`flag` field, in field order.
+
+    The flag's type comes from the annotation (``bool``: a switch, off by default; ``float``:
+    :func:`finite_float`; ``list[X]``: one or more values), its help from the metadata with
+    "(default: ...)" appended, so a flag is declared in exactly one place. ``groups`` fixes the
+    order of the argument groups (a field's ``group``, when it has one, must then be one of them;
+    without ``groups`` they come in order of first use; a field without a group goes to the
+    parser's own list);
+    ``resolve_choices(field)`` returns a field's choices where they are computed (the default:
+    the metadata's). ``parser_kw`` goes to ``argparse.ArgumentParser`` (e.g. ``parents``).
+    """
+    p = parser or argparse.ArgumentParser(prog=prog, description=description, **parser_kw)
+    made = {g: p.add_argument_group(g) for g in groups}
+    for f in cli_fields(cls):
+        name = f.metadata.get("group")
+        if name and name not in made:
+            if groups:
+                raise ValueError(f"{cls.__name__}.{f.name}: group {name!r} not in {groups}")
+            made[name] = p.add_argument_group(name)  # groups in order of first use
+        g = made[name] if name else p
+        t, is_list = field_kind(cls, f)
+        text = f.metadata["help"]
+        if t is bool:
+            shown = f.metadata.get("default_text", "off")
+            g.add_argument(f"--{f.name}", action="store_true", help=f"{text} (default: {shown})")
+            continue
+        default = _default(f)
+        shown = f.metadata.get("default_text")
+        if shown is None:
+            if default is None:
+                shown = "none"
+            elif isinstance(default, list):
+                shown = " ".join(map(str, default)) or "none"
+            else:
+                shown = "%(default)s"
+        choices = resolve_choices(f) if resolve_choices else f.metadata.get("choices")
+        parse = f.metadata.get("parse", finite_float if t is float else t)
+        nargs = f.metadata.get("nargs", "+" if is_list else None)
+        g.add_argument(
+            f"--{f.name}",
+            type=parse,
+            nargs=nargs,
+            choices=choices,
+            default=default,
+            help=f"{text} (default: {shown})",
+        )
+    return p
+
+
+def _num(x: float) -> str:
+    return str(x) if isinstance(x, int) else f"{x:g}"
+
+
+_BOUNDS = (
+    ("ge", lambda x, b: x >= b, ">="),
+    ("gt", lambda x, b: x > b, ">"),
+    ("le", lambda x, b: x <= b, "<="),
+    ("lt", lambda x, b: x < b, "<"),
+)
+
+
+def field_errors(cfg: Any, *, resolve_choices: Any = None) -> str | None:
+    """The first flag of ``cfg`` (a dataclass instance) whose value breaks its declared rules,
+    as a message naming the flag (None: all hold): a float that is not finite, a value outside
+    its choices, a bound (``ge``/``gt``/``le``/``lt`` of :func:`flag`) not met. None values
+    (an unset optional flag) are not checked. The caller passes the message to ``parser.error``."""
+    for f in cli_fields(type(cfg)):
+        value = getattr(cfg, f.name)
+        values = value if isinstance(value, (list, tuple)) else [value]
+        choices = resolve_choices(f) if resolve_choices else f.metadata.get("choices")
+        for v in values:
+            if v is None:
+                continue
+            if isinstance(v, float) and not math.isfinite(v):
+                return f"--{f.name} must be a finite number (got {v})"
+            if choices is not None and v not in choices:
+                return f"--{f.name} {v!r}: unknown; choose from {', '.join(map(str, choices))}"
+            bounds = [(ok, f.metadata[k], sign) for k, ok, sign in _BOUNDS if k in f.metadata]
+            if not isinstance(v, (bool, str)) and not all(ok(v, b) for ok, b, _ in bounds):
+                why = f" ({f.metadata['why']})" if f.metadata.get("why") else ""
+                rule = " and ".join(f"{sign} {_num(b)}" for _, b, sign in bounds)
+                return f"--{f.name} must be {rule}{why}; got {_num(v)}"
+    return None
