@@ -16,7 +16,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from analysis.one_layer_relu_nets.profiles import FAMILY
+from analysis.one_layer_relu_nets.claims import FIT_TOL, fit_rho
+from analysis.one_layer_relu_nets.profiles import FAMILY, SWEEP_RHOS
 from analysis.one_layer_relu_nets.runs import (
     ALG_LABEL,
     _cfg,
@@ -57,14 +58,27 @@ def _plt():
     return plt
 
 
-def plot_fits(paths: list[Path], out: Path) -> Path:
-    """Fitted functions on the 1-D data: a panel per (comparison, algorithm), a line per seed."""
-    plt = _plt()
+def fits_panels(results_dir: Path, profile: str) -> list[tuple[Path, str, pd.DataFrame]]:
+    """The fits figure's panels (comparison dir, algorithm, its runs): every algorithm of the
+    main comparison (rho 0.3), then each algorithm at the rho the fit rule chose for it
+    (``claims.fit_rho``) where that is another rho of the sweep."""
+    df = exp1_frame(results_dir, profile)
+    df = df[~df["original_loop"] & ~df["label"].str.contains("@")]
+    main = run_dir(results_dir, profile, "exp1_main")
     panels = []
-    for p in paths:
-        df = runs_frame(p)
-        for alg in dict.fromkeys(df["algorithm"]):
-            panels.append((p, alg, df[df["algorithm"] == alg]))
+    for alg in dict.fromkeys(df.loc[df["comparison"] == main.name, "algorithm"]):
+        panels.append((main, alg, df[(df["comparison"] == main.name) & (df["algorithm"] == alg)]))
+        rho = fit_rho(df, alg) if alg != "gd" else None
+        sweep = df[(df["comparison"] != main.name) & (df["algorithm"] == alg) & (df["rho"] == rho)]
+        if rho is not None and len(sweep):
+            panels.append((main.parent / sweep["comparison"].iloc[0], alg, sweep))
+    return panels
+
+
+def plot_fits(panels: list[tuple[Path, str, pd.DataFrame]], out: Path) -> Path:
+    """Fitted functions on the 1-D data: a panel per (comparison, algorithm), a line per seed;
+    the title says whether the runs fit the data (``claims.FIT_TOL``) and their kinks."""
+    plt = _plt()
     fig, axs = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.4), squeeze=False)
     for ax, (p, alg, df) in zip(axs[0], panels, strict=True):
         data = read_json(Path(p) / "data.json")
@@ -82,7 +96,12 @@ def plot_fits(paths: list[Path], out: Path) -> Path:
             else f", rho {df['rho_schedule'].iloc[0]}"
         )
         rho = "" if alg == "gd" else f" rho={df['rho'].iloc[0]:g}{sched}"
-        ax.set_title(f"{ALG_LABEL[alg]}{rho}\nkinks {_mean_std(df['kinks'])}", fontsize=9)
+        miss = float(df["max_residual"].max())
+        fit = "fits" if miss <= FIT_TOL else "DOES NOT FIT"
+        ax.set_title(
+            f"{ALG_LABEL[alg]}{rho}: {fit} (max miss {miss:.2f})\nkinks {_mean_std(df['kinks'])}",
+            fontsize=9,
+        )
         ax.set_xlabel("x")
     axs[0][0].set_ylabel("f(x)")
     fig.tight_layout()
@@ -241,7 +260,7 @@ def make_figures(results_dir: Path, figures_dir: Path, profile: str = "quick") -
 
     exp3 = [rd("exp3_unnormalized"), rd("exp3_normalized"), rd("exp3_decaying")]
     return [
-        plot_fits([rd("exp1_main")], figures_dir / f"{FAMILY}_fits.png"),
+        plot_fits(fits_panels(results_dir, profile), figures_dir / f"{FAMILY}_fits.png"),
         plot_simplicity(results_dir, profile, figures_dir / f"{FAMILY}_simplicity.png"),
         plot_over_training(results_dir, profile, figures_dir / f"{FAMILY}_over_training.png"),
         plot_teacher(rd("exp2_teacher"), figures_dir / f"{FAMILY}_teacher.png"),
@@ -262,8 +281,10 @@ def _fits_shows(ctx: StageContext) -> str:
     e1 = _cfg(run_dir(ctx.results_dir, ctx.profile, "exp1_main"))
     algs = ", ".join(ALG_LABEL[a] for a in e1["algorithms"])
     return (
-        f"Fitted functions f(x) of {algs} at rho 0.3 (one panel each), one line per seed, "
-        f"dots = the data; {_one_d(ctx)}."
+        f"Fitted functions f(x) of {algs} at rho 0.3 (one panel each), then each SAM at the "
+        f"largest rho of {SWEEP_RHOS} at which it fits every point within {FIT_TOL:g} (where "
+        "that is not 0.3), one line per seed, dots = the data; the title says whether the runs "
+        f"fit; {_one_d(ctx)}."
     )
 
 

@@ -6,15 +6,27 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+import torch
 
 from analysis.one_layer_relu_nets.profiles import FAMILY, MATCHED, experiment_configs
-from one_layer_relu_nets.engine import Config, matched_targets, targets_digest, train
+from one_layer_relu_nets.engine import (
+    Config,
+    load_params,
+    make_dataset,
+    matched_targets,
+    targets_digest,
+    train,
+)
+from one_layer_relu_nets.model import forward
 from suite.launch import DEFAULT_IGNORE, Run, run_all
 from suite.profiles import PROFILES as PROFILE_NAMES
 from suite.rundir import load_run, read_json
+from suite.stats import Outcome
 
 ALG_LABEL = {"gd": "GD", "sgd": "SGD", "nsam": "n-SAM", "1sam": "1-SAM", "msam": "m-SAM"}
 
@@ -141,15 +153,68 @@ EXP1 = ("exp1_main", "exp1_sweep", "exp1_original")  # the base comparisons of e
 
 def exp1_frame(results_dir: Path, profile: str) -> pd.DataFrame:
     """Every run of experiment 1 (main, sweep, the notebook's loop and their loss-matched GD
-    controls, those the profile has), labelled."""
+    controls, those the profile has), labelled, with each run's ``max_residual``."""
     frames = []
     for name in (n + suffix for n in EXP1 for suffix in ("", MATCHED)):
         p = run_dir(results_dir, profile, name)
         if (p / "summary.json").exists():
-            frames.append(runs_frame(p))
+            frames.append(runs_frame(p).merge(max_residuals(p), on="run_id"))
     df = pd.concat(frames, ignore_index=True)
     df["label"] = df.apply(label, axis=1)
     return df
+
+
+def max_residuals(path: str | Path) -> pd.DataFrame:
+    """run_id, max_residual: max_i |f(x_i) - y_i| of each run's final weights on its training
+    points (the fit precondition of experiment 1 reads it)."""
+    data = read_json(Path(path) / "data.json")
+    X = torch.tensor(data["X"], dtype=torch.float64)
+    y = torch.tensor(data["y"], dtype=torch.float64)
+    rows = [
+        {"run_id": rid, "max_residual": float((forward(p, X).out - y).abs().max())}
+        for rid, p in load_params(path).items()
+    ]
+    return pd.DataFrame(rows)
+
+
+def test_outcomes(path: str | Path, runs: pd.DataFrame) -> list[Outcome]:
+    """The ``suite.stats.Outcome`` of each run in ``runs`` (rows of ``runs_frame(path)``): its
+    per-example test loss 0.5 (f(x) - y)^2 on the comparison's test set (regenerated from the
+    stored config: a deterministic function of ``data_seed``), with its seed and the SHA-256
+    of the test examples (every run of a comparison is scored on the same ones: paired)."""
+    cfg = Config(**{k: v for k, v in _cfg(path).items() if k in _FIELDS})
+    data = make_dataset(cfg)
+    X, y = data.X_test, data.y_test
+    digest = hashlib.sha256(X.numpy().tobytes() + y.numpy().tobytes()).hexdigest()
+    params = load_params(path)
+    return [
+        Outcome(
+            int(r["seed"]),
+            digest,
+            (0.5 * (forward(params[r["run_id"]], X).out - y) ** 2).numpy(),
+        )
+        for _, r in runs.iterrows()
+    ]
+
+
+_FIELDS = {f.name for f in dataclasses.fields(Config)}
+
+
+def steps_to_tolerance(path: str | Path, tol: float) -> pd.DataFrame:
+    """run_id, steps_to_tol (the first logged step whose training loss is <= ``tol``; NaN when
+    no logged step reaches it), budget (the comparison's iterations). The logged steps are
+    log-spaced (``n_logs``), so a step is known to within the spacing of that grid."""
+    hist = history_frame(path)
+    budget = int(_cfg(path)["iterations"])
+    reached = hist[hist["train_loss"].astype(float) <= tol].groupby("run_id")["step"].min()
+    ids = hist["run_id"].unique()
+    return pd.DataFrame(
+        {
+            "run_id": ids,
+            "steps_to_tol": [float(reached.get(i, np.nan)) for i in ids],
+            "budget": budget,
+        }
+    )
 
 
 def _cfg(path: Path) -> dict:
