@@ -10,9 +10,9 @@ import time
 
 import torch
 
-from one_layer_relu_nets.experiments import experiment_configs
+from analysis.one_layer_relu_nets.profiles import experiment_configs
+from one_layer_relu_nets.engine import make_dataset, run_group
 from one_layer_relu_nets.model import init_params
-from one_layer_relu_nets.training import make_dataset, run_group
 
 FRACTION_STEPS = 2_000
 

@@ -1,8 +1,8 @@
 /* Fused full-batch GD / m-SAM steps of one one-hidden-layer ReLU network (float64).
 
-   The C twin of one_layer_relu_nets.training._run_group_torch for full batches; it exists because
+   The C twin of one_layer_relu_nets.engine._run_group_torch for full batches; it exists because
    the torch path launches ~40 tiny kernels per step (0.3 ms) and the reference budget is 10^6
-   steps. The math is that of training.py's module docstring, in the same order of operations:
+   steps. The math is that of engine.py's module docstring, in the same order of operations:
 
      f(x) = sum_j a_j relu(w_j . x + b_j),   L = sum_i omega 0.5 r_i^2,   r_i = f(x_i) - y_i
      GD:    w <- w - lr_t sum_i omega grad l_i(w)

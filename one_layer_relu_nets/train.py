@@ -18,15 +18,8 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
-from one_layer_relu_nets.data import TASKS
-from one_layer_relu_nets.model import INITS
-from one_layer_relu_nets.training import (
-    ALGORITHMS,
-    BACKENDS,
-    DTYPES,
-    LR_SCHEDULES,
-    REDUCTIONS,
-    RHO_SCHEDULES,
+from one_layer_relu_nets.engine import (
+    GROUPS,
     Config,
     Interrupted,
     make_dataset,
@@ -35,8 +28,9 @@ from one_layer_relu_nets.training import (
     train,
 )
 from suite.cli import (
+    cli_fields,
     common_parser,
-    finite_float,
+    dataclass_parser,
     run_dir_flags_error,
     select_device,
 )
@@ -71,158 +65,30 @@ def no_effect_error(parser: argparse.ArgumentParser, args: argparse.Namespace) -
     return None
 
 
+def _group(p: argparse.ArgumentParser, title: str) -> argparse._ArgumentGroup:
+    return next(g for g in p._action_groups if g.title == title)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    d = Config()
-    p = argparse.ArgumentParser(
+    """The command line, generated from ``Config``'s ``suite.cli.flag`` fields
+    (``suite.cli.dataclass_parser``), plus the flags that are not one field each:
+    ``--unnormalized`` (``normalize``), ``--num_seeds`` (with ``--seed``: ``seeds``),
+    ``--resume`` / ``--overwrite`` (how ``train`` treats ``--out_dir``), and ``--seed``,
+    ``--device``, ``--out_dir`` of ``suite.cli.common_parser``."""
+    p = dataclass_parser(
+        Config,
         prog="python -m one_layer_relu_nets.train",
         description=__doc__,
+        groups=GROUPS,
         parents=[common_parser()],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    g = p.add_argument_group("task and network")
-    g.add_argument(
-        "--task",
-        type=str,
-        choices=TASKS,
-        default=d.task,
-        help=f"reference1d: the 12-point 1-D data; teacher: teacher-student in --d dims "
-        f"(default: {d.task})",
-    )
-    g.add_argument(
-        "--d", type=int, default=d.d, help=f"teacher task: input dimension (default: {d.d})"
-    )
-    g.add_argument(
-        "--teacher_width",
-        type=int,
-        default=d.teacher_width,
-        help=f"teacher task: number of teacher ReLU neurons (default: {d.teacher_width})",
-    )
-    g.add_argument(
-        "--n_train",
-        type=int,
-        default=d.n_train,
-        help=f"teacher task: training points (default: {d.n_train})",
-    )
-    g.add_argument(
-        "--n_test",
-        type=int,
-        default=d.n_test,
-        help=f"teacher task: test points (default: {d.n_test})",
-    )
-    g.add_argument(
-        "--n_val",
-        type=int,
-        default=d.n_val,
-        help="teacher task: validation points, drawn after the test points (summary: val_loss) "
-        f"(default: {d.n_val})",
-    )
-    g.add_argument(
-        "--data_seed",
-        type=int,
-        default=d.data_seed,
-        help=f"teacher task: seed of the data draw, shared by all runs (default: {d.data_seed})",
-    )
-    g.add_argument(
-        "--width", type=int, default=d.width, help=f"hidden neurons (default: {d.width})"
-    )
-    g.add_argument(
-        "--init",
-        type=str,
-        choices=INITS,
-        default=d.init,
-        help="reference: W = +-2.5, b ~ N(0, 2.5^2), a ~ N(0, 4^2) (the original's draws); "
-        f"standard: PyTorch nn.Linear default (default: {d.init})",
-    )
-    g.add_argument(
-        "--init_scale",
-        type=finite_float,
-        default=d.init_scale,
-        help=f"multiplies every initial weight (default: {d.init_scale})",
-    )
-    g = p.add_argument_group("algorithms")
-    g.add_argument(
-        "--algorithms",
-        type=str,
-        nargs="+",
-        choices=ALGORITHMS,
-        default=d.algorithms,
-        help="one or more of gd (full batch), sgd (--batch_size), nsam (ascent on the "
-        "batch), 1sam (one ascent per example), msam (per chunk of --m examples) "
-        f"(default: {' '.join(d.algorithms)})",
-    )
-    g.add_argument(
-        "--rhos",
-        type=finite_float,
-        nargs="+",
-        default=d.rhos,
-        help=f"SAM radii, one run per value and seed (default: {d.rhos})",
-    )
-    g.add_argument(
+    _group(p, "algorithms").add_argument(
         "--unnormalized",
         action="store_true",
         help="unnormalized ascent e = rho g instead of rho g / ||g||_2 (default: off)",
     )
-    g.add_argument(
-        "--rho_schedule",
-        type=str,
-        choices=RHO_SCHEDULES,
-        default=d.rho_schedule,
-        help="rho_t = rho x (1 | 1 - t/T | 1/sqrt(1 + t)) (default: constant)",
-    )
-    g.add_argument("--m", type=int, default=d.m, help=f"msam: examples per chunk (default: {d.m})")
-    g.add_argument(
-        "--batch_size",
-        type=int,
-        default=d.batch_size,
-        help="examples per step, sampled without replacement; 0 = all (required "
-        "0 < batch_size < n for sgd; gd always uses all) (default: 0)",
-    )
-    g = p.add_argument_group("optimization")
-    g.add_argument("--lr", type=finite_float, default=d.lr, help=f"learning rate (default: {d.lr})")
-    g.add_argument(
-        "--lr_schedule",
-        type=str,
-        choices=LR_SCHEDULES,
-        default=d.lr_schedule,
-        help="lr of step t = 0..T-1: lr x (1 | 1 - u | (1 + cos(pi u))/2), u = (t + 1)/T (the "
-        f"original's step count), the same for every algorithm (default: {d.lr_schedule})",
-    )
-    g.add_argument(
-        "--lr_decay_sam_only",
-        action="store_true",
-        help="the original notebook's setting: GD/SGD keep the constant lr, only SAM follows "
-        "--lr_schedule (default: off, every algorithm follows it)",
-    )
-    g.add_argument(
-        "--iterations",
-        type=int,
-        default=d.iterations,
-        help=f"maximum iterations T (default: {d.iterations}, a first try: about a second per "
-        "1-D run; the original notebook ran 1000000, ~10 s per SAM run with the C backend)",
-    )
-    g.add_argument(
-        "--loss_threshold",
-        type=finite_float,
-        default=d.loss_threshold,
-        help="a run stops once its full training loss is <= this; 0 = never "
-        f"(default: {d.loss_threshold})",
-    )
-    g.add_argument(
-        "--reduction",
-        type=str,
-        choices=REDUCTIONS,
-        default=d.reduction,
-        help="training loss: sum = 0.5 sum_i r_i^2 (reference), mean = 0.5 mean_i r_i^2 "
-        f"(default: {d.reduction})",
-    )
-    g.add_argument(
-        "--match_losses_of",
-        type=str,
-        default=None,
-        help="a finished run directory: run GD once per SAM run in it, stopped at that run's "
-        "final training loss (the loss-matched control; use with --algorithms gd)",
-    )
-    g = p.add_argument_group("runs and output")
+    g = _group(p, "runs and output")
     g.add_argument(
         "--resume",
         action="store_true",
@@ -234,39 +100,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="replace the run in --out_dir (default: refuse to touch an existing run)",
     )
     g.add_argument(
-        "--backend",
-        type=str,
-        choices=BACKENDS,
-        default=d.backend,
-        help="c: fused C loop per run (full batch, CPU, float64; compiled with cc on first use); "
-        "torch: batched tensor program (any batch size or device); auto: c when it applies and "
-        f"a C compiler exists (default: {d.backend})",
-    )
-    g.add_argument(
         "--num_seeds",
         type=int,
-        default=len(d.seeds),
+        default=len(Config().seeds),
         help="seeds --seed, ..., --seed + num_seeds - 1 (initialization, SGD order) "
-        f"(default: {len(d.seeds)})",
-    )
-    g.add_argument(
-        "--n_logs",
-        type=int,
-        default=d.n_logs,
-        help=f"about this many log-spaced logged iterations (default: {d.n_logs})",
-    )
-    g.add_argument(
-        "--threads",
-        type=int,
-        default=d.threads,
-        help=f"torch CPU threads while training (default: {d.threads})",
-    )
-    g.add_argument(
-        "--dtype",
-        type=str,
-        choices=tuple(DTYPES),
-        default=d.dtype,
-        help=f"floating point type (default: {d.dtype})",
+        "(default: %(default)s)",
     )
     for action in p._actions:  # this family's default device differs from the common parent's
         if action.dest == "device":
@@ -279,36 +117,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
+    """The ``Config`` of parsed flags: every flag field as parsed, and the fields set by the
+    other flags (``build_parser``)."""
     return Config(
-        task=args.task,
-        d=args.d,
-        teacher_width=args.teacher_width,
-        n_train=args.n_train,
-        n_test=args.n_test,
-        n_val=args.n_val,
-        data_seed=args.data_seed,
-        width=args.width,
-        init=args.init,
-        init_scale=args.init_scale,
-        algorithms=list(args.algorithms),
-        rhos=list(args.rhos),
+        **{f.name: getattr(args, f.name) for f in cli_fields(Config)},
         normalize=not args.unnormalized,
-        rho_schedule=args.rho_schedule,
-        m=args.m,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        lr_schedule=args.lr_schedule,
-        lr_decay_sam_only=args.lr_decay_sam_only,
-        iterations=args.iterations,
-        loss_threshold=args.loss_threshold,
-        reduction=args.reduction,
         seeds=list(range(args.seed, args.seed + args.num_seeds)),
-        n_logs=args.n_logs,
-        threads=args.threads,
-        dtype=args.dtype,
         device=str(args.device),
-        backend=args.backend,
-        match_losses_of=args.match_losses_of,
         match_digest=(
             targets_digest(matched_targets(args.match_losses_of)) if args.match_losses_of else None
         ),

@@ -14,7 +14,7 @@ import torch
 
 from one_layer_relu_nets import fast
 from one_layer_relu_nets.data import teacher_student
-from one_layer_relu_nets.training import Config, make_dataset, run_group
+from one_layer_relu_nets.engine import Config, make_dataset, run_group
 
 F64 = torch.float64
 BACKENDS = ["torch", "c"]
@@ -202,7 +202,7 @@ def test_lr_decay_for_sam_only_keeps_gd_at_the_constant_lr(backend):
 # ------------------------------------------------------------------ SGD batches, teacher, backends
 def test_sgd_batches_are_drawn_without_replacement_from_the_runs_generator():
     """Step t of run seed s uses randperm(n)[:B] of a generator seeded 10000 + s (documented in
-    training.py), so the batches are without replacement and independent of the other runs."""
+    engine.py), so the batches are without replacement and independent of the other runs."""
     cfg = Config(**TINY, algorithms=["sgd"], batch_size=4, iterations=15, loss_threshold=0.0)
     data = make_dataset(cfg)
     res = run_group(cfg, data, "sgd", [0.0, 0.0], [0, 5])

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from one_layer_relu_nets.data import reference_1d, teacher_student
+from one_layer_relu_nets.engine import sam_gradient
 from one_layer_relu_nets.measures import simplicity_1d
 from one_layer_relu_nets.model import (
     Params,
@@ -14,7 +15,6 @@ from one_layer_relu_nets.model import (
     per_example_grads,
     stack_params,
 )
-from one_layer_relu_nets.training import sam_gradient
 
 F64 = torch.float64
 
@@ -248,8 +248,8 @@ def test_stack_params_roundtrip():
 
 @pytest.mark.parametrize(("d", "reduction"), [(1, "sum"), (3, "mean")])
 def test_loss_hessian_equals_autograd_hessian(d, reduction):
+    from one_layer_relu_nets.engine import lambda_max
     from one_layer_relu_nets.model import loss_hessian
-    from one_layer_relu_nets.training import lambda_max
 
     width, n = 6, 5
     P = _random_params(1, width, d, seed=11)

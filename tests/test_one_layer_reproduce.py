@@ -10,7 +10,7 @@ import pickle
 from pathlib import Path
 
 from analysis.one_layer_relu_nets import comparison_runs, run_dir, run_experiments
-from one_layer_relu_nets.experiments import MATCHED, experiment_configs
+from analysis.one_layer_relu_nets.profiles import MATCHED, experiment_configs
 from suite import launch
 from suite.launch import run_state
 from tests.core_utils import LaunchRecorder
@@ -41,12 +41,19 @@ def test_profiles_follow_the_notebook():
     assert set(quick) == {
         "exp1_main",
         "exp1_main" + MATCHED,
+        "exp1_sweep",
+        "exp1_sweep" + MATCHED,
         "exp2_teacher",
         "exp3_unnormalized",
         "exp3_normalized",
         "exp3_decaying",
     }
-    assert set(full) == set(quick) | {"exp1_sweep", "exp1_sweep" + MATCHED}
+    assert set(full) == set(quick)
+    # 1-SAM's rho grid in every profile (its claim's rho is chosen on the training fit)
+    assert quick["exp1_sweep"].algorithms == ["1sam"] and quick["exp1_sweep"].rhos == [0.03, 0.1]
+    assert full["exp1_sweep"].algorithms == ["nsam", "1sam", "msam"]
+    # the teacher grid extends one step below 0.01, where validation picked the grid's end
+    assert quick["exp2_teacher"].rhos == [0.003, 0.01, 0.03, 0.1, 0.3]
     assert set(paper) == set(full) | {"exp1_original", "exp1_original" + MATCHED}
     assert all(paper[n] == full[n] for n in full)  # paper = full + the notebook's loop
     for prof in (quick, full, paper):

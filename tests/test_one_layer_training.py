@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from one_layer_relu_nets.data import reference_1d
+from one_layer_relu_nets.engine import Config, load_params, make_dataset, run_group, train
 from one_layer_relu_nets.model import Params, forward, init_params
-from one_layer_relu_nets.training import Config, load_params, make_dataset, run_group, train
 
 SMALL_TEACHER = dict(
     task="teacher",
@@ -234,7 +234,7 @@ def test_threshold_is_checked_at_every_step_log_steps_included(backend):
 def test_a_loss_matched_control_refuses_a_base_whose_losses_changed(tmp_path):
     """``match_digest`` pins the base runs' final losses: the control trains against the base it
     was configured for, and refuses one whose losses changed since (not silently another)."""
-    from one_layer_relu_nets.training import matched_targets, targets_digest
+    from one_layer_relu_nets.engine import matched_targets, targets_digest
 
     base = tmp_path / "base"
     train(

@@ -59,7 +59,7 @@ from one_layer_relu_nets.model import (
     stack_params,
 )
 from sharpness.functional import perturbation
-from suite.cli import finite_or_none
+from suite.cli import finite_or_none, flag
 from suite.rundir import create_run_dir
 
 ALGORITHMS = ("gd", "sgd", "nsam", "1sam", "msam")
@@ -76,43 +76,129 @@ class Interrupted(KeyboardInterrupt):
     KeyboardInterrupt, so that callers that go on after errors (``make reproduce``) stop too."""
 
 
+# The argument groups of ``python -m one_layer_relu_nets.train --help``, in order.
+GROUPS = ("task and network", "algorithms", "optimization", "runs and output")
+_TASK, _ALGS, _OPT, _RUNS = GROUPS
+
+
 @dataclass
 class Config:
-    """One comparison. Defaults are the reference notebook's 1-D setting (PAPERS.md#relu-nets)."""
+    """One comparison. Defaults are the reference notebook's 1-D setting (PAPERS.md#relu-nets).
 
-    task: str = "reference1d"
-    d: int = 5  # teacher task: input dimension
-    teacher_width: int = 3
-    n_train: int = 20
-    n_test: int = 1000
-    n_val: int = 0  # teacher task: validation points (drawn after the test points)
-    data_seed: int = 0
-    width: int = 100
-    init: str = "reference"
-    init_scale: float = 1.0
-    algorithms: list[str] = field(default_factory=lambda: ["gd", "nsam"])
-    rhos: list[float] = field(default_factory=lambda: [0.3])
-    normalize: bool = True
-    rho_schedule: str = "constant"
-    m: int = 1  # chunk size of msam
-    batch_size: int = 0  # 0: full batch (required for gd; sgd needs 0 < batch_size < n)
-    lr: float = 5e-5
-    lr_schedule: str = "constant"
-    lr_decay_sam_only: bool = False  # the original notebook: GD/SGD at constant lr
-    iterations: int = DEFAULT_ITERATIONS  # the original notebook: 1e6
-    loss_threshold: float = 1e-5
-    reduction: str = "sum"
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
-    n_logs: int = 100
-    threads: int = 1  # torch intra-op threads while training (restored afterwards)
-    dtype: str = "float64"
-    device: str = "cpu"
-    backend: str = "auto"
-    match_losses_of: str | None = None  # run dir: GD stopped at each of its SAM runs' final loss
+    A field declared with ``suite.cli.flag`` is the flag ``--<field>`` of the CLI
+    (``one_layer_relu_nets.train`` generates its parser from them); the plain fields are set
+    from other flags: ``normalize`` from ``--unnormalized``, ``seeds`` from ``--seed`` and
+    ``--num_seeds``, ``device`` and ``out_dir`` from the common parent parser."""
+
+    task: str = flag(
+        "reference1d",
+        group=_TASK,
+        choices=TASKS,
+        help="reference1d: the 12-point 1-D data; teacher: teacher-student in --d dims",
+    )
+    d: int = flag(5, group=_TASK, help="teacher task: input dimension")
+    teacher_width: int = flag(3, group=_TASK, help="teacher task: number of teacher ReLU neurons")
+    n_train: int = flag(20, group=_TASK, help="teacher task: training points")
+    n_test: int = flag(1000, group=_TASK, help="teacher task: test points")
+    n_val: int = flag(
+        0,
+        group=_TASK,
+        help="teacher task: validation points, drawn after the test points (summary: val_loss)",
+    )
+    data_seed: int = flag(
+        0, group=_TASK, help="teacher task: seed of the data draw, shared by all runs"
+    )
+    width: int = flag(100, group=_TASK, help="hidden neurons")
+    init: str = flag(
+        "reference",
+        group=_TASK,
+        choices=INITS,
+        help="reference: W = +-2.5, b ~ N(0, 2.5^2), a ~ N(0, 4^2) (the original's draws); "
+        "standard: PyTorch nn.Linear default",
+    )
+    init_scale: float = flag(1.0, group=_TASK, help="multiplies every initial weight")
+    algorithms: list[str] = flag(
+        group=_ALGS,
+        choices=ALGORITHMS,
+        default_factory=lambda: ["gd", "nsam"],
+        help="one or more of gd (full batch), sgd (--batch_size), nsam (ascent on the batch), "
+        "1sam (one ascent per example), msam (per chunk of --m examples)",
+    )
+    rhos: list[float] = flag(
+        group=_ALGS,
+        default_factory=lambda: [0.3],
+        help="SAM radii, one run per value and seed",
+    )
+    normalize: bool = True  # the flag is --unnormalized
+    rho_schedule: str = flag(
+        "constant",
+        group=_ALGS,
+        choices=RHO_SCHEDULES,
+        help="rho_t = rho x (1 | 1 - t/T | 1/sqrt(1 + t))",
+    )
+    m: int = flag(1, group=_ALGS, help="msam: examples per chunk")
+    batch_size: int = flag(
+        0,
+        group=_ALGS,
+        help="examples per step, sampled without replacement; 0 = all (required "
+        "0 < batch_size < n for sgd; gd always uses all)",
+    )
+    lr: float = flag(5e-5, group=_OPT, help="learning rate")
+    lr_schedule: str = flag(
+        "constant",
+        group=_OPT,
+        choices=LR_SCHEDULES,
+        help="lr of step t = 0..T-1: lr x (1 | 1 - u | (1 + cos(pi u))/2), u = (t + 1)/T (the "
+        "original's step count), the same for every algorithm",
+    )
+    lr_decay_sam_only: bool = flag(
+        False,
+        group=_OPT,
+        default_text="off, every algorithm follows it",
+        help="the original notebook's setting: GD/SGD keep the constant lr, only SAM follows "
+        "--lr_schedule",
+    )
+    iterations: int = flag(
+        DEFAULT_ITERATIONS,
+        group=_OPT,
+        default_text=f"{DEFAULT_ITERATIONS}, a first try: about a second per 1-D run; the "
+        "original notebook ran 1000000, ~10 s per SAM run with the C backend",
+        help="maximum iterations T",
+    )
+    loss_threshold: float = flag(
+        1e-5,
+        group=_OPT,
+        help="a run stops once its full training loss is <= this; 0 = never",
+    )
+    reduction: str = flag(
+        "sum",
+        group=_OPT,
+        choices=REDUCTIONS,
+        help="training loss: sum = 0.5 sum_i r_i^2 (reference), mean = 0.5 mean_i r_i^2",
+    )
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])  # --seed, --num_seeds
+    n_logs: int = flag(100, group=_RUNS, help="about this many log-spaced logged iterations")
+    threads: int = flag(1, group=_RUNS, help="torch CPU threads while training")
+    dtype: str = flag("float64", group=_RUNS, choices=tuple(DTYPES), help="floating point type")
+    device: str = "cpu"  # --device of the common parent parser
+    backend: str = flag(
+        "auto",
+        group=_RUNS,
+        choices=BACKENDS,
+        help="c: fused C loop per run (full batch, CPU, float64; compiled with cc on first use); "
+        "torch: batched tensor program (any batch size or device); auto: c when it applies and "
+        "a C compiler exists",
+    )
+    match_losses_of: str | None = flag(
+        None,
+        group=_OPT,
+        help="a finished run directory: run GD once per SAM run in it, stopped at that run's "
+        "final training loss (the loss-matched control; use with --algorithms gd)",
+    )
     # targets_digest(matched_targets(match_losses_of)) when set: the control's identity is the
     # losses it matches, so a changed base run makes it a different run (retrained, not reused)
     match_digest: str | None = None
-    out_dir: str | None = None
+    out_dir: str | None = None  # --out_dir of the common parent parser
 
     def validate(self, n: int | None = None) -> None:
         """Raise ValueError naming the offending field (the CLI maps fields to flags)."""
