@@ -189,8 +189,8 @@ def claims_rows(P: dict[str, Any], m: Measured) -> list[ClaimRow]:
             not_comparable=not_minimum(lam["sam"], [m[1] for m in matched]),
             note="SGD's weights at the first saved epoch whose training loss is at or below "
             "SAM's final one (per seed; --save_model_each_k_epochs "
-            f"{P['base']['save_model_each_k_epochs']}); gap in log lambda_max, paired by seed; "
-            f"{where}; {base}",
+            f"{METHODS['sgd']['save_model_each_k_epochs']}); gap in log lambda_max, paired by "
+            f"seed; {where}; {base}",
             **flat_paper,
         ),
     ]

@@ -32,14 +32,13 @@ BASE: dict[str, Any] = dict(
     momentum=0.9,
     l2_reg=0.0,
     no_data_augm=True,
-    # the weights of epochs 1-5 and every 5th epoch: lambda_max along training and SGD at the
-    # training loss SAM ends at (the loss-matched comparison)
-    save_model_each_k_epochs=5,
 )
 # rho fixed before any result was seen: SAM's CIFAR default 0.05; ASAM's 0.5 (its paper uses
 # about 10x SAM's rho); LookSAM at SAM's rho, k = 5 and alpha 0.7 (its paper's settings)
 METHODS: dict[str, dict[str, Any]] = {
-    "sgd": {},
+    # SGD keeps the weights of every epoch: the loss-matched comparison takes SGD at the first
+    # epoch whose training loss is at or below SAM's final one
+    "sgd": {"save_model_each_k_epochs": 1},
     "sam": {"sam_rho": 0.05},
     "asam": {"sam_rho": 0.5, "sam_variant": "asam", "asam_eta": 0.01},
     "looksam": {"sam_rho": 0.05, "sam_variant": "looksam", "looksam_k": 5, "looksam_alpha": 0.7},
@@ -47,7 +46,7 @@ METHODS: dict[str, dict[str, Any]] = {
 LABELS = {"sgd": "SGD", "sam": "SAM", "asam": "ASAM", "looksam": "LookSAM (k=5)"}
 
 _FULL: dict[str, Any] = dict(
-    base={**BASE, "epochs": 100, "save_model_each_k_epochs": 10},
+    base={**BASE, "epochs": 100},
     seeds=[0, 1, 2, 3, 4],
     workers=1,
     hessian_examples=1000,
@@ -62,7 +61,6 @@ PROFILES = check_table(
                 "epochs": 2,
                 "model_width": 16,
                 "frac_train": 0.3,
-                "save_model_each_k_epochs": 1,
                 "n_eval_train": 200,
                 "n_sharpness": 32,
                 "sharpness_m": 32,
@@ -72,7 +70,7 @@ PROFILES = check_table(
             hessian_examples=64,
             timing_rounds=10,
         ),
-        "quick": dict(  # ~2 CPU minutes of training
+        "quick": dict(  # ~1.5 CPU minutes of training (92 CPU s measured, one thread per run)
             base=BASE, seeds=[0, 1, 2], workers=1, hessian_examples=1000, timing_rounds=100
         ),
         "full": _FULL,
