@@ -485,3 +485,28 @@ def test_paper_profile_without_a_gpu_stops_at_the_check_not_a_traceback(tmp_path
     assert "profile paper cannot start on this machine" in p.stderr and "no GPU" in p.stderr
     assert "Traceback" not in p.stdout + p.stderr
     assert not (tmp_path / "r").exists() and not (tmp_path / "REPORT.md").exists()
+
+
+@pytest.mark.parametrize(
+    "extra, said",
+    [
+        (["--timeout_min", "-5"], "--timeout_min -5: must be >= 1"),
+        (["--cpus_per_task", "0"], "--cpus_per_task 0: must be >= 1"),
+        (["--results_dir", "{file}/sub"], "--results_dir"),
+        (["--figures_dir", "{file}"], "--figures_dir"),
+        (["--report", "{dir}"], "--report"),
+    ],
+)
+def test_reproduce_refuses_bad_flags_before_any_stage(tmp_path, capsys, monkeypatch, extra, said):
+    """Bad slurm numbers and unwritable output paths stop the job at once (exit 2, the flag named)
+    instead of after hours of training; no stage runs (none is importable here)."""
+    monkeypatch.setattr(stage_list, "STAGES", [("never", "fake_stages.never")])
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "adir").mkdir()
+    extra = [a.format(file=tmp_path / "afile", dir=tmp_path / "adir") for a in extra]
+    argv = ["--profile", "test", "--results_dir", str(tmp_path / "res")]
+    with pytest.raises(SystemExit) as e:
+        reproduce.main([*argv, "--figures_dir", str(tmp_path / "figs"), *extra])
+    assert e.value.code == 2
+    assert said in capsys.readouterr().err
+    assert not (tmp_path / "res" / "reproduce.json").exists()
