@@ -12,7 +12,7 @@ from pathlib import Path
 
 # (family, module): add a family here when it lands.
 STAGES = [
-    ("core", "analysis.core_demo"),
+    ("core", "analysis.core"),
     ("deep_nets", "analysis.deep_nets"),
     ("diagonal_linear_nets", "analysis.diagonal_linear_nets"),
     ("one_layer_relu_nets", "analysis.one_layer_relu_nets"),

@@ -189,6 +189,14 @@ def test_adadelta_rho_is_ambiguous_and_each_rho_can_be_set():
     assert [g["sam_rho"] for g in opt.param_groups] == [0.0, 0.1]
 
 
+def test_group_sam_rho_with_a_base_without_rho_is_the_groups_radius():
+    """SGD has no rho: a param group's sam_rho is that group's radius (stored as rho)."""
+    ps = _params()
+    opt = SAM([{"params": ps[:1], "sam_rho": 0.3}, {"params": ps[1:]}], torch.optim.SGD, lr=0.1)
+    assert [g["rho"] for g in opt.param_groups] == [0.3, 0.05]
+    assert all("sam_rho" not in g for g in opt.param_groups)
+
+
 def test_looksam_alpha_is_ambiguous_with_rmsprop_and_asgd():
     for cls in (torch.optim.RMSprop, torch.optim.ASGD):
         with pytest.raises(ValueError, match="ambiguous.*looksam_alpha="):
