@@ -31,22 +31,25 @@ def _one_thread():
 
 
 def test_reproduce_test_profile(tmp_path):
-    AM.reproduce("test", tmp_path / "results", tmp_path / "figures")
+    results, figures = tmp_path / "results", tmp_path / "figures"
+    AM.reproduce("test", results, figures)
     for fig in (AM.FIG1, AM.FIG2):
-        assert (tmp_path / "figures" / fig).stat().st_size > 10_000
-    with open(tmp_path / "results" / "measures" / "claims.csv") as f:
+        assert (figures / fig).stat().st_size > 10_000
+    with open(results / "measures" / "claims.csv") as f:
         rows = list(csv.DictReader(f))
     assert all(r["verdict"] in VERDICTS for r in rows)
-    res = AM.load_results("test", tmp_path / "results")
+    res = AM.load_results("test", results)
+    P = AM.PROFILES["test"]
     # the lambda_max row is the one verdict function applied to the runs' final Hessians
-    sgd = [r["summary"]["lambda_max"] for r in res["runs"]["sgd"]]
-    sam = [r["summary"]["lambda_max"] for r in res["runs"]["sam"]]
+    sgd = [r["final"]["lambda_max"] for r in res["runs"]["sgd"]]
+    sam = [r["final"]["lambda_max"] for r in res["runs"]["sam"]]
     g = compare_seeds(sgd, sam, lower_is_better=True)
     assert rows[0]["verdict"] == g.verdict and float(rows[0]["gap"]) == pytest.approx(g.gap, 1e-3)
-    # each logged lambda_max is the top eigenvalue (an SLQ node at the end is never above it)
-    s = res["runs"]["sgd"][0]["summary"]
+    # each lambda_max is the top eigenvalue (an SLQ node at the end is never above it)
+    s = res["runs"]["sgd"][0]["final"]
     assert max(s["density_nodes"][0]) <= s["lambda_max"] * (1 + 1e-3)
     assert sum(s["density_weights"][0]) == pytest.approx(1.0, abs=1e-6)
+    assert s["ratio"] == pytest.approx(s["lambda_max"] / s["eigenvalues"][4]) and s["ratio"] >= 1
     land = res["landscapes"]
     interp = land["interpolation"]["train"]
     assert [r["t"] for r in interp][0] == -0.5 and interp[-1]["t"] == 1.5
@@ -54,31 +57,73 @@ def test_reproduce_test_profile(tmp_path):
     at0 = next(r for r in interp if r["t"] == 0.0)["loss"]
     mid = next(r for r in land["sgd_seed0"]["slice_1d"] if r["alpha"] == 0.0)["loss"]
     assert at0 == pytest.approx(mid, rel=1e-6)
+    # ... and t = 1 is the ERM -> SAM model: its loss differs (SAM trained its last epoch)
+    at1 = next(r for r in interp if r["t"] == 1.0)["loss"]
+    assert at1 != pytest.approx(at0, rel=1e-6)
+    _check_trainer_runs(res, P)
     # without deep-net runs Figure 3's row is "not run" and names the command that makes them
     fig3 = [r for r in rows if r["figure"] == AM.FIG3]
     assert len(fig3) == 1 and fig3[0]["verdict"] == "not run"
     assert "python -m analysis.reproduce --only deep_nets" in fig3[0]["note"]
-    assert not (tmp_path / "figures" / AM.FIG3).exists()
+    assert not (figures / AM.FIG3).exists()
     # every figure drawn has a caption; Figure 1 is the key figure
-    caps = {c["file"]: c for c in read_captions(tmp_path / "results", "measures")}
+    caps = {c["file"]: c for c in read_captions(results, "measures")}
     assert set(caps) == {AM.FIG1, AM.FIG2, AM.FIG4}
     assert caps[AM.FIG1]["key"] and not caps[AM.FIG4]["key"]
-    assert (tmp_path / "figures" / AM.FIG4).stat().st_size > 10_000
+    # two epochs do not fit the training set: the captions say what was measured
+    assert "not minima" in caps[AM.FIG1]["shows"] and "not minima" in caps[AM.FIG2]["shows"]
+    assert (figures / AM.FIG4).stat().st_size > 10_000
     assert {r["figure"] for r in rows if r["verdict"] != "not run"} >= {AM.FIG1, AM.FIG4}
-    # a second call reuses the finished runs
-    before = (tmp_path / "results" / "measures" / "test" / "sgd_seed0" / "summary.json").stat()
-    AM.reproduce("test", tmp_path / "results", tmp_path / "figures")
-    after = (tmp_path / "results" / "measures" / "test" / "sgd_seed0" / "summary.json").stat()
-    assert before.st_mtime_ns == after.st_mtime_ns
-    # the runs go through suite.launch: --force retrains them (and re-measures the landscapes)
+    # a second call reuses the finished runs and their measurements
+    run0 = Path(res["runs"]["sgd"][0]["path"])
+    hess = run0 / "measures" / "hessian_epoch1" / "result.json"
+    stamps = [(run0 / "summary.json").stat().st_mtime_ns, hess.stat().st_mtime_ns]
+    AM.reproduce("test", results, figures)
+    assert stamps == [(run0 / "summary.json").stat().st_mtime_ns, hess.stat().st_mtime_ns]
+    # a measurement of another checkpoint file (its SHA-256) is measured again
+    stored = json.loads(hess.read_text())
+    hess.write_text(json.dumps({**stored, "checkpoint_sha256": "0" * 64}))
+    AM.load_results("test", results, measure=True)
+    assert json.loads(hess.read_text())["checkpoint_sha256"] == stored["checkpoint_sha256"]
+    # without measuring (the notebook), a missing measurement names the stage's command
+    hess.unlink()
+    with pytest.raises(FileNotFoundError, match="analysis.reproduce --only measures"):
+        AM.load_results("test", results)
+    # the runs go through suite.launch: --force retrains them
     from suite import launch
 
-    land = tmp_path / "results" / "measures" / "test" / "landscapes.json"
-    land_before = land.stat().st_mtime_ns
     with launch.configure(force=True):
-        AM.reproduce("test", tmp_path / "results", tmp_path / "figures")
-    forced = (tmp_path / "results" / "measures" / "test" / "sgd_seed0" / "summary.json").stat()
-    assert forced.st_mtime_ns != after.st_mtime_ns and land.stat().st_mtime_ns != land_before
+        AM.reproduce("test", results, figures)
+    assert (run0 / "summary.json").stat().st_mtime_ns != stamps[0]
+
+
+def _check_trainer_runs(res, P):
+    """The spectrum runs are deep_nets/train.py runs with the profile's flags, measured from the
+    checkpoints of the measured epochs: one lambda_max recomputed here from epoch 1's weights; the
+    curve's errors are the trainer's epoch rows; the ERM -> SAM run replays the ERM run until the
+    switch, then trains with SAM."""
+    from deep_nets.eval_sharpness import _examples
+    from deep_nets.eval_sharpness import load_run as load_deep_run
+    from suite.rundir import load_run
+
+    sam0 = Path(res["runs"]["sam"][0]["path"])
+    conf = json.loads((sam0 / "config.json").read_text())["config"]
+    assert conf["sam_rho"] == P["rho"] and conf["model"] == "mlp" and conf["dataset"] == "mnist1d"
+    assert [r["epoch"] for r in res["runs"]["sam"][0]["curve"]] == list(P["eval_epochs"])
+    run = load_deep_run(str(sam0 / "epoch_1.pt"), torch.device("cpu"))
+    x, y = _examples(run, "train", P["hessian"]["n_examples"], 0)
+    op = M.HessianOperator(run.model, F.cross_entropy, (x, y), dtype=torch.float64)
+    top = float(np.linalg.eigvalsh(op.dense().numpy())[-1])
+    assert res["runs"]["sam"][0]["curve"][0]["lambda_max"] == pytest.approx(top, rel=1e-3)
+    rows = [r for r in load_run(sam0)["metrics"] if r.get("epoch_end")]
+    assert res["runs"]["sam"][0]["curve"][0]["train_err"] == rows[0]["train_err"]
+    ft = load_run(sam0.parent / next(p.name for p in sam0.parent.iterdir() if "from" in p.name))
+    erm = load_run(Path(res["runs"]["sgd"][0]["path"]))
+    ft_rows, erm_rows = ([r for r in x["metrics"] if r.get("epoch_end")] for x in (ft, erm))
+    assert ft_rows[0]["train_loss"] == erm_rows[0]["train_loss"] and ft_rows[0]["rho"] == 0
+    assert (
+        ft_rows[-1]["rho"] == P["rho"] and ft_rows[-1]["train_loss"] != erm_rows[-1]["train_loss"]
+    )
 
 
 def test_rank_correlation_is_kendalls_tau():
