@@ -209,7 +209,7 @@ def msharpness_vs_error(
     vectorize: bool = False,
 ):
     """Figure 3's table: one row per (run, m, rho) with the run's m-sharpness on ``n_examples``
-    seeded training examples and its test error (``summary.json[error_key]``), for deep_nets
+    seeded training examples and its test error (``test_error(summary, error_key)``), for deep_nets
     run directories (``deep_nets/eval_sharpness.load_run``). Returns a pandas DataFrame."""
     import pandas as pd
 
@@ -243,10 +243,21 @@ def msharpness_vs_error(
                         "m": m,
                         "rho": rho,
                         "sharpness": r["sharpness"],
-                        "test_error": summary.get(error_key),
+                        "test_error": test_error(summary, error_key),
                     }
                 )
     return pd.DataFrame(rows)
+
+
+def test_error(summary: dict[str, Any], key: str = "test_err_last") -> float | None:
+    """A run's test error: for the last weights (``test_err_last``) the rate on every scored
+    test example (``summary["scored"]["last"]["test_err"]``, written by trainers that score the
+    whole test set, e.g. mnist1d's 100 000 generated examples) when the run has it, else the
+    summary's ``key`` (the metrics rows' test set)."""
+    scored = (summary.get("scored") or {}).get("last") or {}
+    if key == "test_err_last" and scored.get("test_err") is not None:
+        return float(scored["test_err"])
+    return summary.get(key)
 
 
 def rank_correlation(df, x: str = "sharpness", y: str = "test_error", by=("m", "rho")):
@@ -319,7 +330,11 @@ def fig3_table(results_dir: Path, profile: str) -> tuple[Any, str]:
     st = FIG3_SETTINGS[profile]
     pool, note = deep_net_pool(results_dir, profile)
     path = Path(results_dir) / FAMILY / profile / FIG3_TABLE
-    meta = {"runs": [str(p) for p in pool], **{k: v for k, v in st.items() if k != "boot"}}
+    meta = {
+        "runs": [str(p) for p in pool],
+        "error": "scored last test_err, else test_err_last",  # the source of ``test_error``
+        **{k: v for k, v in st.items() if k != "boot"},
+    }
     meta_path = path.with_suffix(".json")
     if path.exists() and meta_path.exists() and read_json(meta_path) == json_safe(meta):
         return pd.read_csv(path), note
