@@ -1,4 +1,4 @@
-"""analysis/measures.py: the test profile end to end (seconds), and the Figure 3/4 helpers."""
+"""analysis/measures/: the test profile end to end (seconds), and the Figure 3/4 helpers."""
 
 from __future__ import annotations
 

@@ -32,7 +32,9 @@ Stage ``measures`` of ``make reproduce``: ``reproduce(profile, results_dir, figu
   form in the tests) and ||beta||_1 of GD, n-SAM, 1-SAM; the ReLU family's stored exact
   lambda_max against kinks.
 
-Measured numbers: results/measures/claims.csv and REPORT.md.
+Each claims row's test (an effect with its smallest effect of interest, a null claim with its
+equivalence margin) and its preconditions are constants of ``analysis.measures.claims``, fixed
+before the results. Measured numbers: results/measures/claims.csv and REPORT.md.
 """
 
 from __future__ import annotations
