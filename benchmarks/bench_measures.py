@@ -1,9 +1,9 @@
 """Hessian measures: HVP cost relative to one gradient, and top-5 eigenvalues + SLQ density next
 to PyHessian (PyPI ``pyhessian``, a benchmark-only dependency) on the same model and data.
 
-Model and data: the quick profile of ``analysis/measures.py`` (MLP 40-64-64-10 without norm
-layers on MNIST-1D), trained 10 epochs with SGD so that the Hessian is that of a (near) minimum,
-and 1024 training examples as one batch. One intra-op thread (a shared 2-core machine).
+Model and data: an MLP 40-64-64-10 without norm layers (``deep_nets.models``) on MNIST-1D,
+trained 10 epochs with SGD so that the Hessian is that of a (near) minimum, and 1024 training
+examples as one batch. One intra-op thread (a shared 2-core machine).
 
 - HVP / gradient: a gradient is forward + backward (``autograd.grad``); ours ``hvp`` warm (the
   gradient graph cached, as PyHessian's single-batch mode: Lanczos' steady state), cold (a new
@@ -39,12 +39,14 @@ N_EXAMPLES = 1024
 
 
 def _setup():
-    from analysis.measures import _model
     from deep_nets.data import load_dataset
+    from deep_nets.models import build_model
 
     data = load_dataset("mnist1d", None, seed=0)
     torch.manual_seed(0)
-    model = _model(64, data)
+    model = build_model(
+        "mlp", in_channels=1, num_classes=data.num_classes, width=64, input_shape=(1, 40)
+    )
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     g = torch.Generator().manual_seed(0)
     n = data.train_x.shape[0]

@@ -1,4 +1,4 @@
-"""analysis/measures.py: the test profile end to end (seconds), and the Figure 3/4 helpers."""
+"""analysis/measures/: the test profile end to end (seconds), and the Figure 3/4 helpers."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from torch import nn
 from analysis import measures as AM
 from sharpness import measures as M
 from suite.captions import read_captions
-from suite.claims import VERDICTS, compare_seeds, verdict
+from suite.claims import VERDICTS, verdict
 from suite.stats import Claim
 
 
@@ -32,22 +32,45 @@ def _one_thread():
 
 
 def test_reproduce_test_profile(tmp_path):
-    AM.reproduce("test", tmp_path / "results", tmp_path / "figures")
+    results, figures = tmp_path / "results", tmp_path / "figures"
+    AM.reproduce("test", results, figures)
     for fig in (AM.FIG1, AM.FIG2):
-        assert (tmp_path / "figures" / fig).stat().st_size > 10_000
-    with open(tmp_path / "results" / "measures" / "claims.csv") as f:
+        assert (figures / fig).stat().st_size > 10_000
+    with open(results / "measures" / "claims.csv") as f:
         rows = list(csv.DictReader(f))
     assert all(r["verdict"] in VERDICTS for r in rows)
-    res = AM.load_results("test", tmp_path / "results")
-    # the lambda_max row is the one verdict function applied to the runs' final Hessians
-    sgd = [r["summary"]["lambda_max"] for r in res["runs"]["sgd"]]
-    sam = [r["summary"]["lambda_max"] for r in res["runs"]["sam"]]
-    g = compare_seeds(sgd, sam, lower_is_better=True)
-    assert rows[0]["verdict"] == g.verdict and float(rows[0]["gap"]) == pytest.approx(g.gap, 1e-3)
-    # each logged lambda_max is the top eigenvalue (an SLQ node at the end is never above it)
-    s = res["runs"]["sgd"][0]["summary"]
+    res = AM.load_results("test", results)
+    P = AM.PROFILES["test"]
+    # the lambda_max row: log(SGD / SAM) of the runs' final Hessians paired by seed (df 1); two
+    # epochs do not fit the training set, so the pre-registered precondition makes it (and the
+    # landscape row) "not comparable"
+    sgd = [r["final"]["lambda_max"] for r in res["runs"]["sgd"]]
+    sam = [r["final"]["lambda_max"] for r in res["runs"]["sam"]]
+    d = np.log(np.array(sgd) / np.array(sam))
+    assert float(rows[0]["gap"]) == pytest.approx(d.mean(), 1e-3)
+    assert float(rows[0]["se"]) == pytest.approx(d.std(ddof=1) / math.sqrt(2), 1e-3)
+    assert float(rows[0]["df"]) == 1 and rows[0]["kind"] == "effect"
+    fig12 = [r for r in rows if r["figure"] in (AM.FIG1, AM.FIG2)]
+    assert len(fig12) == 3 and all(r["verdict"] == "not comparable" for r in fig12)
+    assert all("fit their training set" in r["note"] for r in fig12)
+
+    # the same runs as if they fitted: the lambda_max row is judged; the ratio row only when the
+    # baseline has a separated top eigenvalue (SGD lambda_max / lambda_5 >= 3)
+    def final(o, **kw):
+        return [{**r, "final": {**r["final"], **kw}} for r in res["runs"][o]]
+
+    fit = {o: final(o, train_err=0.0, ratio=1.6 if o == "sgd" else 1.5) for o in ("sgd", "sam")}
+    lam, ratio = (r.cells() for r in AM.spectrum_rows(fit))
+    assert lam["verdict"] != "not comparable" and "measured at minima" in lam["note"]
+    assert ratio["verdict"] == "not comparable" and "separated top eigenvalue" in ratio["note"]
+    outlier = {o: final(o, train_err=0.0, ratio=6.0 if o == "sgd" else 2.0) for o in fit}
+    ratio = AM.spectrum_rows(outlier)[1].cells()
+    assert ratio["verdict"] != "not comparable" and ratio["gap"] == pytest.approx(math.log(3))
+    # each lambda_max is the top eigenvalue (an SLQ node at the end is never above it)
+    s = res["runs"]["sgd"][0]["final"]
     assert max(s["density_nodes"][0]) <= s["lambda_max"] * (1 + 1e-3)
     assert sum(s["density_weights"][0]) == pytest.approx(1.0, abs=1e-6)
+    assert s["ratio"] == pytest.approx(s["lambda_max"] / s["eigenvalues"][4]) and s["ratio"] >= 1
     land = res["landscapes"]
     interp = land["interpolation"]["train"]
     assert [r["t"] for r in interp][0] == -0.5 and interp[-1]["t"] == 1.5
@@ -55,31 +78,73 @@ def test_reproduce_test_profile(tmp_path):
     at0 = next(r for r in interp if r["t"] == 0.0)["loss"]
     mid = next(r for r in land["sgd_seed0"]["slice_1d"] if r["alpha"] == 0.0)["loss"]
     assert at0 == pytest.approx(mid, rel=1e-6)
+    # ... and t = 1 is the ERM -> SAM model: its loss differs (SAM trained its last epoch)
+    at1 = next(r for r in interp if r["t"] == 1.0)["loss"]
+    assert at1 != pytest.approx(at0, rel=1e-6)
+    _check_trainer_runs(res, P)
     # without deep-net runs Figure 3's row is "not run" and names the command that makes them
     fig3 = [r for r in rows if r["figure"] == AM.FIG3]
     assert len(fig3) == 1 and fig3[0]["verdict"] == "not run"
     assert "python -m analysis.reproduce --only deep_nets" in fig3[0]["note"]
-    assert not (tmp_path / "figures" / AM.FIG3).exists()
+    assert not (figures / AM.FIG3).exists()
     # every figure drawn has a caption; Figure 1 is the key figure
-    caps = {c["file"]: c for c in read_captions(tmp_path / "results", "measures")}
+    caps = {c["file"]: c for c in read_captions(results, "measures")}
     assert set(caps) == {AM.FIG1, AM.FIG2, AM.FIG4}
     assert caps[AM.FIG1]["key"] and not caps[AM.FIG4]["key"]
-    assert (tmp_path / "figures" / AM.FIG4).stat().st_size > 10_000
+    # two epochs do not fit the training set: the captions say what was measured
+    assert "not minima" in caps[AM.FIG1]["shows"] and "not minima" in caps[AM.FIG2]["shows"]
+    assert (figures / AM.FIG4).stat().st_size > 10_000
     assert {r["figure"] for r in rows if r["verdict"] != "not run"} >= {AM.FIG1, AM.FIG4}
-    # a second call reuses the finished runs
-    before = (tmp_path / "results" / "measures" / "test" / "sgd_seed0" / "summary.json").stat()
-    AM.reproduce("test", tmp_path / "results", tmp_path / "figures")
-    after = (tmp_path / "results" / "measures" / "test" / "sgd_seed0" / "summary.json").stat()
-    assert before.st_mtime_ns == after.st_mtime_ns
-    # the runs go through suite.launch: --force retrains them (and re-measures the landscapes)
+    # a second call reuses the finished runs and their measurements
+    run0 = Path(res["runs"]["sgd"][0]["path"])
+    hess = run0 / "measures" / "hessian_epoch1" / "result.json"
+    stamps = [(run0 / "summary.json").stat().st_mtime_ns, hess.stat().st_mtime_ns]
+    AM.reproduce("test", results, figures)
+    assert stamps == [(run0 / "summary.json").stat().st_mtime_ns, hess.stat().st_mtime_ns]
+    # a measurement of another checkpoint file (its SHA-256) is measured again
+    stored = json.loads(hess.read_text())
+    hess.write_text(json.dumps({**stored, "checkpoint_sha256": "0" * 64}))
+    AM.load_results("test", results, measure=True)
+    assert json.loads(hess.read_text())["checkpoint_sha256"] == stored["checkpoint_sha256"]
+    # without measuring (the notebook), a missing measurement names the stage's command
+    hess.unlink()
+    with pytest.raises(FileNotFoundError, match="analysis.reproduce --only measures"):
+        AM.load_results("test", results)
+    # the runs go through suite.launch: --force retrains them
     from suite import launch
 
-    land = tmp_path / "results" / "measures" / "test" / "landscapes.json"
-    land_before = land.stat().st_mtime_ns
     with launch.configure(force=True):
-        AM.reproduce("test", tmp_path / "results", tmp_path / "figures")
-    forced = (tmp_path / "results" / "measures" / "test" / "sgd_seed0" / "summary.json").stat()
-    assert forced.st_mtime_ns != after.st_mtime_ns and land.stat().st_mtime_ns != land_before
+        AM.reproduce("test", results, figures)
+    assert (run0 / "summary.json").stat().st_mtime_ns != stamps[0]
+
+
+def _check_trainer_runs(res, P):
+    """The spectrum runs are deep_nets/train.py runs with the profile's flags, measured from the
+    checkpoints of the measured epochs: one lambda_max recomputed here from epoch 1's weights; the
+    curve's errors are the trainer's epoch rows; the ERM -> SAM run replays the ERM run until the
+    switch, then trains with SAM."""
+    from deep_nets.eval_sharpness import _examples
+    from deep_nets.eval_sharpness import load_run as load_deep_run
+    from suite.rundir import load_run
+
+    sam0 = Path(res["runs"]["sam"][0]["path"])
+    conf = json.loads((sam0 / "config.json").read_text())["config"]
+    assert conf["sam_rho"] == P["rho"] and conf["model"] == "mlp" and conf["dataset"] == "mnist1d"
+    assert [r["epoch"] for r in res["runs"]["sam"][0]["curve"]] == list(P["eval_epochs"])
+    run = load_deep_run(str(sam0 / "epoch_1.pt"), torch.device("cpu"))
+    x, y = _examples(run, "train", P["hessian"]["n_examples"], 0)
+    op = M.HessianOperator(run.model, F.cross_entropy, (x, y), dtype=torch.float64)
+    top = float(np.linalg.eigvalsh(op.dense().numpy())[-1])
+    assert res["runs"]["sam"][0]["curve"][0]["lambda_max"] == pytest.approx(top, rel=1e-3)
+    rows = [r for r in load_run(sam0)["metrics"] if r.get("epoch_end")]
+    assert res["runs"]["sam"][0]["curve"][0]["train_err"] == rows[0]["train_err"]
+    ft = load_run(sam0.parent / next(p.name for p in sam0.parent.iterdir() if "from" in p.name))
+    erm = load_run(Path(res["runs"]["sgd"][0]["path"]))
+    ft_rows, erm_rows = ([r for r in x["metrics"] if r.get("epoch_end")] for x in (ft, erm))
+    assert ft_rows[0]["train_loss"] == erm_rows[0]["train_loss"] and ft_rows[0]["rho"] == 0
+    assert (
+        ft_rows[-1]["rho"] == P["rho"] and ft_rows[-1]["train_loss"] != erm_rows[-1]["train_loss"]
+    )
 
 
 def test_rank_correlation_is_kendalls_tau():
@@ -176,6 +241,8 @@ def test_figure3_end_to_end(tmp_path):
         return kendalltau(g["sharpness"], g["test_error"]).statistic
 
     assert float(rows[0]["gap"]) == pytest.approx(tau(m0) - tau(m1), abs=1e-12)
+    # the bootstrap resamples seeds: these five runs share seed 0, so nothing decides (df 0)
+    assert rows[0]["df"] == 0 and math.isnan(rows[0]["se"])
     r0 = rows[0]
     assert r0["verdict"] == verdict(r0["gap"], r0["se"], r0["df"], Claim(r0["kind"], r0["sesoi"]))
     assert len(specs) == 5
@@ -247,7 +314,8 @@ def test_correlations_against_scipy():
     for m, col in ((4, s4), (128, s128)):
         assert out.loc[m, "kendall_tau"] == pytest.approx(kendalltau(col, err).statistic, 1e-12)
         assert out.loc[m, "spearman"] == pytest.approx(spearmanr(col, err).statistic, 1e-12)
-    ts, tl, gap, se = AM.correlation_gap(df, 4, 128, 0.1, boot=300, seed=5)
+    ts, tl, gap, se, k = AM.correlation_gap(df, 4, 128, 0.1, boot=300, seed=5)
+    assert k == 8  # without clusters every run is its own
     assert ts == pytest.approx(kendalltau(s4, err).statistic)
     assert gap == pytest.approx(kendalltau(s4, err).statistic - kendalltau(s128, err).statistic)
     rng = np.random.default_rng(5)
@@ -259,7 +327,33 @@ def test_correlations_against_scipy():
     d = [x for x in d if math.isfinite(x)]
     assert se == pytest.approx(np.std(d, ddof=1), rel=1e-12)
     same = df.assign(sharpness=s4 + s4)
-    assert AM.correlation_gap(same, 4, 128, 0.1, boot=50)[2:] == (0.0, 0.0)
+    assert AM.correlation_gap(same, 4, 128, 0.1, boot=50)[2:] == (0.0, 0.0, 8)
+    # seed clusters: a draw takes whole seeds (every run of the seed), as resampled here
+    seed_of = {r: i % 3 for i, r in enumerate(runs)}  # three seeds of 3, 3 and 2 runs
+    *_, se_c, k = AM.correlation_gap(df, 4, 128, 0.1, boot=300, seed=5, clusters=seed_of)
+    assert k == 3
+    groups = [np.array([i for i in range(8) if i % 3 == c]) for c in range(3)]
+    rng = np.random.default_rng(5)
+    d = []
+    for _ in range(300):
+        i = np.concatenate([groups[j] for j in rng.integers(0, 3, 3)])
+        d.append(kendalltau(a[i], e[i]).statistic - kendalltau(b[i], e[i]).statistic)
+    d = [x for x in d if math.isfinite(x)]
+    assert se_c == pytest.approx(np.std(d, ddof=1), rel=1e-12)
+    # one seed has no spread to resample: the SE is unknown, not 0 (which would decide)
+    one = AM.correlation_gap(df, 4, 128, 0.1, boot=50, clusters=dict.fromkeys(runs, 0))
+    assert math.isnan(one[3]) and one[4] == 1
+
+
+def test_figure3_test_error_is_the_scored_one():
+    """Fig. 3's test error of a run: the last weights' error on every scored test example
+    (summary.json "scored", e.g. mnist1d's generated test set) when the run has it, else the
+    metrics rows' test_err_last."""
+    from analysis.measures.runs import test_error
+
+    scored = {"test_err_last": 0.30, "scored": {"last": {"test_err": 0.25}, "n_test": 100_000}}
+    assert test_error(scored) == 0.25 and test_error({"test_err_last": 0.30}) == 0.30
+    assert test_error(scored, "test_err_at_best_val") is None
 
 
 # ------------------------------------------------------------- Figure 4 (diagonal linear nets)
@@ -295,14 +389,18 @@ def test_diagonal_solutions_and_claims():
     rows = [r.cells() for r in AM.fig4_claims(sol)]
     assert len(rows) == 4 and all(r["verdict"] in VERDICTS for r in rows)
     seeds = AM.DIAG_SEEDS["test"]
-    d = np.array([by["gd", s]["l1"] - by["1sam", s]["l1"] for s in seeds])
+    d = np.log([by["gd", s]["l1"] / by["1sam", s]["l1"] for s in seeds])
     row = next(r for r in rows if r["claim"].startswith("1-SAM") and "beta" in r["claim"])
     assert row["gap"] == pytest.approx(d.mean()) and row["se"] == pytest.approx(
         d.std(ddof=1) / math.sqrt(len(d))
     )
+    assert row["df"] == len(seeds) - 1 and row["kind"] == "effect"
     assert row["verdict"] == verdict(
         row["gap"], row["se"], row["df"], Claim(row["kind"], row["sesoi"])
     )
+    # n-SAM's and 1-SAM's lambda_max rows are the papers' null claims, tested by equivalence
+    nulls = [r for r in rows if r["kind"] == "null"]
+    assert len(nulls) == 3 and all(r["sesoi"] == pytest.approx(math.log(1.05)) for r in nulls)
     for r in sol:
         P = make_problem(seed=r["seed"])
         u, v = np.array(r["u"]), np.array(r["v"])
