@@ -41,7 +41,12 @@ CLAIM_COLUMNS = (
     "figure",  # the figure file that shows it
     "note",  # deviations from the paper's setting and why
 )
-VERDICTS = ("reproduced", "within noise", "contradicted", "not run")
+# Words of the pre-registered verdicts (suite.stats.judge, whose docstring defines them):
+# "equivalent": a null claim shown within its margin (TOST); "negligible": an effect shown smaller
+# than the claim's smallest effect of interest; "not comparable": the profile's setting cannot test
+# the claim (declared with the row, before results: e.g. a budget where training has not converged).
+STATS_VERDICTS = ("equivalent", "negligible", "not comparable")
+VERDICTS = ("reproduced", "within noise", "contradicted", "not run") + STATS_VERDICTS
 THRESHOLD = 2.0  # standard errors; fixed before results are seen
 
 
