@@ -144,3 +144,21 @@ def test_runs_store_which_examples_they_get_wrong_and_pair(tmp_path):
     assert design([a], [b]) == "paired" and design([a], [c]) == "unpaired"
     gap = s_erm["scored"]["last"]["test_err"] - s_sam["scored"]["last"]["test_err"]
     assert compare([a], [b]).gap == pytest.approx(gap)
+
+
+def test_best_is_scored_with_the_best_validation_weights(tmp_path):
+    """80 training signals at a constant lr of 0.5: validation error is lowest mid-run (epoch 4
+    here, 0.80 against 0.90 at the end), so the best and the last weights differ."""
+    cfg = tiny(tmp_path / "run", epochs=8, batch_size=16, frac_train=0.02, lr_max=0.5,
+               lr_schedule="constant", model_width=64, no_data_augm=True)  # fmt: skip
+    s = train(cfg)
+    assert s["best_epoch"] < s["epochs_done"]  # the premise of this test
+    data = load_dataset("mnist1d", None, seed=0, frac_train=0.02, **SIZES)
+    wrong = read_wrong(tmp_path / "run" / "wrong.npz")
+    best = torch.load(tmp_path / "run" / BEST, weights_only=True)
+    model = build_model("mlp", in_channels=1, num_classes=10, width=64, input_shape=(1, 40))
+    model.load_state_dict(best["model"])
+    with torch.no_grad():
+        want = (model(data.val_x).argmax(1) != data.val_y).numpy()
+    assert np.array_equal(wrong["best_val"], want)
+    assert s["scored"]["best"]["val_err"] == s["best_val_err"] < s["scored"]["last"]["val_err"]
