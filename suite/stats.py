@@ -44,17 +44,21 @@ seeds), so SE^2 = var_s(d) / k already contains both sources.
 
 Unpaired (Welch): SE^2 = var(A) / k_A + var(B) / k_B over the per-run means, plus, when every run
 of a side is scored on the same n examples, that side's test-sampling term var_x(mean_s a_s(x)) / n
-(p (1 - p) / n for 0/1 errors), since a fixed test set's luck is shared by the side's seeds.
+(p (1 - p) / n for one run of 0/1 errors), since a fixed test set's luck is shared by the side's
+seeds; it also holds the runs' own prediction noise, which the seed term counts too, so the form
+is conservative (by 17% in variance in tests/test_stats.py).
 
 Degrees of freedom. Paired: the seed count, df = k - 1. It is exact when the seed term dominates
 and conservative when the (nearly exactly known, n - 1 df) example term does. Welch-Satterthwaite
 over the three terms was tried and rejected: its df is estimated from the same small seed sample,
 and a seed variance that is small by chance also buys a large df, so at k = 2 it rejected a true
-null 10-13% of the time (the simulations of tests/test_stats.py). Two seeds therefore give
-t(0.975, 1) = 12.7, not 2; a 2-SE rule has a 29.5% false-positive rate there. Unpaired: Welch-
-Satterthwaite over the two seed terms alone (the example terms are treated as known to those df,
-which only lowers df). ``pooled_seed_variance`` pools the seed term over the comparisons of a
-family (df = sum (k_i - 1)) after checking that their variances agree (Bartlett's test).
+null 10-13% of the time (in nulls simulated like those of tests/test_stats.py). Two seeds
+therefore give t(0.975, 1) = 12.7, not 2: a 2-SE rule rejects a true null 29.5% of the time on
+seed-level numbers, and 18.6% even with this (correct) paired SE in those simulations.
+Unpaired: Welch-Satterthwaite over the two seed terms alone (the example terms are treated as
+known to those df, which only lowers df). ``pooled_seed_variance`` pools the seed term over the
+comparisons of a family (df = sum (k_i - 1)) after checking that their variances agree
+(Bartlett's test).
 
 Verdicts (``judge``) against a ``Claim`` declared before the results: its kind (an effect the
 paper claims, or a null claim "X stays near Y"), smallest effect of interest / equivalence margin
