@@ -118,7 +118,7 @@ def test_ddp_two_workers_equal_msam_with_one_chunk_per_worker(tmp_path):
     assert ddp["summary"]["world_size"] == 2 and ddp["summary"]["m"] == 8
     assert len(ddp["metrics"]) == 3  # only rank 0 wrote (epoch 0, 1, 2)
     assert sorted(p.name for p in (tmp_path / "ddp").iterdir()) == [
-        "best.pt", "checkpoint.pt", "config.json", "metrics.jsonl", "summary.json",
+        "best.pt", "checkpoint.pt", "config.json", "metrics.jsonl", "summary.json", "wrong.npz",
     ]  # fmt: skip
 
     train(TrainConfig(**flags, acc_steps=2, out_dir=str(tmp_path / "single")))
