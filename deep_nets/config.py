@@ -293,7 +293,9 @@ class TrainConfig:
         10000, "evaluation", "size of the fixed training subset evaluated (examples)"
     )
     n_eval: int = _f(
-        0, "evaluation", "evaluate at most this many validation/test examples; 0 = all"
+        0,
+        "evaluation",
+        "evaluate (and score at the end) at most this many validation/test examples; 0 = all",
     )
     n_test_rows: int = _f(
         10000,

@@ -33,6 +33,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 import contextlib  # noqa: E402
 import copy  # noqa: E402
 import dataclasses  # noqa: E402
+import hashlib  # noqa: E402
 import math  # noqa: E402
 import os  # noqa: E402
 import time  # noqa: E402
@@ -601,14 +602,30 @@ class Trainer:
 
     def score_examples(self, last_epoch: float) -> dict[str, Any]:
         """Score the best-validation weights (best.pt) and the last weights on every validation
-        and test example, save which ones each gets wrong (wrong.npz, atomically) and return
+        and test example (the first --n_eval where that is set; --n_test_rows does not apply),
+        save which ones each gets wrong (wrong.npz, atomically) and return
         summary.json's ``scored``: their error rates, epochs, the examples' SHA-256 and the
         seed, from which ``suite.stats`` tells a paired comparison (same seed, same examples)
         from an unpaired one. Run at the end of a run (or at --stop_after_epoch), when the
         current weights are those of the last metrics row."""
         from deep_nets.evaluation import write_wrong, wrong_examples
 
-        t0, sp, bs = time.perf_counter(), self.splits, self.cfg.batch_size_eval
+        t0, sp, bs, cap = (
+            time.perf_counter(),
+            self.splits,
+            self.cfg.batch_size_eval,
+            self.cfg.n_eval,
+        )
+        scored = {
+            k: (x[:cap], y[:cap]) if 0 < cap < len(y) else (x, y)
+            for k, x, y in (("val", sp.val_x, sp.val_y), ("test", sp.test_x, sp.test_y))
+        }
+        digests = {
+            k: sp.info["examples_sha256"][k]
+            if len(y) == len(getattr(sp, f"{k}_y"))
+            else hashlib.sha256(f"{sp.info['examples_sha256'][k]}[:{len(y)}]".encode()).hexdigest()
+            for k, (_, y) in scored.items()
+        }
         nets = {"last": (self.model, last_epoch)}
         if self.best is not None and "model" in self.best:
             best_net = copy.deepcopy(self.model)
@@ -617,16 +634,15 @@ class Trainer:
         wrong, out = {}, {}
         for name, (net, epoch) in nets.items():
             out[name] = {"epoch": epoch}
-            for split, x, y in (("val", sp.val_x, sp.val_y), ("test", sp.test_x, sp.test_y)):
+            for split, (x, y) in scored.items():
                 w = wrong_examples(net, x, y, bs, autocast=self.autocast)
                 wrong[f"{name}_{split}"] = w
                 out[name][f"{split}_err"] = float(w.mean()) if w.size else None
         write_wrong(self.out_dir / WRONG, wrong)
         return {
             "file": WRONG, **out, "seed": self.cfg.seed,
-            "n_val": int(sp.val_y.numel()), "n_test": int(sp.test_y.numel()),
-            "val_sha256": sp.info["examples_sha256"]["val"],
-            "test_sha256": sp.info["examples_sha256"]["test"],
+            "n_val": len(scored["val"][1]), "n_test": len(scored["test"][1]),
+            "val_sha256": digests["val"], "test_sha256": digests["test"],
             "seconds": round(time.perf_counter() - t0, 3),
         }  # fmt: skip
 

@@ -32,6 +32,11 @@ from suite.rundir import load_run
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
 
 
+# Smaller generated validation / test sets than the defaults (10k / 100k): every run scores its
+# best and last weights on all of them, and these tests check the trainer, not the statistics.
+SMALL_MNIST1D = dict(mnist1d_n_val=2000, mnist1d_n_test=5000)
+
+
 def tiny(out: Path, **kw) -> TrainConfig:
     """A 2-epoch mnist1d MLP run of 25 steps per epoch (800 training examples, batch 32)."""
     base = dict(
@@ -49,6 +54,8 @@ def tiny(out: Path, **kw) -> TrainConfig:
         out_dir=str(out),
     )
     base.update(kw)
+    if base["dataset"] == "mnist1d":
+        base = {**SMALL_MNIST1D, **base}
     return TrainConfig(**base)
 
 
@@ -322,7 +329,7 @@ def test_logged_numbers_can_be_recomputed_from_the_checkpoint(tmp_path):
     model = build_model("mlp", in_channels=1, num_classes=10, width=16, input_shape=(1, 40))
     model.load_state_dict(ck["model"])
     assert ck["swa"].keys() == ck["model"].keys()
-    data = load_dataset("mnist1d", None, seed=0, frac_train=0.2)
+    data = load_dataset("mnist1d", None, seed=0, frac_train=0.2, **SMALL_MNIST1D)
     with torch.no_grad():
         wrong = model(data.test_x).argmax(1) != data.test_y
     # the rows' test error: the first --n_test_rows examples; summary "scored": all of them
