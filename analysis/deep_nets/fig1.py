@@ -430,8 +430,8 @@ EXPERIMENT = Experiment(
     wave=1,
     title="Fig. 1: test error vs rho",
     shows=Caption(
-        "Test error (best-validation and last epoch; mean +- std over seeds, 100 000 test "
-        "examples on mnist1d) vs training rho for ERM (band, untuned), random perturbation, "
+        "Test error (best-validation and last epoch; mean +- std over seeds, every test "
+        "example scored) vs training rho for ERM (band, untuned), random perturbation, "
         "n-SAM, SAM (m = batch) and m-SAM (small m); stars: each seed's rho chosen on the "
         "validation set; {setting}."
     ),
