@@ -211,7 +211,6 @@ def test_fig1_uses_the_originals_n_sam_and_random_baseline():
 
 
 def test_switch_epoch_is_counted_as_the_original():
-    from deep_nets.train import sam_active
 
     P = PROFILES["quick"]
     e = fig9.switch_epoch(P)
@@ -220,19 +219,18 @@ def test_switch_epoch_is_counted_as_the_original():
         fig9.ft_methods(P)["SAM -> ERM"](0).as_dict,
     ):
         cfg = TrainConfig(**flags)
-        assert sam_active(cfg, e - 1)  # the switch epoch (1-based e) is a SAM epoch in both
+        assert cfg.sam_radius(e - 1, 0.1) > 0  # the switch epoch (1-based e) is a SAM epoch in both
     assert e == 45  # 75% of 60 epochs
 
 
 @pytest.mark.parametrize("profile", ["test", "quick", "full", "paper"])
 def test_switch_runs_really_switch(profile):
     """Each switch run has ERM epochs and SAM epochs (the original's count includes both ends)."""
-    from deep_nets.train import sam_active
 
     P = PROFILES[profile]
     for label in ("ERM -> SAM", "SAM -> ERM"):
         cfg = TrainConfig(**fig9.ft_methods(P)[label](0).as_dict)
-        on = [sam_active(cfg, e) for e in range(cfg.epochs)]
+        on = [cfg.sam_radius(e, 0.1) > 0 for e in range(cfg.epochs)]
         assert any(on) and not all(on), f"{profile}: {label} is SAM in epochs {on}"
 
 
