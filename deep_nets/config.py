@@ -102,6 +102,17 @@ class TrainConfig:
         "keep the validation labels clean (an oracle for early stopping); by "
         "default they are noisy like the training labels, as in the original",
     )
+    mnist1d_n_val: int = _f(
+        10000,
+        "data",
+        "mnist1d: signals in the generated validation set (a multiple of 10; selection uses "
+        "it alone)",
+    )
+    mnist1d_n_test: int = _f(
+        100000,
+        "data",
+        "mnist1d: signals in the generated test set (a multiple of 10)",
+    )
     no_data_augm: bool = _f(
         False,
         "data",
@@ -302,7 +313,16 @@ class TrainConfig:
         10000, "evaluation", "size of the fixed training subset evaluated (examples)"
     )
     n_eval: int = _f(
-        0, "evaluation", "evaluate at most this many validation/test examples; 0 = all"
+        0,
+        "evaluation",
+        "evaluate (and score at the end) at most this many validation/test examples; 0 = all",
+    )
+    n_test_rows: int = _f(
+        10000,
+        "evaluation",
+        "test examples in each metrics row (the curves); 0 = all. The best-validation and "
+        "the last weights are always scored on every validation and test example "
+        "(summary.json 'scored', wrong.npz)",
     )
     sharpness_rho: float = _f(
         0.05,
@@ -476,6 +496,7 @@ def check_config(cfg: TrainConfig, world_size: int = 1) -> None:
     for name in (
         "eval_iter_freq",
         "n_eval",
+        "n_test_rows",
         "stop_after_epoch",
         "workers",
         "n_sharpness",
@@ -520,6 +541,12 @@ def check_config(cfg: TrainConfig, world_size: int = 1) -> None:
     models.parse_activation(cfg.activation)
     if cfg.noise_type == "asym" and cfg.p_label_noise > 0 and cfg.dataset != "cifar10":
         bad(f"--noise_type asym is defined for --dataset cifar10 only (not {cfg.dataset})")
+    for name in ("mnist1d_n_val", "mnist1d_n_test"):
+        v = getattr(cfg, name)
+        if cfg.dataset != "mnist1d" and v != TrainConfig.__dataclass_fields__[name].default:
+            bad(f"--{name} has no effect without --dataset mnist1d")
+        if v < 10 or v % 10:
+            bad(f"--{name} must be a positive multiple of 10 (got {v})")
     if cfg.clean_val and cfg.p_label_noise == 0:
         bad("--clean_val has no effect without --p_label_noise > 0")
     if cfg.batch_size % cfg.acc_steps:

@@ -9,8 +9,12 @@ Formats (each read by a small parser here; nothing is unpickled without an allow
 - fashion_mnist: the four idx files (gzipped or not) from `data_dir`, else the Debian package
   `dataset-fashion-mnist` (/usr/share/datasets/fashion-mnist), else downloaded from the official
   URLs and checked against SHA-256 sums.
-- mnist1d: generated offline by the PyPI package `mnist1d` (its `make_dataset` with its default
-  arguments, seed 42: 4000 train / 1000 test signals of length 40), never its download.
+- mnist1d: generated offline by the PyPI package `mnist1d`, never its download. Training: the
+  package's standard 4000 signals (`make_dataset` with its default arguments, seed 42); its 1000
+  standard test signals are not used. Validation and test: fresh signals of the same generator
+  with other seeds (`MNIST1D_VAL_SEED`, `MNIST1D_TEST_SEED`; 10 000 and 100 000 by default), put
+  on the standard set's scale (see `mnist1d_signals`), so that a test error is decided to ~0.1
+  point and selection noise is small; `val_frac` does not apply (nothing is held out).
 - cifar10 / cifar100: the "python version" release (`cifar-10-batches-py/data_batch_{1..5}`,
   `test_batch`; `cifar-100-python/train`, `test`), read with a restricted unpickler; downloaded
   (tar.gz, SHA-256 checked) when missing and `download=True`.
@@ -93,8 +97,13 @@ SVHN_FILES: dict[str, str] = {
     "test_32x32.mat": "cdce80dfb2a2c4c6160906d0bd7c68ec5a99d7ca4831afa54f09182025b6a75b",
 }
 
-# mnist1d: the package's default arguments fix seed 42; we never change them.
+# mnist1d: the package's default arguments fix seed 42; we never change them. The generated
+# validation and test sets use their own seeds (any other than 42 gives independent signals).
 MNIST1D_SEED = 42
+MNIST1D_VAL_SEED = 4201
+MNIST1D_TEST_SEED = 4202
+MNIST1D_N_VAL = 10_000
+MNIST1D_N_TEST = 100_000
 
 
 class DataError(ValueError):
@@ -313,7 +322,7 @@ def _fashion_mnist_raw(data_dir: str | os.PathLike | None, download: bool) -> di
 
 # --------------------------------------------------------------------------- mnist1d
 
-_MNIST1D_CACHE: dict[str, np.ndarray] = {}
+_MNIST1D_CACHE: dict[Any, np.ndarray] = {}
 
 
 def _mnist1d_package() -> Any:
@@ -391,49 +400,80 @@ def mnist1d_signals(seed: int, n: int) -> tuple[np.ndarray, np.ndarray]:
     return x[perm], labels[perm]
 
 
-def _mnist1d_raw() -> dict[str, Any]:
+def _mnist1d_raw(n_val: int = MNIST1D_N_VAL, n_test: int = MNIST1D_N_TEST) -> dict[str, Any]:
+    for what, n in (("mnist1d_n_val", n_val), ("mnist1d_n_test", n_test)):
+        if n < 10 or n % 10:
+            raise ValueError(f"--{what} must be a positive multiple of 10 (got {n})")
     if not _MNIST1D_CACHE:
-        try:
-            from mnist1d.data import get_dataset_args, make_dataset
-        except ImportError as e:
-            raise DataError(
-                "mnist1d needs the PyPI package `mnist1d` (pip install mnist1d); "
-                f"import failed: {e}"
-            ) from e
-        args = get_dataset_args()
-        if args.seed != MNIST1D_SEED:
-            raise DataError(f"mnist1d default seed changed to {args.seed}; expected {MNIST1D_SEED}")
+        pkg = _mnist1d_package()
         # make_dataset reseeds the global `random` and numpy generators: restore them so loading
         # data never changes the caller's random streams.
         py_state, np_state = random.getstate(), np.random.get_state()
         try:
-            d = make_dataset(args)
+            d = pkg.data.make_dataset(pkg.data.get_dataset_args())
         finally:
             random.setstate(py_state)
             np.random.set_state(np_state)
+        raw, raw_y = mnist1d_signals(MNIST1D_SEED, 5000)
+        # make_dataset's standardization: one scalar mean and std over its 5000 raw signals; the
+        # generated sets get the same constants, so they are on the training set's scale.
+        center, scale = raw.mean(), raw.std()
+        ours = (raw - center) / scale
+        err = max(np.abs(ours[:4000] - d["x"]).max(), np.abs(ours[4000:] - d["x_test"]).max())
+        if err > 1e-9 or not np.array_equal(np.concatenate([d["y"], d["y_test"]]), raw_y):
+            raise DataError(
+                f"mnist1d {_mnist1d_version()}: deep_nets.data.mnist1d_signals no longer "
+                f"reproduces the package's make_dataset (max difference {err:.3g}); the "
+                "generated validation/test sets need the generator this suite was checked with"
+            )
         _MNIST1D_CACHE.update(
             train_x=np.asarray(d["x"], dtype=np.float32),
             train_y=np.asarray(d["y"], dtype=np.int64),
-            test_x=np.asarray(d["x_test"], dtype=np.float32),
-            test_y=np.asarray(d["y_test"], dtype=np.int64),
+            standardize=np.array([center, scale]),
         )
     c = _MNIST1D_CACHE
-    try:
-        version = importlib.metadata.version("mnist1d")
-    except importlib.metadata.PackageNotFoundError:
-        version = "unknown"
+    center, scale = c["standardize"]
+    for key, seed, n in (("val", MNIST1D_VAL_SEED, n_val), ("test", MNIST1D_TEST_SEED, n_test)):
+        if (key, n) not in c:
+            x, y = mnist1d_signals(seed, n)
+            c[(key, n)] = (((x - center) / scale).astype(np.float32), y)
+    (val_x, val_y), (test_x, test_y) = c[("val", n_val)], c[("test", n_test)]
     digest = hashlib.sha256()
-    for k in ("train_x", "train_y", "test_x", "test_y"):
-        digest.update(np.ascontiguousarray(c[k]).tobytes())
+    for a in (c["train_x"], c["train_y"], val_x, val_y, test_x, test_y):
+        digest.update(np.ascontiguousarray(a).tobytes())
+    version = _mnist1d_version()
     return {
         "train_x": c["train_x"][:, None],
         "train_y": c["train_y"],
-        "test_x": c["test_x"][:, None],
-        "test_y": c["test_y"],
-        "source": f"generated by mnist1d {version} make_dataset(default args, seed {MNIST1D_SEED})",
+        "val_x": val_x[:, None],
+        "val_y": val_y,
+        "test_x": test_x[:, None],
+        "test_y": test_y,
+        "source": (
+            f"generated by mnist1d {version}: training = make_dataset(default args, seed "
+            f"{MNIST1D_SEED})'s 4000; validation = {n_val} signals of seed {MNIST1D_VAL_SEED}, "
+            f"test = {n_test} of seed {MNIST1D_TEST_SEED}, standardized with the seed-"
+            f"{MNIST1D_SEED} set's constants ({center:.6g}, {scale:.6g})"
+        ),
         "files": [],
         "generated_sha256": digest.hexdigest(),
+        "generated": {
+            "package": f"mnist1d {version}",
+            "train_seed": MNIST1D_SEED,
+            "val_seed": MNIST1D_VAL_SEED,
+            "test_seed": MNIST1D_TEST_SEED,
+            "n_val": n_val,
+            "n_test": n_test,
+            "standardize": [float(center), float(scale)],
+        },
     }
+
+
+def _mnist1d_version() -> str:
+    try:
+        return importlib.metadata.version("mnist1d")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
 
 
 # --------------------------------------------------------------------------- CIFAR
@@ -773,6 +813,14 @@ def channel_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return x.mean(axis=axes, dtype=np.float64), x.std(axis=axes, dtype=np.float64)
 
 
+def _examples_digest(x: np.ndarray, y: np.ndarray) -> str:
+    h = hashlib.sha256()
+    for a in (x, y):
+        h.update(str((a.dtype.str, a.shape)).encode())
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
+
+
 def load_dataset(
     name: str,
     data_dir: str | os.PathLike | None,
@@ -785,6 +833,8 @@ def load_dataset(
     device: torch.device | str = "cpu",
     download: bool = True,
     noisy_val: bool = False,
+    mnist1d_n_val: int = MNIST1D_N_VAL,
+    mnist1d_n_test: int = MNIST1D_N_TEST,
 ) -> Splits:
     """Load `name`, split off validation, subset, add label noise, normalize, move to `device`.
 
@@ -794,13 +844,16 @@ def load_dataset(
     original, where early stopping sees a noisy validation set).
     Normalization: x <- (x / 255 - mean_c) / std_c (mnist1d: no /255), with per-channel mean
     and std over the final training split.
+    mnist1d: the validation set is generated (``mnist1d_n_val`` signals) instead of held out,
+    so ``val_frac`` does not apply and the training split is the standard 4000 signals; the
+    test set is ``mnist1d_n_test`` generated signals (see the module docstring).
     Raises DataError for missing / corrupt files, ValueError for bad arguments.
     """
     _validate_args(name, val_frac, frac_train, p_label_noise, noise_type)
     if name == "fashion_mnist":
         raw = _fashion_mnist_raw(data_dir, download)
     elif name == "mnist1d":
-        raw = _mnist1d_raw()
+        raw = _mnist1d_raw(mnist1d_n_val, mnist1d_n_test)
     elif name in ("cifar10", "cifar100"):
         raw = _cifar_raw(name, data_dir, download)
     else:
@@ -813,9 +866,15 @@ def load_dataset(
             raise DataError(f"{name}: {what} labels outside 0..{num_classes - 1} in {raw['files']}")
 
     n_full = len(train_y)
-    perm = np.random.default_rng([seed, 0]).permutation(n_full)
-    n_val = int(round(val_frac * n_full))
-    val_idx, tr_idx = np.sort(perm[:n_val]), np.sort(perm[n_val:])
+    if "val_x" in raw:  # a separate validation set: nothing is held out of the training set
+        val_frac = None
+        val_x_all, val_y_all = raw["val_x"], np.asarray(raw["val_y"], dtype=np.int64)
+        val_idx, tr_idx = np.arange(len(val_y_all)), np.arange(n_full)
+    else:
+        val_x_all, val_y_all = train_x, train_y
+        perm = np.random.default_rng([seed, 0]).permutation(n_full)
+        n_val = int(round(val_frac * n_full))
+        val_idx, tr_idx = np.sort(perm[:n_val]), np.sort(perm[n_val:])
     if frac_train < 1.0:
         n_keep = max(1, int(round(frac_train * len(tr_idx))))
         keep = np.random.default_rng([seed, 1]).choice(len(tr_idx), size=n_keep, replace=False)
@@ -835,7 +894,7 @@ def load_dataset(
         dataset=name,
     )
 
-    val_y_clean = train_y[val_idx]
+    val_y_clean = val_y_all[val_idx]
     val_y, val_noisy = val_y_clean, np.zeros(len(val_idx), dtype=bool)
     if noisy_val:
         val_y, val_noisy = corrupt_labels(
@@ -896,13 +955,21 @@ def load_dataset(
     }
     if "generated_sha256" in raw:
         info["generated_sha256"] = raw["generated_sha256"]
+    if "generated" in raw:
+        info["generated"] = raw["generated"]
+    # Which examples a model is scored on, before normalization (which follows each seed's
+    # training split): runs with equal digests are scored on the same examples (suite.stats).
+    info["examples_sha256"] = {
+        "val": _examples_digest(val_x_all[val_idx], val_y),
+        "test": _examples_digest(test_x, test_y),
+    }
 
     splits = Splits(
         train_x=to_x(tr),
         train_y=to_y(y_noisy),
         train_y_clean=to_y(y_clean),
         noisy=torch.from_numpy(noisy).to(device),
-        val_x=to_x(train_x[val_idx]),
+        val_x=to_x(val_x_all[val_idx]),
         val_y=to_y(val_y),
         test_x=to_x(test_x),
         test_y=to_y(test_y),

@@ -1,4 +1,5 @@
-"""Evaluation of the deep-net trainer: errors and losses, the logged sharpness estimate, SWA.
+"""Evaluation of the deep-net trainer: errors and losses, which examples are wrong (``wrong.npz``),
+the logged sharpness estimate, SWA.
 
 ``logged_sharpness`` is the one place that defines the sharpness number in ``metrics.jsonl``; it
 uses a fixed m and rho for every method (``--sharpness_m``, ``--sharpness_rho``), so ERM and m-SAM
@@ -9,14 +10,18 @@ offers the same estimate.
 from __future__ import annotations
 
 import contextlib
+import io
 import math
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Mapping
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sharpness.measures import m_sharpness
+from suite.rundir import atomic_write_bytes
 
 Autocast = Callable[[], contextlib.AbstractContextManager]
 
@@ -53,6 +58,54 @@ def evaluate(
             out[6] += (1 - nb).sum()
     net.train(was)
     return out
+
+
+@torch.no_grad()
+def wrong_examples(
+    net: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    batch_size: int,
+    *,
+    autocast: Autocast = contextlib.nullcontext,
+) -> np.ndarray:
+    """Bool array (N,): argmax_k net(x_i)_k != y_i, in eval mode, in the batches of ``evaluate``
+    (so its mean is ``evaluate``'s error rate on the same examples)."""
+    was = net.training
+    net.eval()
+    out = torch.empty(x.shape[0], dtype=torch.bool, device=x.device)
+    for i in range(0, x.shape[0], batch_size):
+        with autocast():
+            logits = net(x[i : i + batch_size])
+        out[i : i + batch_size] = logits.float().argmax(1) != y[i : i + batch_size]
+    net.train(was)
+    return out.cpu().numpy()
+
+
+def write_wrong(path: str | os.PathLike, wrong: Mapping[str, np.ndarray]) -> None:
+    """Save named bool arrays compactly and atomically: a numpy ``.npz`` holding, per name,
+    ``np.packbits(a, bitorder="little")`` and its length as ``n_<name>`` (100 000 examples take
+    12.5 kB). Read back with ``read_wrong``."""
+    arrays: dict[str, np.ndarray] = {}
+    for k, a in wrong.items():
+        a = np.asarray(a, dtype=bool)
+        if a.ndim != 1:
+            raise ValueError(f"write_wrong: {k!r} must be 1-D, got shape {a.shape}")
+        arrays[k] = np.packbits(a, bitorder="little")
+        arrays[f"n_{k}"] = np.array(a.size, dtype=np.int64)
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def read_wrong(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """The bool arrays ``write_wrong`` saved (``allow_pickle=False``: never unpickles)."""
+    with np.load(path, allow_pickle=False) as z:
+        names = [k for k in z.files if not k.startswith("n_")]
+        return {
+            k: np.unpackbits(z[k], count=int(z[f"n_{k}"]), bitorder="little").astype(bool)
+            for k in names
+        }
 
 
 def logged_sharpness(

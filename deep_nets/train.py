@@ -16,7 +16,9 @@ A run directory holds ``config.json`` (flags, git, versions, and the data's prov
 SHA-256, sizes, normalization, noise counts), ``metrics.jsonl`` (one JSON object per evaluation,
 the first one before any step), ``summary.json``, ``checkpoint.pt`` (rewritten atomically after
 every epoch and on Ctrl-C; ``--resume`` continues it, giving the same metrics as an uninterrupted
-run on CPU) and ``best.pt`` (the weights with the lowest validation error so far).
+run on CPU), ``best.pt`` (the weights with the lowest validation error so far) and, at the end,
+``wrong.npz`` (which validation and test examples the best and the last weights get wrong, scored
+on every example; ``summary.json`` ``scored`` has their error rates and the examples' digest).
 ``torchrun --nproc_per_node=N -m deep_nets.train ...`` trains with DistributedDataParallel.
 """
 
@@ -25,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import hashlib
 import math
 import os
 import sys
@@ -66,6 +69,7 @@ __all__ = ["TrainConfig", "build_parser", "config_from_argv", "main", "train"]
 
 CHECKPOINT = "checkpoint.pt"
 BEST = "best.pt"
+WRONG = "wrong.npz"  # per-example correctness of the best and last weights (score_examples)
 EXIT_INTERRUPTED = 130
 
 
@@ -245,6 +249,13 @@ class RunState:
     prev_y: Tensor | None = None
 
 
+def best_row(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The model-selection rule: the first row with the lowest *validation* error (the test error
+    never enters), or the last row when no row has a validation error."""
+    valid = [r for r in rows if r.get("val_err") is not None]
+    return min(valid, key=lambda r: r["val_err"]) if valid else rows[-1]
+
+
 def _default_out_dir(cfg: TrainConfig) -> str:
     tag = "erm" if not cfg.sam_on else f"{cfg.sam_variant}_rho{cfg.sam_rho}_m{cfg.m}"
     return f"runs/deep_nets/{cfg.dataset}_{cfg.model}_{tag}_seed{cfg.seed}"
@@ -328,6 +339,8 @@ class Trainer:
             noise_type=cfg.noise_type,
             device=device,
             noisy_val=not cfg.clean_val,
+            mnist1d_n_val=cfg.mnist1d_n_val,
+            mnist1d_n_test=cfg.mnist1d_n_test,
         )
         self.n_train = sp.train_x.shape[0]
         self.per_worker = cfg.batch_size // dd.world
@@ -515,7 +528,11 @@ class Trainer:
 
         self.ev_train = (sp.train_x[sub][shard], sp.train_y[sub][shard], sp.noisy[sub][shard])
         self.ev_val = (cap(sp.val_x)[shard], cap(sp.val_y)[shard])
-        self.ev_test = (cap(sp.test_x)[shard], cap(sp.test_y)[shard])
+
+        def rows(t: Tensor) -> Tensor:  # the curves' test subset (the scoring uses all)
+            return cap(t)[: cfg.n_test_rows] if cfg.n_test_rows > 0 else cap(t)
+
+        self.ev_test = (rows(sp.test_x)[shard], rows(sp.test_y)[shard])
         self.m_sharp = min(cfg.sharpness_m, max(1, cfg.n_sharpness))
         n_sh = (min(cfg.n_sharpness, sub.numel()) // self.m_sharp) * self.m_sharp
         sh_idx = sub[:n_sh]
@@ -635,8 +652,7 @@ class Trainer:
         if message:
             s["message"] = message
         if rows:
-            valid = [r for r in rows if r.get("val_err") is not None]
-            best = min(valid, key=lambda r: r["val_err"]) if valid else rows[-1]
+            best = best_row(rows)
             s.update(
                 best_epoch=best["epoch"],
                 best_val_err=best.get("val_err"),
@@ -647,9 +663,57 @@ class Trainer:
                 sharpness_last=rows[-1].get("sharpness"),
                 test_err_swa_last=rows[-1].get("test_err_swa"),
             )
+            if self.run is not None and status in ("finished", "stopped"):
+                s["scored"] = self.score_examples(rows[-1]["epoch"])
         if self.run is not None:
             self.run.write_summary(s)
         return s
+
+    def score_examples(self, last_epoch: float) -> dict[str, Any]:
+        """Score the best-validation weights (best.pt) and the last weights on every validation
+        and test example (the first --n_eval where that is set; --n_test_rows does not apply),
+        save which ones each gets wrong (wrong.npz, atomically) and return
+        summary.json's ``scored``: their error rates, epochs, the examples' SHA-256 and the
+        seed, from which ``suite.stats`` tells a paired comparison (same seed, same examples)
+        from an unpaired one. Run at the end of a run (or at --stop_after_epoch), when the
+        current weights are those of the last metrics row."""
+        from deep_nets.evaluation import write_wrong, wrong_examples
+
+        t0 = time.perf_counter()
+        sp, bs, cap = self.splits, self.cfg.batch_size_eval, self.cfg.n_eval
+        scored = {
+            k: (x[:cap], y[:cap]) if 0 < cap < len(y) else (x, y)
+            for k, x, y in (("val", sp.val_x, sp.val_y), ("test", sp.test_x, sp.test_y))
+        }
+        digests = {
+            k: sp.info["examples_sha256"][k]
+            if len(y) == len(getattr(sp, f"{k}_y"))
+            else hashlib.sha256(f"{sp.info['examples_sha256'][k]}[:{len(y)}]".encode()).hexdigest()
+            for k, (_, y) in scored.items()
+        }
+        nets = {"last": (self.model, last_epoch)}
+        if self.best is not None and "model" in self.best:
+            best_net = copy.deepcopy(self.model)
+            best_net.load_state_dict(self.best["model"])
+            nets["best"] = (best_net, self.best["epoch"])
+        wrong, out = {}, {}
+        for name, (net, epoch) in nets.items():
+            out[name] = {"epoch": epoch}
+            for split, (x, y) in scored.items():
+                w = wrong_examples(net, x, y, bs, autocast=self.autocast)
+                wrong[f"{name}_{split}"] = w
+                out[name][f"{split}_err"] = float(w.mean()) if w.size else None
+        write_wrong(self.out_dir / WRONG, wrong)
+        return {
+            "file": WRONG,
+            **out,
+            "seed": self.cfg.seed,
+            "n_val": len(scored["val"][1]),
+            "n_test": len(scored["test"][1]),
+            "val_sha256": digests["val"],
+            "test_sha256": digests["test"],
+            "seconds": round(time.perf_counter() - t0, 3),
+        }
 
     # ---- batches
     def batch_at(self, perm: Tensor, it: int) -> tuple[Tensor, Tensor]:

@@ -131,6 +131,7 @@ def test_ddp_two_workers_equal_msam_with_one_chunk_per_worker(tmp_path):
         "config.json",
         "metrics.jsonl",
         "summary.json",
+        "wrong.npz",
     ]
 
     train(TrainConfig(**flags, acc_steps=2, out_dir=str(tmp_path / "single")))

@@ -74,7 +74,6 @@ PROFILES: dict[str, dict[str, Any]] = {
             model_width=16,
             frac_train=0.1,
             epochs=4,
-            n_eval=2000,
             n_eval_train=1000,
         ),
         seeds=[0, 1],

@@ -217,11 +217,29 @@ def curve_rows(runs: Sequence[Mapping[str, Any]]) -> list[list[dict]]:
     return [([s] if with_start else []) + epoch_rows(r) for s, r in zip(starts, runs, strict=True)]
 
 
+def scored(run: Mapping[str, Any]) -> dict:
+    """``summary.json`` ``scored``: the best-validation and the last weights scored on every
+    validation and test example (error rates, epochs, the examples' digests, the seed; the
+    per-example errors in ``wrong.npz``); a clear error for a run written before the trainer
+    scored its runs."""
+    sc = (run.get("summary") or {}).get("scored")
+    if not sc:
+        raise ValueError(
+            f"{run.get('path')}: summary.json has no 'scored' block (the per-example scoring of "
+            "the best and the last weights); the run predates the trainer that writes it: "
+            "delete the run directory and run the experiment again"
+        )
+    return sc
+
+
 def n_test(run: Mapping[str, Any]) -> int:
-    """Test examples each error rate of ``run`` was measured on: the test-set size the trainer
-    recorded in the data provenance (``summary.json`` "data", else ``config.json`` "data",
-    ``sizes.test``), capped by the run's ``--n_eval``."""
+    """Test examples each error rate of ``run`` was measured on: the scored set's size
+    (``summary.json`` ``scored.n_test``: every test example, or the first ``--n_eval``); for a
+    run without it, the test-set size of the data provenance (``summary.json`` "data", else
+    ``config.json`` "data", ``sizes.test``), capped by the run's ``--n_eval``."""
     summary, conf = run.get("summary") or {}, run.get("config") or {}
+    if (summary.get("scored") or {}).get("n_test"):
+        return int(summary["scored"]["n_test"])
     data = summary.get("data") or conf.get("data") or {}
     size = (data.get("sizes") or {}).get("test")
     if not size:
@@ -249,7 +267,8 @@ class Outcome:
 
 
 def outcome(root: Path, label: str, specs: Sequence[Spec]) -> Outcome:
-    """Test error at the best-validation epoch and at the last epoch, per seed.
+    """Test error at the best-validation epoch and at the last epoch, per seed, on the scored
+    test set (every test example: ``summary.json`` ``scored``, not the metrics rows' subset).
 
     The best-validation epoch is the trainer's ``summary.json`` choice among the end-of-epoch
     rows (the epoch-0 row is not a candidate). With label noise the validation labels are noisy
@@ -260,8 +279,9 @@ def outcome(root: Path, label: str, specs: Sequence[Spec]) -> Outcome:
     for s in specs:
         run = load(root, s)
         o.runs.append(run)
-        o.best.append(float(run["summary"]["test_err_at_best_val"]))
-        o.last.append(float(run["summary"]["test_err_last"]))
+        sc = scored(run)
+        o.best.append(float(sc.get("best", sc["last"])["test_err"]))
+        o.last.append(float(sc["last"]["test_err"]))
     return o
 
 

@@ -10,7 +10,8 @@ Command: python -m deep_nets.train --config quick_mnist1d_mlp (ERM); the sweep a
     --acc_steps, --sam_variant, --sam_use_prev_batch, --add_weight_perturb_scale
     (python -m analysis.reproduce --only deep_nets)
 Measured here: see results/deep_nets/claims.csv and deep_nets/README.md (Experiments).
-Deviation: a 2-layer MLP on mnist1d (3600 training, 1000 test examples; generated offline) instead
+Deviation: a 2-layer MLP on mnist1d (the standard 4000 training signals; 10 000 validation and
+100 000 test signals generated with other seeds, so gaps are decided; offline) instead
 of ResNet-18 on CIFAR-10, 60 epochs with a cosine schedule, no augmentation (the MLP interpolates
 the training set, the regime where SAM's implicit bias matters).
 """
