@@ -15,9 +15,7 @@ from analysis.deep_nets import fig1, fig9, fig12, looksam
 from analysis.deep_nets.interpolation import interpolate_losses
 from analysis.deep_nets.profiles import PAPER_CONFIGS, PROFILES
 from analysis.deep_nets.runs import (
-    Outcome,
     Spec,
-    compare_rows,
     curve_rows,
     epoch_rows,
     mean_curve,
@@ -95,29 +93,7 @@ def test_every_run_of_every_profile_is_a_valid_config(profile):
         check_config(TrainConfig(**s.as_dict))
 
 
-# ------------------------------------------------------------------ verdicts on synthetic tables
-def _rows(base, meth, n=10_000):
-    a, b = Outcome("A", [], best=base, last=base), Outcome("B", [], best=meth, last=meth)
-    rows = compare_rows(a, b, claim="c", paper="p", paper_value="v", figure="", note="", n=n)
-    return [r.cells() for r in rows]
-
-
-def test_verdicts_follow_the_gap_and_its_noise():
-    good = _rows([0.20, 0.21, 0.20], [0.10, 0.11, 0.10])
-    assert [r["verdict"] for r in good] == ["reproduced"] * 2
-    assert good[0]["gap"] == pytest.approx(100 * (0.61 - 0.31) / 3)
-    reversed_ = _rows([0.10, 0.11, 0.10], [0.20, 0.21, 0.20])
-    assert [r["verdict"] for r in reversed_] == ["contradicted"] * 2
-    tiny = _rows([0.200, 0.201, 0.199], [0.199, 0.200, 0.198])
-    assert [r["verdict"] for r in tiny] == ["within noise"] * 2
-    one_seed = _rows([0.30], [0.10])
-    assert [r["verdict"] for r in one_seed] == ["within noise"] * 2
-    # the binomial term: the same 1-point gap is noise on 100 test examples, not on 10^6
-    seeds_a, seeds_b = [0.200, 0.201, 0.199], [0.190, 0.191, 0.189]
-    assert _rows(seeds_a, seeds_b, n=100)[0]["verdict"] == "within noise"
-    assert _rows(seeds_a, seeds_b, n=10**6)[0]["verdict"] == "reproduced"
-
-
+# The verdicts of the rows on synthetic runs (paired, pooled, pre-registered): test_deep_claims.py
 def _run(n_eval=0, *, summary_size=None, config_size=None):
     data = lambda n: {"sizes": {"train": 9, "val": 1, "test": n}}  # noqa: E731
     summary = {"status": "finished", **({"data": data(summary_size)} if summary_size else {})}
@@ -125,7 +101,10 @@ def _run(n_eval=0, *, summary_size=None, config_size=None):
     return {"path": "runs/x", "config": conf, "summary": summary, "metrics": []}
 
 
-def test_n_test_reads_the_data_provenance_and_the_eval_cap():
+def test_n_test_reads_the_scored_set_else_the_data_provenance_and_the_eval_cap():
+    scored = _run(2000, summary_size=10_000)
+    scored["summary"]["scored"] = {"n_test": 100_000}
+    assert n_test(scored) == 100_000  # the scored set, whatever the metrics rows used
     assert n_test(_run(summary_size=10_000)) == 10_000
     assert n_test(_run(2000, summary_size=10_000)) == 2000
     assert n_test(_run(5000, summary_size=1000)) == 1000

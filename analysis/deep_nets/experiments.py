@@ -6,8 +6,10 @@ between experiments when their flags are equal (ERM, SAM at the fixed rho, m-SAM
 m); ``runs.SpecRuns`` turns an experiment's specs into launcher runs.
 
 Claims compare test error at the best-validation epoch and at the last epoch (two rows); the gap is
-in percentage points, positive in the paper's direction, with the standard error of
-``suite.claims.gap`` (seeds + binomial test-set error).
+in percentage points, positive in the paper's direction, paired by seed and by test example
+(``suite.claims.gap`` on each run's per-example errors, ``wrong.npz``), the seed variance pooled
+within an experiment and epoch (``suite.claims.pool``), judged on a pre-registered
+``suite.stats.Claim`` (``runs.EFFECT``, ``runs.NULL`` and the experiments' own constants).
 """
 
 from __future__ import annotations
@@ -19,8 +21,11 @@ from suite.claims import ClaimRow
 from suite.stage import Experiment, StageContext
 
 EXPERIMENTS: dict[str, Experiment] = {
-    m.EXPERIMENT.name: m.EXPERIMENT
-    for m in (fig1, msharpness, fig9, fig12, convergence, looksam, seminar)
+    fig1.GRID.name: fig1.GRID,  # wave 0: the rho grid Fig. 1's boundary rule reads
+    **{
+        m.EXPERIMENT.name: m.EXPERIMENT
+        for m in (fig1, msharpness, fig9, fig12, convergence, looksam, seminar)
+    },
 }
 
 

@@ -51,7 +51,7 @@ def _ms(values: Sequence[float]) -> tuple[float, float]:
 
 
 def error_vs_x(
-    xs: Sequence[float],
+    xs: Sequence[float] | Mapping[str, Sequence[float]],
     series: Mapping[str, Sequence[Outcome]],
     erm: Outcome,
     path: Path,
@@ -59,22 +59,30 @@ def error_vs_x(
     xlabel: str,
     title: str,
     logx: bool = True,
+    chosen: Mapping[str, Mapping[str, Sequence[tuple[float, float]]]] | None = None,
 ) -> Path:
     """Test error (mean +- std over seeds) against x for each method, at the best-validation
-    epoch (left) and the last epoch (right); ERM is the horizontal band."""
+    epoch (left) and the last epoch (right); ERM is the horizontal band. ``xs``: one list for
+    every series, or one per series label. ``chosen``: per label and epoch ("best", "last"),
+    (x, test error) of each seed's validation-chosen setting, drawn as stars."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), sharey=True)
+    ticks: set[float] = set()
     for ax, when, name in zip(axes, ("best", "last"), ("best-validation epoch", "last epoch")):
         m, s = _ms(erm.at(when))
         ax.axhline(m, color=_color("ERM"), label="ERM")
         ax.axhspan(m - s, m + s, color=_color("ERM"), alpha=0.15)
         for label, outs in series.items():
+            x = list(xs[label] if isinstance(xs, Mapping) else xs)
+            ticks.update(x)
             ms = np.array([_ms(o.at(when)) for o in outs])
             ax.errorbar(
-                xs, ms[:, 0], yerr=ms[:, 1], marker="o", capsize=3, label=label, color=_color(label)
+                x, ms[:, 0], yerr=ms[:, 1], marker="o", capsize=3, label=label, color=_color(label)
             )
+            for cx, cy in (chosen or {}).get(label, {}).get(when, []):
+                ax.plot([cx], [100 * cy], "*", ms=11, color=_color(label), mec="k", mew=0.5)
         if logx:
             ax.set_xscale("log", base=2)
-        ax.set_xticks(list(xs), [f"{x:g}" for x in xs])
+        ax.set_xticks(sorted(ticks), [f"{x:g}" for x in sorted(ticks)])
         ax.set_xlabel(xlabel)
         ax.set_title(f"test error at the {name}")
         ax.grid(alpha=0.3)
