@@ -102,6 +102,16 @@ def test_sam_radius_is_the_rho_or_the_lr_tied_rho_inside_the_window():
     assert tied.sam_on and not TrainConfig(epochs=4).sam_on
 
 
+def test_every_sam_step_runs_at_its_own_radius(tmp_path):
+    # --sam_lr_mult with a cosine lr: the optimizer's radius follows lr * mult to the last step
+    # (lr 0 there), not the flags' radius at lr_max that build_optimizer starts from
+    cfg = tiny(tmp_path / "r", epochs=1, sam_lr_mult=0.5, lr_schedule="cosine")
+    train(cfg)
+    groups = torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=True)["optimizer"]
+    rhos = [g.get("rho", g.get("sam_rho")) for g in groups["param_groups"]]
+    assert rhos and all(abs(r) < 1e-12 for r in rhos)  # the start's was 0.05 * 0.5
+
+
 def test_epoch_order_is_a_function_of_seed_and_epoch():
     a, b = epoch_permutation(7, 3, 100), epoch_permutation(7, 3, 100)
     assert torch.equal(a, b) and sorted(a.tolist()) == list(range(100))
