@@ -276,7 +276,11 @@ def report(ctx: StageContext) -> list[ClaimRow]:
                     f"{fmt_mean_std([100 * train_err(r) for r in erm.runs], '.1f', '%')}, SAM "
                     f"{fmt_mean_std([100 * train_err(r) for r in sam.runs], '.1f', '%')}, "
                     f"LookSAM {fmt_mean_std([100 * train_err(r) for r in look.runs], '.1f', '%')};"
-                    f" {setting(P)}, SGD instead of AdamW",
+                    f" {setting(P)}, SGD instead of AdamW. Checked against the paper's rule "
+                    "and pytorch-optimizer's LookSAM on the same run: at alpha 0.7 LookSAM "
+                    "underfits this MLP by the algorithm (its reuse step pushes alpha ||g|| along "
+                    "the stale g_v, ~4x SAM's own orthogonal part), not a defect "
+                    "(deep_nets/README.md)",
                 )
             )
     rows.append(
