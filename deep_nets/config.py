@@ -385,10 +385,26 @@ class TrainConfig:
         """Examples per ascent chunk on one worker (m of m-SAM), before the DDP split."""
         return self.batch_size // max(self.acc_steps, 1)
 
+    def sam_radius(self, epoch: int | None, lr: float) -> float:
+        """The SAM radius of a step in 0-based epoch ``epoch`` at learning rate ``lr``, 0 where SAM
+        is off (an ERM step): the suite's one rule for "is SAM on, with which rho".
+
+            rho = --sam_rho, or lr * --sam_lr_mult (exclusive flags),
+            0 outside the SAM epochs: the original's test start <= e / epochs <= end on the
+            1-based epoch e = epoch + 1, both ends included (--sam_epoch_frac_start / _end).
+
+        ``epoch=None`` ignores the SAM epochs (the radius the flags configure)."""
+        rho = lr * self.sam_lr_mult if self.sam_lr_mult > 0 else self.sam_rho
+        if epoch is None:
+            return rho
+        e = epoch + 1
+        inside = self.sam_epoch_frac_start <= e / self.epochs <= self.sam_epoch_frac_end
+        return rho if inside else 0.0
+
     @property
     def sam_on(self) -> bool:
-        """Whether any SAM ascent is configured (a radius or a learning-rate-tied radius)."""
-        return self.sam_rho > 0 or self.sam_lr_mult > 0
+        """Whether SAM is on in some step (``sam_radius`` at a positive lr, any epoch)."""
+        return self.sam_radius(None, 1.0) > 0
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

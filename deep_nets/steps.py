@@ -93,14 +93,16 @@ class OriginalAscentSAM(SAM):
 
 
 def build_optimizer(cfg: Any, model: nn.Module) -> SAM:
-    """SGD (momentum, no Nesterov) wrapped in the configured SAM variant (rho 0 = plain SGD)."""
+    """SGD (momentum, no Nesterov) wrapped in the configured SAM variant (rho 0 = plain SGD).
+    The radius given here is the flags' (``TrainConfig.sam_radius``); the trainer sets each
+    SAM step's own radius in the param groups."""
     base = dict(lr=cfg.lr_max, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     params = list(model.parameters())
     if cfg.sam_variant == "looksam":
         return LookSAM(
             params,
             torch.optim.SGD,
-            rho=cfg.sam_rho,
+            rho=cfg.sam_radius(None, cfg.lr_max),
             k=cfg.looksam_k,
             alpha=cfg.looksam_alpha,
             **base,
@@ -109,7 +111,7 @@ def build_optimizer(cfg: Any, model: nn.Module) -> SAM:
         # named: the official ASAM rescales the parameters named *weight* (norm layers included)
         list(model.named_parameters()) if cfg.sam_variant == "asam" else params,
         torch.optim.SGD,
-        rho=cfg.sam_rho,
+        rho=cfg.sam_radius(None, cfg.lr_max),
         adaptive=cfg.sam_variant == "asam",
         eta=cfg.asam_eta,
         normalize=not cfg.sam_no_grad_norm,
@@ -307,11 +309,12 @@ STEPS: dict[str, Callable[[StepContext, Tensor, Tensor], tuple[Tensor, Tensor | 
 }
 
 
-def step_kind(cfg: Any, sam_active: bool) -> str:
-    """The entry of ``STEPS`` for this configuration and epoch."""
+def step_kind(cfg: Any, active: bool) -> str:
+    """The entry of ``STEPS`` for this configuration and epoch (``active``: SAM on in the epoch,
+    ``TrainConfig.sam_radius`` > 0)."""
     if cfg.add_weight_perturb_scale > 0 or cfg.mul_weight_perturb_scale > 0:
         return "weight_noise"
-    if not sam_active:
+    if not active:
         return "erm"
     if cfg.sam_variant in ("random", "looksam"):
         return cfg.sam_variant

@@ -100,13 +100,6 @@ def lr_at(schedule: str, lr_max: float, epochs: int, t: float) -> float:
     raise ValueError(f"--lr_schedule {schedule!r}: choose from {', '.join(LR_SCHEDULES)}")
 
 
-def sam_active(cfg: TrainConfig, epoch: int) -> bool:
-    """Whether SAM is on in 0-based epoch ``epoch``: the original's test
-    start <= e / epochs <= end on the 1-based epoch e = epoch + 1 (both ends included)."""
-    e = epoch + 1
-    return cfg.sam_on and cfg.sam_epoch_frac_start <= e / cfg.epochs <= cfg.sam_epoch_frac_end
-
-
 def _derived_seed(*keys: int) -> int:
     """A 63-bit seed that is a pure function of the integer keys (independent streams)."""
     return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(2, np.uint64)[0] >> 1)
@@ -804,7 +797,8 @@ class Trainer:
                     noise_gen.set_state(st.gen_state[1])
                     st.gen_state = None
                 self.noise["gen"] = noise_gen
-                active = sam_active(cfg, epoch)
+                # SAM steps in this epoch: a radius at a positive lr (TrainConfig.sam_radius)
+                active = cfg.sam_radius(epoch, 1.0) > 0
                 ctx = StepContext(
                     cfg,
                     self.opt,
@@ -818,16 +812,18 @@ class Trainer:
                     scaler=self.scaler,
                 )
                 step = STEPS[step_kind(cfg, active)]
-                rho = cfg.sam_rho * active
+                # (the radius of the epoch's last step, logged when a resume finds no step left)
+                lr_end = lr_at(cfg.lr_schedule, cfg.lr_max, cfg.epochs, epoch + 1)
+                rho = cfg.sam_radius(epoch, lr_end)
                 t0, cpu0 = time.perf_counter(), time.process_time()
                 interrupted = False
                 for it in range(st.step_in_epoch, self.iters):
                     t = epoch + (it + 1) / self.iters  # the original's lr(epoch - 1 + (i+1)/n)
                     lr = lr_at(cfg.lr_schedule, cfg.lr_max, cfg.epochs, t)
-                    rho = (lr * cfg.sam_lr_mult if cfg.sam_lr_mult > 0 else cfg.sam_rho) * active
+                    rho = cfg.sam_radius(epoch, lr)
                     for grp in self.opt.param_groups:
                         grp["lr"] = lr
-                        if cfg.sam_lr_mult > 0:
+                        if active:  # the step's radius (constant, or tied to the lr)
                             grp["sam_rho"] = rho
                     x, y = self.batch_at(perm, it)
                     x = self.prepare(x, gen)

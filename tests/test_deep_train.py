@@ -23,7 +23,6 @@ from deep_nets.train import (
     epoch_permutation,
     lr_at,
     main,
-    sam_active,
     train,
 )
 from suite.cli import make_seeds
@@ -86,11 +85,31 @@ def test_lr_schedules_match_the_original_definitions():
 def test_sam_is_active_only_inside_its_epoch_window():
     # The original's test on its 1-based epoch e: start <= e / epochs <= end (both included).
     cfg = TrainConfig(epochs=10, sam_rho=0.1, sam_epoch_frac_start=0.3, sam_epoch_frac_end=0.8)
-    assert [sam_active(cfg, e) for e in range(10)] == [False] * 2 + [True] * 6 + [False] * 2
+    assert [cfg.sam_radius(e, 0.1) > 0 for e in range(10)] == [False] * 2 + [True] * 6 + [False] * 2
     # ERM -> SAM at 0.9 of 200 epochs: the original runs SAM in epochs 180..200, i.e. 21 epochs.
     late = TrainConfig(epochs=200, sam_rho=0.1, sam_epoch_frac_start=0.9)
-    assert sum(sam_active(late, e) for e in range(200)) == 21
-    assert not any(sam_active(TrainConfig(epochs=4, sam_rho=0.0), e) for e in range(4))
+    assert sum(late.sam_radius(e, 0.1) > 0 for e in range(200)) == 21
+    assert not any(TrainConfig(epochs=4, sam_rho=0.0).sam_radius(e, 0.1) > 0 for e in range(4))
+
+
+def test_sam_radius_is_the_rho_or_the_lr_tied_rho_inside_the_window():
+    # TrainConfig.sam_radius: the one rule the trainer, the optimizer and the checks read
+    cfg = TrainConfig(epochs=4, sam_rho=0.2, sam_epoch_frac_end=0.5)
+    assert [cfg.sam_radius(e, 0.05) for e in range(4)] == [0.2, 0.2, 0.0, 0.0]
+    assert cfg.sam_radius(None, 0.05) == 0.2 and cfg.sam_on
+    tied = TrainConfig(epochs=4, sam_lr_mult=3.0, sam_epoch_frac_start=0.5)
+    assert [tied.sam_radius(e, 0.01) for e in range(4)] == [0.0, 0.03, 0.03, 0.03]
+    assert tied.sam_on and not TrainConfig(epochs=4).sam_on
+
+
+def test_every_sam_step_runs_at_its_own_radius(tmp_path):
+    # --sam_lr_mult with a cosine lr: the optimizer's radius follows lr * mult to the last step
+    # (lr 0 there), not the flags' radius at lr_max that build_optimizer starts from
+    cfg = tiny(tmp_path / "r", epochs=1, sam_lr_mult=0.5, lr_schedule="cosine")
+    train(cfg)
+    groups = torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=True)["optimizer"]
+    rhos = [g.get("rho", g.get("sam_rho")) for g in groups["param_groups"]]
+    assert rhos and all(abs(r) < 1e-12 for r in rhos)  # the start's was 0.05 * 0.5
 
 
 def test_epoch_order_is_a_function_of_seed_and_epoch():

@@ -69,12 +69,16 @@ def test_claims_use_the_suite_columns_and_verdicts(stage):
     assert all(r["family"] == "deep_nets" and r["claim"] and r["ours"] for r in rows)
     figures = {r["figure"] for r in rows if r["figure"]}
     assert figures == {f"figures/{e.figure}" for e in EXPERIMENTS.values() if e.figure}
-    # both epochs compared for every two-method comparison
+    # a best-validation row always has its last-epoch twin (Fig. 9 and the seminar keep the
+    # last epoch only: their best epochs would repeat other rows)
     best = [r for r in rows if r["claim"].endswith("(at the best-validation epoch)")]
-    last = [r for r in rows if r["claim"].endswith("(at the last epoch)")]
-    assert len(best) == len(last) >= 10
-    # one seed: the seed spread is unknown, so no row can be decided either way
-    assert {r["verdict"] for r in rows if r["profile"] == "test"} <= {"within noise", "not run"}
+    last = {r["claim"] for r in rows if r["claim"].endswith("(at the last epoch)")}
+    assert len(best) >= 8 and len(last) > len(best)
+    assert all(r["claim"].replace("best-validation", "last") in last for r in best)
+    # one seed: the seed spread is unknown, so no seed-based row can be decided either way (the
+    # LookSAM cost row's repetitions are timing blocks, not seeds)
+    seeded = [r for r in rows if r["profile"] == "test" and "time per step" not in r["claim"]]
+    assert {r["verdict"] for r in seeded} <= {"within noise", "not run", "not comparable"}
 
 
 def test_fig1_rows_carry_the_measured_numbers(stage):

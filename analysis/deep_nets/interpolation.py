@@ -48,12 +48,26 @@ def interpolate_losses(
     return out
 
 
+def relative_distance(state_a: Mapping[str, Tensor], state_b: Mapping[str, Tensor]) -> float:
+    """||w_b - w_a|| / ||w_a|| over the floating-point parameters of two state dicts of one model
+    (batch-norm running statistics left out: they are not weights)."""
+    keys = [
+        k
+        for k, v in state_a.items()
+        if v.is_floating_point() and not k.endswith(("running_mean", "running_var"))
+    ]
+    d = sum(float(((state_b[k].double() - state_a[k].double()) ** 2).sum()) for k in keys)
+    n = sum(float((state_a[k].double() ** 2).sum()) for k in keys)
+    return (d / n) ** 0.5 if n > 0 else float("inf")
+
+
 def interpolate_runs(
     run_a: Mapping[str, Any], run_b: Mapping[str, Any], ts: Sequence[float], n_train: int = 2000
-) -> dict[str, list[float]]:
+) -> dict[str, Any]:
     """``interpolate_losses`` between the final weights of two finished runs of the trainer
     (their ``checkpoint.pt``), on the first ``n_train`` examples of run a's training split (its
-    possibly noisy labels, as trained) and on its test set; same data flags in both runs."""
+    possibly noisy labels, as trained) and on its test set; same data flags in both runs. Adds
+    ``rel_distance``: ``relative_distance`` of the two end points."""
     from pathlib import Path
 
     from deep_nets.config import TrainConfig
@@ -88,4 +102,6 @@ def interpolate_runs(
         "train": (splits.train_x[:n_train], splits.train_y[:n_train]),
         "test": (splits.test_x, splits.test_y),
     }
-    return interpolate_losses(net, states[0], states[1], ts, data)
+    out: dict[str, Any] = dict(interpolate_losses(net, states[0], states[1], ts, data))
+    out["rel_distance"] = relative_distance(states[0], states[1])
+    return out
