@@ -267,7 +267,7 @@ class TrainConfig:
     msam_max_batched_params: int = _f(
         2**27,
         "SAM",
-        "vectorized m-SAM: at most this many parameter values in one stack of per-chunk "
+        "batched m-SAM: at most this many parameter values in one stack of per-chunk "
         "tensors (two stacks, gradients and perturbed weights: 2 x this x 4 bytes in "
         "float32); more chunks than fit run in groups",
     )

@@ -332,19 +332,21 @@ def test_vectorize_argument_errors():
         msam_backward(opt, model, loss, x, y, 4, max_batched_params=0)
 
 
-def test_deep_nets_vectorized_step_with_l2_in_the_loss_equals_the_loop(tmp_path):
+def test_deep_nets_batched_steps_equal_the_loop(tmp_path):
     """deep_nets' loss regularizes the tensors it reads from the module at call time, so
-    --msam_impl vectorized applies with --l2_reg (a loss over a captured list is refused) and
-    trains as --msam_impl loop does."""
+    --msam_impl vectorized applies with --l2_reg (the vmap path; a loss over a captured list is
+    refused) and trains as --msam_impl loop does; without --l2_reg the default (auto: the fused
+    path on the MLP) trains as the loop does too."""
     from deep_nets.train import train as run
     from tests.test_deep_train import final_weights, tiny
 
-    kw = dict(epochs=1, sam_rho=0.05, acc_steps=4, l2_reg=1e-3, frac_train=0.1)
-    for impl in ("vectorized", "loop"):
-        run(tiny(tmp_path / impl, msam_impl=impl, **kw))
-    a, b = final_weights(tmp_path / "vectorized"), final_weights(tmp_path / "loop")
-    for k in b:
-        assert rel(a[k], b[k]) < 1e-5, k
+    kw = dict(epochs=1, sam_rho=0.05, acc_steps=4, frac_train=0.1)
+    for impl, l2 in (("vectorized", 1e-3), ("loop", 1e-3), ("auto", 0.0), ("loop", 0.0)):
+        run(tiny(tmp_path / f"{impl}{l2}", msam_impl=impl, l2_reg=l2, **kw))
+    for a, b in (("vectorized0.001", "loop0.001"), ("auto0.0", "loop0.0")):
+        wa, wb = final_weights(tmp_path / a), final_weights(tmp_path / b)
+        for k in wb:
+            assert rel(wa[k], wb[k]) < 1e-5, (a, k)
 
 
 def test_config_refuses_vectorized_where_it_cannot_apply():
