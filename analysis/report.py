@@ -22,8 +22,9 @@ import pandas as pd
 from analysis import stages
 from analysis.stages import JOB_RECORD
 from suite.captions import read_captions
-from suite.claims import CLAIM_COLUMNS, VERDICTS, verdict
+from suite.claims import CLAIM_COLUMNS, VERDICTS
 from suite.rundir import atomic_write_text, read_json
+from suite.stats import CLAIM_KINDS, Claim, judge
 
 IMAGE_SUFFIXES = (".png", ".svg", ".jpg", ".jpeg", ".gif")
 MAKE_CMD = "make reproduce"
@@ -58,7 +59,10 @@ def collect_claims(results_dir: str | Path) -> pd.DataFrame:
     df = pd.concat(frames, ignore_index=True)
     missing = set(CLAIM_COLUMNS) - set(df.columns)
     if missing:
-        raise ValueError(f"claims tables under {results_dir} lack columns {sorted(missing)}")
+        raise ValueError(
+            f"claims tables under {results_dir} lack columns {sorted(missing)} (written by an "
+            f"older version of the suite): rerun `{MAKE_CMD}` to rewrite them"
+        )
     return df[list(CLAIM_COLUMNS)]
 
 
@@ -83,13 +87,24 @@ def _float(x: Any) -> float | None:
 
 
 def _check_verdict(row: pd.Series) -> str:
-    """A note when a row's verdict is not what ``suite.claims.verdict`` gives for its gap/SE."""
+    """A note when a row's verdict is not what ``suite.stats.judge`` gives for its gap, SE, df
+    and pre-registered test (kind, sesoi), or a "not comparable" row does not say why."""
     v = row["verdict"]
     if v not in VERDICTS:
         return f"verdict {v!r} is not one of the suite's ({', '.join(VERDICTS)})"
-    gap, se = _float(row["gap"]), _float(row["se"])
-    if gap is not None and se is not None and se >= 0 and verdict(gap, se) != v:
-        return f"verdict inconsistent with gap/SE: suite.claims.verdict gives {verdict(gap, se)!r}"
+    if v == "not comparable":
+        ok = str(row["note"]).startswith("not comparable:")
+        return "" if ok else "verdict 'not comparable' without its reason in the note"
+    gap, se, dof, sesoi = (_float(row[c]) for c in ("gap", "se", "df", "sesoi"))
+    kind = str(row["kind"]).strip()
+    if gap is None or se is None or se < 0 or kind not in CLAIM_KINDS or sesoi is None:
+        return ""
+    try:
+        expect = judge(Claim(kind, sesoi), gap, se, math.nan if dof is None else dof).verdict
+    except ValueError as e:
+        return f"invalid pre-registered test: {e}"
+    if expect != v:
+        return f"verdict inconsistent with gap/SE/df/test: suite.stats.judge gives {expect!r}"
     return ""
 
 
@@ -240,6 +255,14 @@ def _gap_se(row: pd.Series) -> str:
     return f"{gap} ± {se}" if se else gap
 
 
+def _test(row: pd.Series) -> str:
+    """The pre-registered test as a cell: "effect > 0.5" or "null ±0.5"."""
+    kind, sesoi = str(row["kind"]).strip(), str(row["sesoi"]).strip()
+    if not kind:
+        return ""
+    return f"null ±{sesoi}" if kind == "null" else f"effect > {sesoi or 0}"
+
+
 def _verdict_counts(df: pd.DataFrame) -> str:
     counts = df["verdict"].value_counts().to_dict() if len(df) else {}
     order = list(VERDICTS) + sorted(set(counts) - set(VERDICTS))
@@ -264,9 +287,22 @@ def render_report(results_dir: str | Path, figures_dir: str | Path, report_path:
         "",
         "## Summary",
         "",
-        f"- {len(claims)} claims: {_verdict_counts(claims) or 'none'}. A verdict is computed by "
-        "`suite.claims.verdict`: *reproduced* = the paper's sign beyond 2 standard errors, "
-        "*within noise*, *contradicted* = the opposite sign beyond 2 SE, *not run*.",
+        f"- {len(claims)} claims: {_verdict_counts(claims) or 'none'}.",
+        "- How a row is judged (`suite.claims`, `suite.stats.judge`): each row declares its test "
+        "before any result is seen: an *effect* the paper claims, with its smallest effect of "
+        'interest (*sesoi*), or a *null* claim ("n-SAM stays near ERM") with its equivalence '
+        "margin. Its gap's standard error follows the design of the runs (paired by seed and by "
+        "test example where both methods ran the same seeds on the same examples) and the "
+        "critical value is Student's t on the gap's degrees of freedom (*df*), at level 5%. "
+        "*reproduced* = significant in the paper's direction and not shown smaller than the "
+        "sesoi; *contradicted* = significant against it (for a null claim: a gap beyond its "
+        "margin); *equivalent* = a null claim shown within its margin (two one-sided tests); "
+        "*negligible* = an effect shown smaller than its sesoi; *within noise* = the runs cannot "
+        'decide (*mde*: the gap they would detect with 80% power; "underpowered" in the note '
+        "when the paper's own effect is below it); *not comparable* = a rule fixed before the "
+        'results (a precondition such as "the method fits its training set", or a profile '
+        "whose budget cannot test the claim) says the run cannot test the claim, and the note "
+        "says which; *not run* = the results are missing.",
     ]
     bad = [s for s in stages if s.get("status") != "ok"]
     if stages:
@@ -292,6 +328,7 @@ def render_report(results_dir: str | Path, figures_dir: str | Path, report_path:
     show = claims.copy()
     if len(show):
         show["gap ± SE"] = [_gap_se(r) for _, r in show.iterrows()]
+        show["test"] = [_test(r) for _, r in show.iterrows()]
         files = {e["file"] for e in figs}
         show["our figure"] = [  # stages write "x.png" or "figures/x.png": match the file name
             f"[{Path(f).name}](#{_anchor(Path(f).name)})" if f and Path(f).name in files else f
@@ -304,6 +341,9 @@ def render_report(results_dir: str | Path, figures_dir: str | Path, report_path:
         "paper_value",
         "ours",
         "gap ± SE",
+        "df",
+        "test",
+        "mde",
         "profile",
         "verdict",
         "our figure",
@@ -314,8 +354,11 @@ def render_report(results_dir: str | Path, figures_dir: str | Path, report_path:
     out += [
         "Columns: *paper* = paper and figure/table; *paper_value* = the paper's number; *ours* = "
         "mean ± std (n seeds); *gap* = signed gap in the paper's direction (positive = the "
-        "paper's sign) ± its standard error; *note* = how our setting differs and why; *check* = "
-        "problems the report found with the row.",
+        "paper's sign) ± its standard error; *df* = its degrees of freedom; *test* = the "
+        "pre-registered test (effect > smallest effect of interest, or null ± equivalence "
+        "margin), in the gap's units; *mde* = the minimal detectable effect at 80% power; "
+        "*note* = how our setting differs and why; *check* = problems the report found with "
+        "the row.",
         "",
         "## Figures",
         "",

@@ -37,6 +37,7 @@ from typing import Any, TextIO
 from analysis import stages as stage_list
 from analysis.stages import JOB_RECORD, STAGE_COST, preflight
 from suite import launch
+from suite.cli import out_dir_error
 from suite.profiles import PROFILES
 
 LOG = "reproduce.log"
@@ -334,6 +335,20 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--launcher slurm needs --partition (the SLURM partition to submit to)")
     if args.jobs is not None and args.jobs < 1:
         ap.error(f"--jobs {args.jobs}: give the number of runs to train at once (>= 1)")
+    for flag in ("timeout_min", "gpus_per_node", "cpus_per_task", "mem_gb"):
+        v = getattr(args, flag)
+        if v < (0 if flag == "gpus_per_node" else 1):
+            ap.error(f"--{flag} {v}: must be {'>= 0' if flag == 'gpus_per_node' else '>= 1'}")
+    # Where the job writes, checked before any stage trains (a typo must not cost a run).
+    for flag, path in (
+        ("results_dir", args.results_dir),
+        ("figures_dir", args.figures_dir),
+        ("report", args.report.parent if str(args.report.parent) else Path(".")),
+    ):
+        if problem := out_dir_error(path):
+            ap.error(problem.replace("--out_dir", f"--{flag}", 1))
+    if args.report.is_dir():
+        ap.error(f"--report {args.report} is a folder: give the file to write, e.g. REPORT.md")
     jobs = args.jobs or (1 if args.profile == "paper" else launch.cpu_count())
     try:
         params = slurm_params(args)

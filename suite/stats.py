@@ -62,7 +62,7 @@ comparisons of a family (df = sum (k_i - 1)) after checking that their variances
 
 Verdicts (``judge``) against a ``Claim`` declared before the results: its kind (an effect the
 paper claims, or a null claim "X stays near Y"), smallest effect of interest / equivalence margin
-``sesoi``, ``alpha`` and ``power``. The words are ``suite.claims.VERDICTS`` (see ``judge``).
+``sesoi``, ``alpha`` and ``power``. The words are ``VERDICTS`` (see ``judge``).
 """
 
 from __future__ import annotations
@@ -75,8 +75,13 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats as sps
 
-from suite.claims import VERDICTS
-
+# The verdict words of the whole suite (``judge`` defines them). "equivalent": a null claim
+# shown within its margin (TOST); "negligible": an effect shown smaller than the claim's smallest
+# effect of interest; "not comparable": a rule fixed before the results (a precondition such as
+# "the method fits its training set", or a profile whose budget cannot test the claim) says the
+# run cannot test the claim; "not run": the results are missing.
+STATS_VERDICTS = ("equivalent", "negligible", "not comparable")
+VERDICTS = ("reproduced", "within noise", "contradicted", "not run") + STATS_VERDICTS
 DESIGNS = ("paired", "paired by seed", "unpaired")
 CLAIM_KINDS = ("effect", "null")
 
@@ -115,13 +120,6 @@ class GapEstimate:
     def crit(self, alpha: float = 0.05) -> float:
         """Two-sided critical value t(1 - alpha/2, df)."""
         return t_crit(1 - alpha / 2, self.df)
-
-    def signed(self, lower_is_better: bool) -> GapEstimate:
-        """The gap in the paper's direction: B - A when lower is better (A = baseline)."""
-        g = -self.gap if lower_is_better else self.gap
-        return GapEstimate(
-            g, self.se, self.df, self.design, self.k, self.n, self.seed_var, self.example_var
-        )
 
 
 @functools.lru_cache(maxsize=4096)
@@ -307,7 +305,7 @@ class Claim:
 
 @dataclass(frozen=True)
 class Judgement:
-    """``verdict`` (one of ``suite.claims.VERDICTS``), the ``mde`` at the claim's power, and
+    """``verdict`` (one of ``VERDICTS``), the ``mde`` at the claim's power, and
     ``underpowered`` (the paper's effect, when given, is below the MDE)."""
 
     verdict: str

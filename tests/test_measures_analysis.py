@@ -18,6 +18,7 @@ from analysis import measures as AM
 from sharpness import measures as M
 from suite.captions import read_captions
 from suite.claims import VERDICTS, compare_seeds, verdict
+from suite.stats import Claim
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -175,7 +176,8 @@ def test_figure3_end_to_end(tmp_path):
         return kendalltau(g["sharpness"], g["test_error"]).statistic
 
     assert float(rows[0]["gap"]) == pytest.approx(tau(m0) - tau(m1), abs=1e-12)
-    assert rows[0]["verdict"] == verdict(rows[0]["gap"], rows[0]["se"])
+    r0 = rows[0]
+    assert r0["verdict"] == verdict(r0["gap"], r0["se"], r0["df"], Claim(r0["kind"], r0["sesoi"]))
     assert len(specs) == 5
     # the whole stage on these results, then notebooks/measures.ipynb on them (nbclient)
     AM.reproduce("test", results, figures)
@@ -298,7 +300,9 @@ def test_diagonal_solutions_and_claims():
     assert row["gap"] == pytest.approx(d.mean()) and row["se"] == pytest.approx(
         d.std(ddof=1) / math.sqrt(len(d))
     )
-    assert row["verdict"] == verdict(row["gap"], row["se"])
+    assert row["verdict"] == verdict(
+        row["gap"], row["se"], row["df"], Claim(row["kind"], row["sesoi"])
+    )
     for r in sol:
         P = make_problem(seed=r["seed"])
         u, v = np.array(r["u"]), np.array(r["v"])

@@ -82,8 +82,11 @@ def tiny_results(root: Path) -> tuple[Path, Path, list[str]]:
                     ours="0.9 +- 0.1 (3 seeds)",
                     gap=gap,
                     se=se,
+                    df="inf",
+                    kind="effect",
+                    sesoi=0.0,
                     profile="quick",
-                    verdict=verdict(gap, se),
+                    verdict=verdict(gap, se, float("inf")),
                     figure=f"{fam}_key.png",
                     note="",
                 )

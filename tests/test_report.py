@@ -23,6 +23,7 @@ from suite.claims import write_claims
 from suite.rundir import read_json
 
 GOOD = """
+import math
 from pathlib import Path
 
 from suite.captions import caption_figure
@@ -63,11 +64,13 @@ def reproduce(profile, results_dir, figures_dir):
     rows = [
         dict(family="good", paper="Paper A, Fig. 1", claim="SAM lowers test error",
              paper_value="3.5 vs 2.7", ours="1.0 +- 0.1 (2 seeds)", gap=1.0, se=0.1,
-             profile=profile, verdict=verdict(1.0, 0.1), figure="figures/good_curve.png",
+             df="inf", kind="effect", sesoi=0.0, profile=profile,
+             verdict=verdict(1.0, 0.1, math.inf), figure="figures/good_curve.png",
              note=""),
         dict(family="good", paper="Paper A, Fig. 2", claim="m-SAM beats SAM",
              paper_value="0.5", ours="-0.2 +- 0.05 (2 seeds)", gap=-1.0, se=0.1,
-             profile=profile, verdict=verdict(-1.0, 0.1), figure="", note="MNIST-1D"),
+             df="inf", kind="effect", sesoi=0.0, profile=profile,
+             verdict=verdict(-1.0, 0.1, math.inf), figure="", note="MNIST-1D"),
     ]
     write_claims(root / "claims.csv", rows)
 """
@@ -169,6 +172,7 @@ def test_reproduce_isolates_a_crash_logs_epochs_and_writes_the_report(tmp_path, 
 
 def _claims(path: Path, rows: list[dict]) -> None:
     base = dict(paper="P", claim="c", paper_value="1", ours="1", profile="quick")
+    base.update(df=3, kind="effect", sesoi=0.0)
     base.update(figure="", note="")
     write_claims(path, [{**base, **r} for r in rows])
 
@@ -200,7 +204,7 @@ def test_report_flags_hand_made_verdicts_and_stale_rows(tmp_path, monkeypatch):
     )
     df = claims_table(res)
     check = dict(zip(df["family"], df["check"]))
-    assert "suite.claims.verdict gives 'within noise'" in check["a"]
+    assert "suite.stats.judge gives 'within noise'" in check["a"]
     assert "from an earlier job" in check["b"] and "ValueError: x" in check["b"]
     text = render_report(res, tmp_path / "figures", tmp_path / "REPORT.md")
     assert "2 row(s) flagged" in text and "No figures under" in text
@@ -302,6 +306,7 @@ def reproduce(profile, results_dir, figures_dir):
 """
 
 DRIVER = """
+import math
 import sys
 sys.path[:0] = [{pkgs!r}, {root!r}]
 from analysis import reproduce
@@ -480,3 +485,28 @@ def test_paper_profile_without_a_gpu_stops_at_the_check_not_a_traceback(tmp_path
     assert "profile paper cannot start on this machine" in p.stderr and "no GPU" in p.stderr
     assert "Traceback" not in p.stdout + p.stderr
     assert not (tmp_path / "r").exists() and not (tmp_path / "REPORT.md").exists()
+
+
+@pytest.mark.parametrize(
+    "extra, said",
+    [
+        (["--timeout_min", "-5"], "--timeout_min -5: must be >= 1"),
+        (["--cpus_per_task", "0"], "--cpus_per_task 0: must be >= 1"),
+        (["--results_dir", "{file}/sub"], "--results_dir"),
+        (["--figures_dir", "{file}"], "--figures_dir"),
+        (["--report", "{dir}"], "--report"),
+    ],
+)
+def test_reproduce_refuses_bad_flags_before_any_stage(tmp_path, capsys, monkeypatch, extra, said):
+    """Bad slurm numbers and unwritable output paths stop the job at once (exit 2, the flag named)
+    instead of after hours of training; no stage runs (none is importable here)."""
+    monkeypatch.setattr(stage_list, "STAGES", [("never", "fake_stages.never")])
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "adir").mkdir()
+    extra = [a.format(file=tmp_path / "afile", dir=tmp_path / "adir") for a in extra]
+    argv = ["--profile", "test", "--results_dir", str(tmp_path / "res")]
+    with pytest.raises(SystemExit) as e:
+        reproduce.main([*argv, "--figures_dir", str(tmp_path / "figs"), *extra])
+    assert e.value.code == 2
+    assert said in capsys.readouterr().err
+    assert not (tmp_path / "res" / "reproduce.json").exists()

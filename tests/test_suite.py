@@ -11,13 +11,16 @@ import statistics
 import subprocess
 import sys
 import textwrap
+from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
-from analysis.report import collect_claims, write_report
+from analysis.report import claims_table, collect_claims, write_report
 from suite import claims, cli, rundir
+from suite.stats import Claim, Outcome, mde
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -171,17 +174,30 @@ def test_finite_float_rejects_nan_and_inf_by_name(capsys):
 
 # ------------------------------------------------------------------------------------- verdicts
 def test_verdict_rules():
-    assert claims.verdict(0.5, 0.1) == "reproduced"
-    assert claims.verdict(0.15, 0.1) == "within noise"  # a gap of 1.5 SE is not enough
-    assert claims.verdict(0.2, 0.1) == "within noise"  # exactly 2 SE is not "exceeds"
-    assert claims.verdict(-0.5, 0.1) == "contradicted"
-    assert claims.verdict(-0.15, 0.1) == "within noise"
-    assert claims.verdict(None, 0.1) == "not run"
-    assert claims.verdict(float("nan"), 0.1) == "not run"
-    assert claims.verdict(5.0, float("nan")) == "within noise"  # unknown noise decides nothing
-    assert claims.verdict(1e-9, 0.0) == "reproduced"  # deterministic: any gap in the sign
+    inf = math.inf
+    assert claims.verdict(0.5, 0.1, inf) == "reproduced"
+    assert claims.verdict(0.15, 0.1, inf) == "within noise"  # 1.5 SE < 1.96
+    assert claims.verdict(0.21, 0.1, inf) == "reproduced"  # 2.1 SE > 1.96 (normal: df inf)
+    assert claims.verdict(0.21, 0.1, 4) == "within noise"  # t(0.975, 4) = 2.78
+    assert claims.verdict(1.2, 0.1, 1) == "within noise"  # two seeds: t(0.975, 1) = 12.7
+    assert claims.verdict(1.3, 0.1, 1) == "reproduced"
+    assert claims.verdict(-0.5, 0.1, inf) == "contradicted"
+    assert claims.verdict(-0.15, 0.1, inf) == "within noise"
+    assert claims.verdict(None, 0.1, inf) == "not run"
+    assert claims.verdict(float("nan"), 0.1, inf) == "not run"
+    assert claims.verdict(5.0, float("nan"), inf) == "within noise"  # unknown noise decides nothing
+    assert claims.verdict(5.0, 0.1, float("nan")) == "within noise"  # unknown df too
+    assert claims.verdict(1e-9, 0.0, float("nan")) == "reproduced"  # deterministic: any gap
+    # a smallest effect of interest: a deterministic gap below it is negligible, above reproduced
+    small = Claim("effect", 0.5)
+    assert claims.verdict(0.2, 0.0, inf, small) == "negligible"
+    assert claims.verdict(0.7, 0.0, inf, small) == "reproduced"
+    null = Claim("null", 0.5)
+    assert claims.verdict(0.1, 0.1, inf, null) == "equivalent"
+    assert claims.verdict(1.0, 0.1, inf, null) == "contradicted"
+    assert claims.verdict(0.4, 0.3, inf, null) == "within noise"
     with pytest.raises(ValueError):
-        claims.verdict(1.0, -1.0)
+        claims.verdict(1.0, -1.0, inf)
 
 
 def test_compare_seeds_on_synthetic_tables():
@@ -192,13 +208,14 @@ def test_compare_seeds_on_synthetic_tables():
     binom = 0.30 * 0.70 / 10_000 + 0.20 * 0.80 / 10_000
     assert g.gap == pytest.approx(0.10)
     assert g.se == pytest.approx(math.sqrt(seed_var + binom))
+    assert g.df == pytest.approx(4.0) and g.design == "unpaired"  # Welch, equal spreads
     assert g.verdict == "reproduced"
     assert claims.compare_seeds(sam, erm, n_test=10_000).verdict == "contradicted"  # reversed
     tiny = claims.compare_seeds(erm, [0.299, 0.309, 0.291], n_test=10_000)
     assert tiny.verdict == "within noise"
     # a small test set alone makes the same seed gap noise
-    assert claims.compare_seeds(erm, [0.28, 0.29, 0.27], n_test=500).verdict == "within noise"
-    assert claims.compare_seeds(erm, [0.28, 0.29, 0.27], n_test=100_000).verdict == "reproduced"
+    assert claims.compare_seeds(erm, [0.25, 0.26, 0.24], n_test=500).verdict == "within noise"
+    assert claims.compare_seeds(erm, [0.25, 0.26, 0.24], n_test=100_000).verdict == "reproduced"
     one = claims.compare_seeds([0.3], [0.1], n_test=10_000)  # one seed: spread unknown
     assert math.isnan(one.se) and one.verdict == "within noise"
     assert claims.compare_seeds([], [0.1]).verdict == "not run"
@@ -208,10 +225,106 @@ def test_compare_seeds_on_synthetic_tables():
         claims.compare_seeds([12.0, 13.0], [11.0, 12.0], n_test=100)  # percent, not rates
 
 
+def _outcomes(errors, seeds, digest="T"):
+    return [Outcome(s, digest, e) for s, e in zip(seeds, errors)]
+
+
+def test_gap_of_outcomes_is_paired_and_signed():
+    """gap(method, baseline) of Outcomes: the paired design when seeds and digests match, with
+    the sign of the paper (baseline - method for error rates) and df = k - 1; other seeds give
+    the unpaired form, and mixing Outcomes with numbers is refused."""
+    rng = np.random.default_rng(0)
+    base = (rng.random((3, 2000)) < 0.30).astype(float)
+    flip = rng.random((3, 2000)) < 0.15  # the method corrects 15% of the baseline's errors
+    meth = np.where(flip & (base == 1), 0.0, base)
+    g = claims.gap(_outcomes(meth, [0, 1, 2]), _outcomes(base, [0, 1, 2]))
+    assert g.design == "paired" and g.df == 2 and g.k == 3
+    assert g.gap == pytest.approx(base.mean() - meth.mean()) and g.gap > 0
+    assert g.mean_a == pytest.approx(base.mean()) and g.mean_b == pytest.approx(meth.mean())
+    up = claims.gap(meth.mean(axis=1).tolist(), base.mean(axis=1).tolist(), n_test=2000)
+    assert g.se < up.se / 2  # pairing by example removes most of the test-set noise
+    assert g.scaled(100).gap == pytest.approx(100 * g.gap)
+    assert g.scaled(100).seed_var == pytest.approx(1e4 * g.seed_var)
+    higher = claims.gap(
+        _outcomes(meth, [0, 1, 2]), _outcomes(base, [0, 1, 2]), lower_is_better=False
+    )
+    assert higher.gap == pytest.approx(-g.gap)
+    other = claims.gap(_outcomes(meth, [3, 4, 5]), _outcomes(base, [0, 1, 2]))
+    assert other.design == "unpaired"
+    with pytest.raises(ValueError, match="Outcomes on both sides"):
+        claims.gap(_outcomes(meth, [0, 1, 2]), [0.3, 0.3, 0.3])
+    with pytest.raises(ValueError, match="degrees of freedom"):
+        claims.gap(0.5, se=0.1)
+    assert claims.gap(0.5, se=0.0).df == math.inf
+
+
+def test_pool_uses_the_family_seed_variance():
+    """pool: paired gaps share one seed variance on sum(k - 1) df (two seeds each: df 1 alone,
+    df 4 pooled over four comparisons); unpaired gaps are left alone; Bartlett rejecting leaves
+    every gap unchanged."""
+    rng = np.random.default_rng(1)
+    gaps = []
+    for _ in range(4):
+        base = (rng.random((2, 500)) < 0.3).astype(float)
+        meth = np.where((rng.random((2, 500)) < 0.2) & (base == 1), 0.0, base)
+        gaps.append(claims.gap(_outcomes(meth, [0, 1]), _outcomes(base, [0, 1])))
+    unpaired = claims.compare_seeds([0.3, 0.31], [0.2, 0.21])
+    out = claims.pool([*gaps, unpaired])
+    assert all(g.df == 1 for g in gaps)
+    assert [o.df for o in out[:4]] == [4.0] * 4
+    assert out[4] == unpaired
+    assert [o.gap for o in out[:4]] == [g.gap for g in gaps]
+    wild = [replace(gaps[0], seed_var=1e-12), replace(gaps[1], seed_var=1.0)]
+    wild += [replace(gaps[2], seed_var=1e-12), replace(gaps[3], seed_var=1.0)]
+    assert claims.pool(wild) == wild  # variances that disagree are not pooled
+
+
+def test_claim_row_judges_its_pre_registered_test(tmp_path):
+    """A ClaimRow's verdict is judge(test, gap, se, df); its cells carry df, kind, sesoi and mde,
+    say "underpowered" when the paper's effect is below the MDE, and a not_comparable reason
+    overrides the gap; the report's check recomputes the verdict from the written cells."""
+    stat = claims.gap(0.8, se=0.3, df=4)
+    row = claims.ClaimRow(
+        "P", "c", "1", "o", stat=stat, test=Claim("effect", 0.5), paper_effect=0.6
+    )
+    cells = row.cells("fam", "quick")
+    assert cells["verdict"] == "within noise"  # 0.8 < t(0.975, 4) 0.3 = 0.83
+    assert cells["df"] == 4 and cells["kind"] == "effect" and cells["sesoi"] == 0.5
+    assert cells["mde"] == pytest.approx(mde(0.3, 4))
+    assert "underpowered" in cells["note"]
+    ok = claims.ClaimRow(
+        "P",
+        "c",
+        "1",
+        "o",
+        stat=claims.gap(2.0, se=0.3, df=4),
+        test=Claim("effect", 0.5),
+        paper_effect=2.0,
+    )
+    assert ok.verdict == "reproduced" and "underpowered" not in ok.cells()["note"]
+    nc = replace(ok, not_comparable="LookSAM does not fit its training set (15% train error)")
+    assert nc.verdict == "not comparable"
+    assert nc.cells()["note"].startswith("not comparable: LookSAM")
+    assert replace(nc, stat=None).verdict == "not comparable"
+    assert claims.ClaimRow("P", "c", "1", "o").verdict == "not run"
+    claims.write_claims(tmp_path / "fam" / "claims.csv", [row.cells("fam"), ok, nc])
+    df = collect_claims(tmp_path)
+    assert list(df["verdict"]) == ["within noise", "reproduced", "not comparable"]
+    assert (claims_table(tmp_path, ["fam"])["check"] == "").all()
+    bad = dict(ok.cells("fam"), verdict="within noise")  # a hand-edited verdict is flagged
+    claims.write_claims(tmp_path / "fam" / "claims.csv", [bad])
+    assert "judge gives 'reproduced'" in claims_table(tmp_path, ["fam"])["check"].iloc[0]
+
+
 def test_compare_to_paper_tolerance():
-    assert claims.verdict(*claims.compare_to_paper(0.0162, 0.0164, rel_tol=0.05)) == "reproduced"
-    assert claims.verdict(*claims.compare_to_paper(0.02, 0.0164, rel_tol=0.05)) == "contradicted"
-    assert claims.verdict(*claims.compare_to_paper(None, 0.0164, rel_tol=0.05)) == "not run"
+    inf = math.inf
+    assert claims.verdict(*claims.compare_to_paper(0.0162, 0.0164, rel_tol=0.05), inf) == (
+        "reproduced"
+    )
+    assert claims.verdict(*claims.compare_to_paper(0.02, 0.0164, rel_tol=0.05), inf) == (
+        "contradicted"
+    )
+    assert claims.verdict(*claims.compare_to_paper(None, 0.0164, rel_tol=0.05), inf) == "not run"
 
 
 def test_claims_tables_and_report(tmp_path):
@@ -339,7 +452,9 @@ def test_gap_is_the_one_statistic_of_every_row_form():
 def test_claim_row_verdict_comes_from_its_statistic(tmp_path):
     """A ClaimRow has no verdict cell to write by hand: it is the verdict of its Gap (not run
     without one), and run_stage fills in family and profile unless the row names its own."""
-    row = claims.ClaimRow("P", "c", "1", "2", stat=claims.gap(-1.0, se=0.1), figure="f.png")
+    row = claims.ClaimRow(
+        "P", "c", "1", "2", stat=claims.gap(-1.0, se=0.1, df=math.inf), figure="f.png"
+    )
     cells = row.cells("fam", "quick")
     assert cells["verdict"] == "contradicted" and cells["gap"] == -1.0 and cells["se"] == 0.1
     assert (cells["family"], cells["profile"]) == ("fam", "quick")
