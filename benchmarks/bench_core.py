@@ -7,7 +7,8 @@ forward + backward(s) + optimizer, each used the way its documentation says:
 - SGD: ``torch.optim.SGD(momentum=0.9)``; one forward-backward.
 - SAM (ours): backward, ``first_step(zero_grad=True)``, backward at w + e, ``second_step``.
 - LookSAM (ours, k=5): the second forward-backward only when ``first_step`` returns True.
-- m-SAM (ours, m = batch/8): ``msam_backward`` (8 chunks, 2 passes each) then ``update()``.
+- m-SAM (ours, m = batch/8): ``msam_backward`` (8 chunks; by default fused where it applies),
+  then ``update()``.
 - pytorch-optimizer SAM / LookSAM: ``closure(); optimizer.step(closure)`` as their docstrings
   show; their LookSAM calls the closure on every step (two passes every step).
 

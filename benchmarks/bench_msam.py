@@ -5,17 +5,20 @@ update) on a fixed generated batch:
 
 - SGD (torch, momentum 0.9) and SAM (ours), the references of the ratios;
 - m-SAM loop: ``msam_backward(..., vectorize=False)``, one chunk after the other;
-- m-SAM vectorized: ``msam_backward(..., vectorize=True)``, two batched passes over the chunks;
+- m-SAM auto: ``msam_backward(...)``, the default: the fused path (one forward of all chunks
+  with per-chunk weights, one backward each way) where it applies, the loop elsewhere (ResNet);
+- m-SAM vmap: ``msam_backward(..., vectorize="vmap")``, two ``vmap(grad)`` passes over chunks;
 - original m-SAM: an independent re-implementation of the original code's per-chunk loop (for
   each chunk: gradient of L_chunk / acc_steps at w, w += rho g / ||g||, backward at w + e into
   p.grad, w -= e), plain torch.
 
 Workloads: bench_core's (b) (the overhead-bound residual MLP, batch 32) at acc_steps 1, 2, 8, 32
 (m = 32, 16, 4, 1) and (a) PreAct ResNet-18-GN width 16, batch 128, at acc_steps 8 (m = 16).
-"Cold" is the first step of a fresh contender (what one step costs before any cache is warm:
-torch.func tracing, allocator), "warm" the median over the measured rounds (round-robin in a
-random order each round, as bench_core). Wall time and the process's CPU time are both given: on
-a shared machine the CPU time is the less load-dependent figure.
+"Cold" is the first step of a contender in a fresh process (``python -m benchmarks.bench_msam
+--cold``: nothing warm; no contender uses torch.compile; the import of torch is not counted),
+"warm" the median over the measured rounds (round-robin in a random order each round, as
+bench_core). Wall time and the process's CPU time are both given: on a shared machine the CPU
+time is the less load-dependent figure.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from __future__ import annotations
 import copy
 import os
 import random
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 
@@ -74,7 +79,7 @@ def sam_step(model: nn.Module, acc: int) -> Step:
     return step
 
 
-def msam(vectorize: bool) -> Callable[[nn.Module, int], Step]:
+def msam(vectorize: bool | str | None) -> Callable[[nn.Module, int], Step]:
     def make(model: nn.Module, acc: int) -> Step:
         opt = SAM(model.parameters(), torch.optim.SGD, rho=RHO, **BASE)
 
@@ -118,9 +123,44 @@ CONTENDERS = {
     "SGD": sgd_step,
     "SAM": sam_step,
     "m-SAM loop": msam(False),
-    "m-SAM vectorized": msam(True),
+    "m-SAM auto": msam(None),
+    "m-SAM vmap": msam("vmap"),
     "original m-SAM": original_step,
 }
+
+
+WORKLOADS = {"a": resnet_workload, "b": mlp_workload}
+
+
+def cold_in_fresh_process(key: str, contender: str, acc: int, device: str) -> tuple[float, float]:
+    """Wall and CPU seconds of ``contender``'s first step in a new Python process."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmarks.bench_msam",
+        "--cold",
+        key,
+        contender,
+        str(acc),
+        device,
+    ]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    wall, cpu = out.split()[-2:]
+    return float(wall), float(cpu)
+
+
+def _cold_main(key: str, contender: str, acc: int, device: str) -> None:
+    torch.set_num_threads(THREADS)
+    dev = torch.device(device)
+    torch.manual_seed(0)
+    w = WORKLOADS[key]()
+    step = CONTENDERS[contender](w.build().to(dev), acc)
+    x, y = _batch(w, dev)
+    t0, c0 = time.perf_counter(), time.process_time()
+    step(x, y)
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    print(time.perf_counter() - t0, time.process_time() - c0)
 
 
 def measure(w, acc: int, rounds: int, budget_s: float, device: str = "cpu") -> dict:
@@ -140,7 +180,9 @@ def measure(w, acc: int, rounds: int, budget_s: float, device: str = "cpu") -> d
         sync()
         return time.perf_counter() - t0, time.process_time() - c0
 
-    cold = {k: timed(s) for k, s in steps.items()}
+    cold = {k: cold_in_fresh_process(w.key, k, acc, device) for k in steps}
+    for s in steps.values():  # two warm-up steps each
+        s(x, y)
     for s in steps.values():  # one more warm-up step each
         s(x, y)
     wall: dict[str, list[float]] = {k: [] for k in steps}
@@ -183,7 +225,7 @@ def table(title: str, res: dict, acc: int) -> list[str]:
 def main(quick: bool = False) -> str:
     t0 = time.perf_counter()
     out = [
-        "## m-SAM: loop, vectorized, the original's loop",
+        "## m-SAM: loop, auto (fused), vmap, the original's loop",
         "",
         f"Machine: {machine_description()}.",
         "",
@@ -194,10 +236,13 @@ def main(quick: bool = False) -> str:
         out += table("(b) residual MLP, batch 32", measure(b, acc, rounds=15, budget_s=20), acc)
     a = resnet_workload()
     print("m-SAM bench (a) acc_steps 8", flush=True)
-    out += table("(a) PreAct ResNet-18-GN width 16, batch 128", measure(a, 8, 4, 60), 8)
+    out += table("(a) PreAct ResNet-18-GN width 16, batch 128 (m = 16)", measure(a, 8, 4, 60), 8)
     out.append(f"Whole benchmark: {time.perf_counter() - t0:.0f} s.")
     return "\n".join(out)
 
 
 if __name__ == "__main__":
-    print(main())
+    if sys.argv[1:2] == ["--cold"]:
+        _cold_main(sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5])
+    else:
+        print(main())

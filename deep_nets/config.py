@@ -264,20 +264,21 @@ class TrainConfig:
         choices=BN_UPDATES,
     )
     msam_impl: str = _f(
-        "loop",
+        "auto",
         "SAM",
         "how the m-SAM chunks are computed (the same numbers, float rounding apart): "
-        "loop = one chunk after the other (default: the suite's stored runs were made so, and "
-        "on CPU the vectorized path is faster only on small models, see benchmarks/README.md); "
-        "vectorized = all chunks in two batched passes (torch.func.vmap); auto = vectorized "
-        "with --acc_steps >= 8 where it applies, else the loop (fewer chunks; DDP, dropout, "
-        "--grad_gauss_std, a model vmap cannot batch)",
+        "auto (default) = the fused path where it applies (all chunks in one forward with "
+        "per-chunk weights: models of Linear layers whose loss reaches the weights only through "
+        "the layers, no batch norm, dropout, --l2_reg, DDP or --grad_gauss_std; from "
+        "--acc_steps 2), else the loop; loop = one chunk after the other (the reference); "
+        "vectorized = the fused path, else torch.func.vmap over the chunks (also batch norm and "
+        "--l2_reg; slower than the loop on a CPU ResNet), see benchmarks/README.md",
         choices=MSAM_IMPLS,
     )
     msam_max_batched_params: int = _f(
         2**27,
         "SAM",
-        "vectorized m-SAM: at most this many parameter values in one stack of per-chunk "
+        "batched m-SAM: at most this many parameter values in one stack of per-chunk "
         "tensors (two stacks, gradients and perturbed weights: 2 x this x 4 bytes in "
         "float32); more chunks than fit run in groups",
     )

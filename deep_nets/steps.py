@@ -33,7 +33,7 @@ from sharpness.modules import frozen_bn_stats, local_grads, msam_backward
 from sharpness.optim import SAM, LookSAM
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
-# --msam_impl -> msam_backward's vectorize (None: vectorized where it applies, else the loop)
+# --msam_impl -> msam_backward's vectorize (None: the fused path where it applies, else the loop)
 MSAM_IMPL = {"auto": None, "vectorized": True, "loop": False}
 
 
@@ -58,6 +58,11 @@ class OriginalAscentSAM(SAM):
         super().__init__(*args, **kwargs)
         self.acc_steps = acc_steps
         self.loss_scale = 1.0  # set by the trainer under a float16 GradScaler
+
+    def perturb_is_core(self, iters: int, step_size_mult: float) -> bool:
+        """Whether ``perturb(iters=iters, step_size_mult=...)`` is ``SAM.perturb`` unchanged
+        (the normalized single step of radius rho), so m-SAM may batch it over the chunks."""
+        return self.normalize and iters == 1 and step_size_mult == 1.0
 
     def perturb(
         self,

@@ -11,6 +11,7 @@ where L_c is the mean loss over chunk c. m = batch is SAM; small m generalizes b
 from __future__ import annotations
 
 import contextlib
+import functools
 import sys
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -19,6 +20,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from sharpness import functional as F
 from sharpness.optim import SAM, LookSAM
 
 __all__ = [
@@ -27,6 +29,7 @@ __all__ = [
     "frozen_bn_stats",
     "local_grads",
     "msam_backward",
+    "msam_fused_reason",
     "msam_vectorize_reason",
 ]
 
@@ -105,10 +108,6 @@ def local_grads(model: nn.Module) -> contextlib.AbstractContextManager:
 # At most this many parameter values per stack of per-chunk tensors in the vectorized m-SAM path
 # (2^27 = 512 MiB in float32); a batch needing more is processed in groups of chunks.
 MSAM_MAX_BATCHED_PARAMS = 2**27
-# vectorize=None takes the vectorized path from this many chunks on: on a CPU (benchmarks/README)
-# it took 0.64x the loop's time at 8 chunks and 0.29x at 32 on an overhead-bound model, but 1.7x
-# at 2 chunks (the batched passes' fixed cost), and 1.2x at 8 on a compute-bound ResNet.
-MSAM_VECTORIZE_MIN_CHUNKS = 8
 
 
 def batched_grad(f: Callable[..., Any], in_dims: Any = 0) -> Callable[..., Any]:
@@ -185,7 +184,7 @@ def msam_backward(
     sam_iters: int = 1,
     step_size_mult: float = 1.0,
     bn_first_pass_only: bool = True,
-    vectorize: bool | None = None,
+    vectorize: bool | str | None = None,
     max_batched_params: int = MSAM_MAX_BATCHED_PARAMS,
 ) -> tuple[Tensor, Tensor]:
     """Accumulate the m-SAM gradient of one batch into ``p.grad``; the weights end unchanged.
@@ -200,13 +199,33 @@ def msam_backward(
     Under DDP only the last chunk's backward is all-reduced (gradient accumulation), so the update
     averages every worker's every chunk.
 
-    ``vectorize``: None (default) takes the vectorized path where it applies and there are at
-    least ``MSAM_VECTORIZE_MIN_CHUNKS`` (8) chunks, the loop otherwise; True requires it
-    (ValueError with the reason); False is the loop, the reference.
-    The vectorized path computes the same numbers (float rounding apart) in two batched passes:
-    the C gradients at w in one ``vmap(grad)`` over the chunks, the C perturbations by
-    ``optimizer.perturb`` (the one ascent rule; its ``sam_iters > 1`` inner gradients one chunk
-    at a time), the C gradients at w + e_c in a second ``vmap(grad)`` over per-chunk weights.
+    ``vectorize``: None (default, "auto") takes the fused path where it applies (from 2 chunks
+    on), the loop otherwise; True requires a batched path (the fused one, else the vmap one;
+    ValueError with the reason where neither applies); "fused" or "vmap" requires that path;
+    False is the loop, the reference.
+
+    The fused path (benchmarks/README.md: 3.4x SGD instead of 12x at m = 4 on an overhead-bound
+    MLP) runs each group of G chunks through the model once, with every layer computing chunk
+    c's rows with chunk c's weights (``torch.bmm`` over G stacked weights): the G gradients at w
+    are one backward to the stacks (w expanded, no copy), the perturbations are
+    ``optimizer.perturb``'s (batched: ``sharpness.functional.perturbation`` over the chunks,
+    where the optimizer's ascent is the core's single normalized one; chunk by chunk through
+    ``optimizer.perturb`` otherwise: ``sam_iters``, ASAM, unnormalized, subclasses), and the
+    descent sum_c grad L_c(w + e_c) is one backward through stacks w + e_c (e_c detached) into
+    p.grad. It applies when every trainable parameter belongs to a layer with a per-chunk forward
+    (``nn.Linear``), no batch norm is in training mode, ``msam_vectorize_reason`` is None, and
+    the loss (checked on the first group, before any change) reaches the parameters only through
+    the layers (an L2 term over the parameters does not: the vmap path covers it) and draws no
+    random numbers. It assumes what per-sample-gradient code assumes: the model treats the
+    examples of a batch independently (batch norm aside, which is refused) and its Linear
+    inputs are batch-first; ``compute_loss`` is the mean over its examples, so on G chunks it is
+    the mean of the G chunk losses. Memory: G parameter-sized gradients and G perturbed weights.
+
+    The vmap path (``vectorize=True`` where the fused one does not apply) computes the same numbers
+    in two ``vmap(grad)`` passes: the C gradients at w over the chunks, the C perturbations by
+    ``optimizer.perturb`` (its ``sam_iters > 1`` inner gradients one chunk at a time), the C
+    gradients at w + e_c over per-chunk weights. It covers batch norm and L2 terms but on a CPU is
+    slower than the loop on a compute-bound ResNet (1.2x at 16 chunks), hence not automatic.
     Batch norm normalizes each chunk with its own statistics as in the loop, and the running
     statistics get the loop's sequential momentum updates r <- (1 - a_j) r + a_j s_j over the
     loop's order of passes (s_j the j-th pass's statistics; only the passes at w unless
@@ -215,11 +234,12 @@ def msam_backward(
         r_U = prod_j (1 - a_j) r_0 + sum_j a_j prod_{i > j} (1 - a_i) s_j,
 
     a_j = momentum, or 1 / (num_batches_tracked + j) for ``momentum=None``. It holds two stacks
-    of G parameter-sized tensors (G chunk gradients and G perturbed weights, G chunks at once,
-    G * n_params <= ``max_batched_params``; larger batches run in groups of G chunks). Where it
-    does not apply (``msam_vectorize_reason``: DDP, torch.compile, dropout, gradient hooks; a
+    of G parameter-sized tensors (G chunk gradients and G perturbed weights). Where it does not
+    apply (``msam_vectorize_reason``: DDP, torch.compile, dropout, gradient hooks; a
     ``compute_loss`` that reads parameter tensors it captured instead of the module's, e.g. an
-    L2 term over a list made before the call; a model ``vmap`` cannot batch) the loop runs.
+    L2 term over a list made before the call; a model ``vmap`` cannot batch) it refuses.
+    Both batched paths take G chunks at once with G * n_params <= ``max_batched_params`` (larger
+    batches run in groups of G chunks).
 
     Zero the gradients before calling; afterwards call ``optimizer.update()`` (clip + base step).
     ``compute_loss`` must return the *mean* loss over its chunk (regularizers included).
@@ -239,26 +259,298 @@ def msam_backward(
         )
     if targets.shape[0] != n:
         raise ValueError(f"inputs ({n}) and targets ({targets.shape[0]}) differ in batch size")
-    if vectorize not in (None, True, False):
-        raise ValueError(f"vectorize must be None (auto), True or False, got {vectorize!r}")
+    if not any(vectorize is v for v in (None, True, False)) and vectorize not in ("fused", "vmap"):
+        raise ValueError(
+            f"vectorize must be None (auto), True, False, 'fused' or 'vmap', got {vectorize!r}"
+        )
     if isinstance(max_batched_params, bool) or not isinstance(max_batched_params, int):
         raise ValueError(f"max_batched_params must be a positive integer, not {max_batched_params}")
     if max_batched_params < 1:
         raise ValueError(f"max_batched_params must be a positive integer, not {max_batched_params}")
     args = (optimizer, model, compute_loss, inputs, targets, m, sam_iters, step_size_mult)
-    if vectorize or (vectorize is None and n // m >= MSAM_VECTORIZE_MIN_CHUNKS):
+    reason = msam_vectorize_reason(model)
+    if vectorize in (None, True, "fused") and (vectorize is not None or n // m >= 2):
         try:
-            reason = msam_vectorize_reason(model)
+            if reason is not None:
+                raise _Unbatchable(reason)
+            return _msam_fused(*args, max_batched_params)
+        except _Unbatchable as e:
+            why = str(e)
+        if vectorize == "fused":
+            raise ValueError(f"msam_backward(vectorize='fused') does not apply: {why}")
+    if vectorize is True or vectorize == "vmap":
+        try:
             if reason is not None:
                 raise _Unbatchable(reason)
             return _msam_vectorized(*args, bn_first_pass_only, max_batched_params)
         except _Unbatchable as e:
-            if vectorize:
-                raise ValueError(
-                    f"msam_backward(vectorize=True) does not apply: {e}; use vectorize=None "
-                    "(the loop where the vectorized path does not apply) or vectorize=False"
-                ) from None
+            raise ValueError(
+                f"msam_backward(vectorize={vectorize!r}) does not apply: {e}; use vectorize=None "
+                "(the loop where the batched paths do not apply) or vectorize=False"
+            ) from None
     return _msam_loop(*args, bn_first_pass_only)
+
+
+# ------------------------------------------------------------------ m-SAM: the per-chunk forward
+# The fused path runs the whole batch (a group of G chunks) through the model once, with every
+# supported layer computing chunk c's rows with chunk c's weights (G stacked weight tensors):
+# the ascent gradients g_c are the gradients w.r.t. those stacks (one backward), the descent
+# gradient sum_c grad L_c(w + e_c) one backward to w (the stacks are w + detached e_c).
+
+
+def _chunked_linear(mod: nn.Linear, ws: dict[str, Tensor], g: int, x: Tensor) -> Tensor:
+    """nn.Linear with weight ws["weight"][c] (and bias) for the rows of chunk c of g."""
+    if x.dim() < 2 or x.shape[0] % g:
+        raise _Unbatchable(f"a Linear input of shape {tuple(x.shape)} is not batch-first")
+    xr = x.reshape(g, -1, x.shape[-1])  # chunk c: rows c*m .. (c+1)*m - 1 (and their extra dims)
+    wt = ws["weight"].transpose(1, 2)
+    b = ws.get("bias")
+    y = torch.bmm(xr, wt) if b is None else torch.baddbmm(b.unsqueeze(1), xr, wt)
+    return y.reshape(*x.shape[:-1], wt.shape[-1])
+
+
+_CHUNKED_FORWARD: dict[type, Callable[..., Tensor]] = {nn.Linear: _chunked_linear}
+
+
+def _fused_owners(model: nn.Module) -> dict[int, tuple[nn.Module, str]]:
+    """id(parameter) -> (module, attribute) for every parameter of the model, when each one that
+    requires a gradient belongs to a layer with a per-chunk forward (else ``_Unbatchable``)."""
+    owners: dict[int, tuple[nn.Module, str]] = {}
+    for name, mod in model.named_modules():
+        if isinstance(mod, _BatchNorm) and mod.training:
+            raise _Unbatchable(
+                f"{name or type(mod).__name__}: batch norm in training mode normalizes over the "
+                "batch (the per-chunk statistics need the vmap path)"
+            )
+        own = [(a, p) for a, p in mod.named_parameters(recurse=False) if p is not None]
+        if not own:
+            continue
+        fwd = _CHUNKED_FORWARD.get(type(mod))
+        if fwd is None or "forward" in mod.__dict__ or mod._forward_pre_hooks:
+            if any(p.requires_grad for _, p in own):
+                raise _Unbatchable(
+                    f"{name} ({type(mod).__name__}) has no per-chunk forward (supported: "
+                    + ", ".join(t.__name__ for t in _CHUNKED_FORWARD)
+                    + ")"
+                )
+            continue
+        for a, p in own:
+            owners[id(p)] = (mod, a)
+    return owners
+
+
+@contextlib.contextmanager
+def _per_chunk_weights(stacks: dict[nn.Module, dict[str, Tensor]], g: int) -> Iterator[None]:
+    """Inside, each module of ``stacks`` computes chunk c of its batch-first input with the
+    tensors stacks[module][attr][c] (an instance ``forward``: hooks still run)."""
+    try:
+        for mod, ws in stacks.items():  # (the instance dict: nn.Module.__setattr__ is slow)
+            mod.__dict__["forward"] = functools.partial(_CHUNKED_FORWARD[type(mod)], mod, ws, g)
+        yield
+    finally:
+        for mod in stacks:
+            mod.__dict__.pop("forward", None)
+
+
+def _leaves(loss: Tensor) -> dict[int, Tensor]:
+    """The tensors requiring gradients that ``loss`` was computed from (its autograd leaves)."""
+    reached: dict[int, Tensor] = {}
+    stack, seen = [loss.grad_fn], set()
+    while stack:
+        fn = stack.pop()
+        if fn is None or fn in seen:
+            continue
+        seen.add(fn)
+        var = getattr(fn, "variable", None)
+        if var is not None:
+            reached[id(var)] = var
+        stack.extend(nxt for nxt, _ in fn.next_functions)
+    return reached
+
+
+def _batched_ascent(
+    optimizer: SAM, params: list[Tensor], gstack: list[Tensor], iters: int, step_size_mult: float
+) -> list[Tensor] | None:
+    """The G perturbed weights w + e(g_c) at once, where ``optimizer.perturb`` is the core's
+    single normalized ascent: ``sharpness.functional.perturbation`` (the rule ``SAM.perturb``
+    applies) with the chunk as a batch dimension. None where the optimizer's perturb is
+    another rule (a subclass that does not declare ``perturb_is_core(iters, step_size_mult)``),
+    or the ascent is projected (``sam_iters`` > 1, ``step_size_mult`` != 1, unnormalized),
+    adaptive, layerwise, for a maximizing base optimizer, or with per-group radii: the caller
+    then perturbs chunk by chunk through ``optimizer.perturb``."""
+    core = type(optimizer).perturb is SAM.perturb
+    if not core:
+        declared = getattr(optimizer, "perturb_is_core", None)
+        core = callable(declared) and declared(iters, step_size_mult)
+    groups = optimizer.param_groups
+    if not (core and iters == 1 and step_size_mult == 1.0 and optimizer.normalize):
+        return None
+    if optimizer.layerwise or any(grp["adaptive"] for grp in groups):
+        return None
+    if optimizer._ascent_sign(groups) < 0 or len({optimizer._group_rho(g) for g in groups}) > 1:
+        return None
+    if any(t.is_sparse for t in gstack):
+        return None
+    rho = optimizer._group_rho(groups[0])
+    with torch.no_grad():
+        # one (G, n_values) row per chunk: the norm over all tensors is the row's norm, and
+        # the rule runs as a few kernels instead of a few per tensor
+        flat = torch.cat([t.reshape(t.shape[0], -1) for t in gstack], 1)
+        e = F.perturbation(flat, rho, optimizer.p, eps=optimizer.eps, batch_dims=1)
+        e += torch.cat([p.detach().reshape(1, -1) for p in params], 1)  # e + w, as SAM.perturb
+        sizes = [p.numel() for p in params]
+        return [v.view(t.shape) for v, t in zip(e.split(sizes, 1), gstack)]
+
+
+def _rng_states(device: torch.device) -> list[Tensor]:
+    """The global generators a loss on ``device`` may draw from (CPU, and that CUDA device)."""
+    out = [torch.get_rng_state()]
+    if device.type == "cuda":
+        out.append(torch.cuda.get_rng_state(device))
+    return out
+
+
+def _same_rng(a: list[Tensor], b: list[Tensor]) -> bool:
+    return all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+def _set_rng_states(states: list[Tensor]) -> None:
+    torch.set_rng_state(states[0])
+    if len(states) > 1:
+        torch.cuda.set_rng_state(states[1])
+
+
+def msam_fused_reason(model: Any) -> str | None:
+    """Why ``msam_backward``'s fused path cannot run ``model`` (None: it can, as far as the
+    model's structure tells; the loss is checked at the call: it must reach the parameters only
+    through the layers and draw no random numbers)."""
+    reason = msam_vectorize_reason(model)
+    if reason is not None:
+        return reason
+    try:
+        _fused_owners(model)
+    except _Unbatchable as e:
+        return str(e)
+    return None
+
+
+def _msam_fused(
+    optimizer: SAM,
+    model: nn.Module,
+    compute_loss: Callable[[Tensor, Tensor], Tensor],
+    inputs: Tensor,
+    targets: Tensor,
+    m: int,
+    sam_iters: int,
+    step_size_mult: float,
+    max_batched_params: int,
+) -> tuple[Tensor, Tensor]:
+    """``msam_backward``'s fused path (its docstring). Raises ``_Unbatchable`` before any change
+    of state when it does not apply."""
+    chunks = inputs.shape[0] // m
+    owners = _fused_owners(model)
+    entries = [p for grp in optimizer.param_groups for p in grp["params"]]
+    for p in entries:
+        if p.requires_grad and id(p) not in owners:
+            raise _Unbatchable("an optimizer parameter is not a parameter of the model")
+    trainable = [p for p in entries if p.requires_grad]
+    mods: dict[nn.Module, list[tuple[str, Tensor]]] = {}
+    for mod, a in owners.values():
+        mods.setdefault(mod, []).append((a, getattr(mod, a)))
+    in_opt = {id(p) for p in trainable}
+    n_values = sum(p.numel() for p in trainable)
+    group = chunk_groups(chunks, n_values, max_batched_params)
+    lsum = psum = None
+    for c0 in range(0, chunks, group):
+        g = min(group, chunks - c0)
+        xg, yg = inputs[c0 * m : (c0 + g) * m], targets[c0 * m : (c0 + g) * m]
+        # ascent: a zero-copy stack of w per chunk for each optimizer parameter; its gradient
+        # is the G per-chunk gradients (the loss is the mean over the G chunks: times G)
+        zs = {
+            id(p): p.detach().expand(g, *p.shape).requires_grad_(id(p) in in_opt)
+            for ps in mods.values()
+            for _, p in ps
+        }
+        stacks = {mod: {a: zs[id(p)] for a, p in ps} for mod, ps in mods.items()}
+        rng = _rng_states(inputs.device) if c0 == 0 else None
+        try:
+            with _per_chunk_weights(stacks, g), torch.enable_grad():
+                loss = compute_loss(xg, yg)
+            if rng is not None and not _same_rng(rng, _rng_states(inputs.device)):
+                _set_rng_states(rng)  # the loop draws from where the call started
+                raise _Unbatchable(
+                    "compute_loss draws random numbers (e.g. dropout): one draw for the whole "
+                    "batch is not the loop's draw per chunk"
+                )
+        except _Unbatchable:
+            if c0 == 0:
+                raise
+            raise RuntimeError(
+                "msam_backward: the fused path failed after its first group"
+            ) from None
+        if not isinstance(loss, Tensor) or loss.numel() != 1:
+            raise ValueError("compute_loss must return a scalar (the mean loss of the chunk)")
+        # the parameters themselves must not be in the graph: the loss would read w where
+        # the loop reads w + e_c (e.g. an L2 term over the parameters: the vmap path covers it)
+        zl = [zs[id(p)] for p in trainable]
+        direct = [p for p in model.parameters() if p.requires_grad] if c0 == 0 else []
+        gz = torch.autograd.grad(loss * g, zl + direct, allow_unused=True)
+        if any(t is not None for t in gz[len(zl) :]):  # (the first group: nothing changed yet)
+            raise _Unbatchable(
+                "compute_loss reads the parameters other than through the model's layers (e.g. "
+                "an L2 term over the parameters: the vmap path covers it)"
+            )
+        grads_of = dict(zip(map(id, trainable), gz))
+        sel = [p for p in trainable if grads_of[id(p)] is not None]
+        stacked = None
+        if len(sel) == len(trainable):  # (the loop perturbs only parameters with a gradient)
+            stacked = _batched_ascent(
+                optimizer, sel, [grads_of[id(p)] for p in sel], sam_iters, step_size_mult
+            )
+        if stacked is not None:
+            pert = dict(zip(map(id, sel), stacked))
+        else:
+            pert = {
+                id(p): torch.empty((g, *p.shape), dtype=p.dtype, device=p.device) for p in trainable
+            }
+            for c in range(g):
+                xc, yc = xg[c * m : (c + 1) * m], yg[c * m : (c + 1) * m]
+
+                def grad_at(xc: Tensor = xc, yc: Tensor = yc) -> list[Tensor | None]:
+                    lo = compute_loss(xc, yc)
+                    gs = iter(torch.autograd.grad(lo, trainable, allow_unused=True))
+                    return [next(gs) if p.requires_grad else None for p in entries]
+
+                grads = [
+                    None if grads_of.get(id(p)) is None else grads_of[id(p)][c] for p in entries
+                ]
+                optimizer.perturb(
+                    grads, grad_at=grad_at, iters=sam_iters, step_size_mult=step_size_mult
+                )
+                try:
+                    with torch.no_grad():
+                        torch._foreach_copy_([pert[id(p)][c] for p in trainable], trainable)
+                finally:
+                    optimizer.restore()
+        del gz, grads_of
+        # descent: chunk c's weights are the perturbed values exactly, with gradient 1 to w
+        # (p - p.detach() is a zero that carries the graph), so one backward gives sum_c
+        ws = {}
+        for ps in mods.values():
+            for _, p in ps:
+                if id(p) in in_opt:
+                    ws[id(p)] = pert[id(p)] + (p - p.detach())
+                else:
+                    ws[id(p)] = p.expand(g, *p.shape)
+        stacks = {mod: {a: ws[id(p)] for a, p in ps} for mod, ps in mods.items()}
+        with _per_chunk_weights(stacks, g):
+            ploss = compute_loss(xg, yg)
+        (ploss * (g / chunks)).backward()
+        del pert, ws, stacks
+        part, ppart = loss.detach() * g, ploss.detach() * g
+        lsum = part if lsum is None else lsum + part
+        psum = ppart if psum is None else psum + ppart
+    return lsum / chunks, psum / chunks
 
 
 def _msam_loop(

@@ -15,22 +15,20 @@ from torch import nn
 from sharpness import SAM, msam_backward
 
 DEVICE = os.environ.get("SHARPNESS_TEST_DEVICE", "cuda")
-pytestmark = pytest.mark.skipif(
-    DEVICE.startswith("cuda") and not torch.cuda.is_available(), reason="needs a CUDA device"
-)
+pytestmark = [
+    pytest.mark.skipif(
+        DEVICE.startswith("cuda") and not torch.cuda.is_available(), reason="needs a CUDA device"
+    ),
+    pytest.mark.usefixtures("one_thread"),
+]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small tensors: a second intra-op thread only spins on a shared machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def net() -> nn.Module:
+def net(kind: str = "conv") -> nn.Module:
+    """conv: Conv2d + GroupNorm (m-SAM's vmap path); mlp: Linear layers (its fused path)."""
     torch.manual_seed(0)
+    if kind == "mlp":
+        layers = [nn.Flatten(), nn.Linear(3 * 8 * 8, 32), nn.Tanh(), nn.Linear(32, 10)]
+        return nn.Sequential(*layers).to(DEVICE)
     return nn.Sequential(
         nn.Conv2d(3, 8, 3, padding=1),
         nn.GroupNorm(4, 8),
@@ -46,8 +44,8 @@ def data(t: int = 0, n: int = 32):
     return x.to(DEVICE), torch.randint(0, 10, (n,), generator=g).to(DEVICE)
 
 
-def one_step(vectorize, rho=0.1, dtype=None, scaler=None, steps=1):
-    model = net()
+def one_step(vectorize, rho=0.1, dtype=None, scaler=None, steps=1, kind="conv"):
+    model = net(kind)
     opt = SAM(model.parameters(), torch.optim.SGD, rho=rho, lr=0.05, momentum=0.9)
     for t in range(steps):
         x, y = data(t)
@@ -69,12 +67,18 @@ def rel(a, b):
     return float((a - b).norm() / b.norm())
 
 
-def test_vectorized_equals_loop_float32():
-    assert rel(one_step(True, steps=5), one_step(False, steps=5)) < 1e-5
+KINDS = pytest.mark.parametrize("kind", ["conv", "mlp"], ids=["vmap", "fused"])
 
 
+@KINDS
+def test_vectorized_equals_loop_float32(kind):
+    a, b = one_step(True, steps=5, kind=kind), one_step(False, steps=5, kind=kind)
+    assert rel(a, b) < 1e-5
+
+
+@KINDS
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
-def test_amp_vectorized_equals_loop_and_is_not_erm(dtype):
+def test_amp_vectorized_equals_loop_and_is_not_erm(dtype, kind):
     """Half precision (float16 with a GradScaler): both paths move the weights as SAM does (the
     autocast cache must not hand the pass at w + e the weights at w), the same within rounding."""
 
@@ -83,13 +87,13 @@ def test_amp_vectorized_equals_loop_and_is_not_erm(dtype):
         dev = torch.device(DEVICE).type
         return torch.amp.GradScaler(dev, init_scale=2.0**8) if dtype == torch.float16 else None
 
-    w0 = torch.cat([p.detach().float().reshape(-1) for p in net().parameters()])
+    w0 = torch.cat([p.detach().float().reshape(-1) for p in net(kind).parameters()])
     loop, vec = (
-        one_step(False, dtype=dtype, scaler=scaler()),
-        one_step(True, dtype=dtype, scaler=scaler()),
+        one_step(False, dtype=dtype, scaler=scaler(), kind=kind),
+        one_step(True, dtype=dtype, scaler=scaler(), kind=kind),
     )
-    erm = one_step(True, rho=0.0, dtype=dtype, scaler=scaler())
-    sam32 = one_step(False)
+    erm = one_step(True, rho=0.0, dtype=dtype, scaler=scaler(), kind=kind)
+    sam32 = one_step(False, kind=kind)
     assert rel(loop, w0) > 1e-4 and rel(vec, w0) > 1e-4  # the steps were taken
     assert rel(vec, loop) < 0.1 * rel(erm, loop) + 1e-6
     assert rel(sam32 - w0, loop - w0) < 0.1  # SAM in half precision moves as float32 SAM

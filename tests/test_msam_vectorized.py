@@ -1,8 +1,10 @@
-"""The vectorized m-SAM path of ``msam_backward`` against the loop (the reference).
+"""The batched m-SAM paths of ``msam_backward`` against the loop (the reference).
 
-Both paths run the same training (20 steps of SGD with momentum, an L2 term inside the loss, read
-from the module at call time as deep_nets does) from the same weights on the same batches; the
-weights, the batch-norm running statistics and the logged losses must agree to float rounding.
+Both paths run the same training (20 steps of SGD with momentum) from the same weights on the same
+batches; the weights, the batch-norm running statistics and the logged losses must agree to float
+rounding. With an L2 term inside the loss (read from the module at call time, as deep_nets does)
+``vectorize=True`` takes the vmap path; without it, on a model of Linear layers, the fused path
+(which ``vectorize=None``, the default, takes too).
 """
 
 from __future__ import annotations
@@ -15,18 +17,12 @@ from torch import nn
 from deep_nets.models import build_model
 from deep_nets.steps import OriginalAscentSAM
 from sharpness import SAM, msam_backward
-from sharpness.modules import msam_vectorize_reason
+from sharpness.modules import msam_fused_reason, msam_vectorize_reason
 
 TOL = {torch.float64: 1e-12, torch.float32: 1e-6}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small tensors: a second intra-op thread only spins on a shared machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def mlp(seed: int = 0) -> nn.Module:
@@ -61,7 +57,13 @@ def l2_loss(model: nn.Module, l2: float = 1e-3):
     return loss
 
 
-def train(make, dtype, vectorize, steps=20, m=4, opt_cls=SAM, autocast=None, jitter=0.0, **kw):
+def plain_loss(model: nn.Module):
+    return lambda x, y: F.cross_entropy(model(x), y)
+
+
+def train(
+    make, dtype, vectorize, steps=20, m=4, opt_cls=SAM, autocast=None, jitter=0.0, reg=True, **kw
+):
     model = make().to(dtype)
     with torch.no_grad():  # a relative change of the initial weights (the model's sensitivity)
         for p in model.parameters():
@@ -70,7 +72,7 @@ def train(make, dtype, vectorize, steps=20, m=4, opt_cls=SAM, autocast=None, jit
     # the official ASAM scales parameters by name: it needs named_parameters()
     params = model.named_parameters() if opt_kw.get("adaptive") else model.parameters()
     opt = opt_cls(params, torch.optim.SGD, rho=0.1, lr=0.02, momentum=0.9, **opt_kw)
-    loss = l2_loss(model)
+    loss = l2_loss(model) if reg else plain_loss(model)
     logged = []
     for t in range(steps):
         x, y = batch(t, dtype)
@@ -148,6 +150,62 @@ def test_vectorized_equals_loop_for_every_option(kw):
     ref = train(make, torch.float64, vectorize=False, steps=2, **dict(kw))
     vec = train(make, torch.float64, vectorize=True, steps=2, **dict(kw))
     assert_same(ref, vec, 1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+def test_fused_equals_loop_after_20_steps(dtype):
+    """The fused path (the default where it applies) on the MLP without an L2 term."""
+    make = MODELS["mlp"]
+    assert msam_fused_reason(make()) is None
+    ref = train(make, dtype, vectorize=False, reg=False)
+    fused = train(make, dtype, vectorize=None, reg=False)
+    assert_same(ref, fused, TOL[dtype])
+    moved = [rel(p, q) for p, q in zip(ref[0].parameters(), make().to(dtype).parameters())]
+    assert max(moved) > 1e-2  # the runs trained
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(sam_iters=3, step_size_mult=0.7),
+        dict(step_size_mult=0.7),
+        dict(opt_cls=OriginalAscentSAM, opt_kw=dict(normalize=False, acc_steps=4)),
+        dict(opt_cls=OriginalAscentSAM, opt_kw=dict(acc_steps=4)),
+        dict(opt_kw=dict(adaptive=True, eta=0.01)),
+        dict(opt_kw=dict(maximize=True)),
+        dict(max_batched_params=30000),  # groups of chunks (the model has ~12.5k values)
+        dict(m=2),
+        dict(m=16),  # one chunk: the auto path is the loop
+    ],
+    ids=[
+        "iters3",
+        "mult",
+        "no_grad_norm",
+        "original_normalized",
+        "asam",
+        "maximize",
+        "groups",
+        "m2",
+        "m16",
+    ],
+)
+def test_fused_equals_loop_for_every_option(kw):
+    make = MODELS["mlp"]
+    ref = train(make, torch.float64, vectorize=False, steps=3, reg=False, **dict(kw))
+    fused = train(make, torch.float64, vectorize=None, steps=3, reg=False, **dict(kw))
+    assert_same(ref, fused, 1e-12)
+
+
+def test_fused_refusals_name_the_reason():
+    """Batch norm, a layer without a per-chunk forward: not fused (the reason says why)."""
+    bn = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4), nn.Linear(4, 2))
+    assert "batch norm" in msam_fused_reason(bn)
+    assert "Conv2d" in msam_fused_reason(resnet("gn"))
+    emb = nn.Sequential(nn.Embedding(5, 4), nn.Linear(4, 2))
+    assert "Embedding" in msam_fused_reason(emb)
+    frozen = nn.Sequential(nn.Embedding(5, 4), nn.Linear(4, 2))
+    frozen[0].weight.requires_grad_(False)
+    assert msam_fused_reason(frozen) is None  # a frozen layer reads the same weights per chunk
 
 
 def test_running_statistics_with_cumulative_average_momentum_none():
@@ -274,19 +332,21 @@ def test_vectorize_argument_errors():
         msam_backward(opt, model, loss, x, y, 4, max_batched_params=0)
 
 
-def test_deep_nets_vectorized_step_with_l2_in_the_loss_equals_the_loop(tmp_path):
+def test_deep_nets_batched_steps_equal_the_loop(tmp_path):
     """deep_nets' loss regularizes the tensors it reads from the module at call time, so
-    --msam_impl vectorized applies with --l2_reg (a loss over a captured list is refused) and
-    trains as --msam_impl loop does."""
+    --msam_impl vectorized applies with --l2_reg (the vmap path; a loss over a captured list is
+    refused) and trains as --msam_impl loop does; without --l2_reg the default (auto: the fused
+    path on the MLP) trains as the loop does too."""
     from deep_nets.train import train as run
     from tests.test_deep_train import final_weights, tiny
 
-    kw = dict(epochs=1, sam_rho=0.05, acc_steps=4, l2_reg=1e-3, frac_train=0.1)
-    for impl in ("vectorized", "loop"):
-        run(tiny(tmp_path / impl, msam_impl=impl, **kw))
-    a, b = final_weights(tmp_path / "vectorized"), final_weights(tmp_path / "loop")
-    for k in b:
-        assert rel(a[k], b[k]) < 1e-5, k
+    kw = dict(epochs=1, sam_rho=0.05, acc_steps=4, frac_train=0.1)
+    for impl, l2 in (("vectorized", 1e-3), ("loop", 1e-3), ("auto", 0.0), ("loop", 0.0)):
+        run(tiny(tmp_path / f"{impl}{l2}", msam_impl=impl, l2_reg=l2, **kw))
+    for a, b in (("vectorized0.001", "loop0.001"), ("auto0.0", "loop0.0")):
+        wa, wb = final_weights(tmp_path / a), final_weights(tmp_path / b)
+        for k in wb:
+            assert rel(wa[k], wb[k]) < 1e-5, (a, k)
 
 
 def test_config_refuses_vectorized_where_it_cannot_apply():
