@@ -70,8 +70,12 @@ def make_runs(root: Path, epochs: int = 3) -> list[Run]:
 
 
 def comparable(run_dir: Path) -> tuple[list[dict], dict]:
-    def strip(row: dict) -> dict:
-        return {k: v for k, v in row.items() if not any(t in k for t in TIMING)}
+    def strip(row: dict) -> dict:  # nested too: summary.json's "scored" has its own seconds
+        return {
+            k: strip(v) if isinstance(v, dict) else v
+            for k, v in row.items()
+            if not any(t in k for t in TIMING)
+        }
 
     rows = [strip(r) for r in read_jsonl(run_dir / "metrics.jsonl")]
     return rows, strip(read_json(run_dir / "summary.json"))
