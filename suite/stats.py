@@ -334,7 +334,9 @@ def judge(
     - ``within noise``: none of these: the run cannot decide (see ``mde``).
     null claims (the paper says no gap; sesoi is the margin):
     - ``equivalent``: shown within the margin (TOST) - the null claim is supported;
-    - ``contradicted``: significant and not within the margin: a gap the claim denies;
+    - ``contradicted``: the gap is shown beyond the margin (|gap| - t(1 - alpha/2) se > sesoi):
+      a gap the claim denies; a significant gap whose size may still lie inside the margin is
+      not a contradiction (``within noise``);
     - ``within noise``: neither.
     both: ``not run`` when the gap is missing; a NaN/inf SE or df < 1 never decides.
     """
@@ -352,7 +354,8 @@ def judge(
     significant = abs(gap) > h
     small = claim.sesoi > 0 and tost(gap, se, dfe, claim.sesoi, alpha=claim.alpha)
     if claim.kind == "null":
-        v = "equivalent" if small else ("contradicted" if significant else "within noise")
+        beyond = abs(gap) - h > claim.sesoi
+        v = "equivalent" if small else ("contradicted" if beyond else "within noise")
     elif small:
         v = "negligible"
     elif significant:

@@ -265,7 +265,9 @@ def test_verdict_words_and_their_rules():
     assert judge(small, 5.0, 1.0, 100).verdict == "reproduced"
     assert judge(null, 0.1, 0.2, 100).verdict == "equivalent"
     assert judge(null, 0.1, 2.0, 100).verdict == "within noise"
-    assert judge(null, 3.0, 0.5, 100).verdict == "contradicted"
+    assert judge(null, 3.0, 0.5, 100).verdict == "contradicted"  # 3 - 0.99 > 1: beyond
+    # significant (1.5 > 0.99) but not shown beyond the margin: not a contradiction
+    assert judge(null, 1.5, 0.5, 100).verdict == "within noise"
     assert judge(eff, None, None, None).verdict == "not run"
     assert judge(eff, 5.0, math.nan, 3).verdict == "within noise"
     assert judge(eff, 5.0, 1.0, 0.5).verdict == "within noise"  # df < 1
