@@ -624,17 +624,7 @@ def _loss_leaves(holder: _LossCall, named: dict[str, Tensor], x: Tensor, y: Tens
         raise _Unbatchable(f"a functional call of the loss failed ({e})") from None
     if not isinstance(loss, Tensor) or loss.numel() != 1:
         raise ValueError("compute_loss must return a scalar (the mean loss of the chunk)")
-    reached: dict[int, Tensor] = {}
-    stack, seen = [loss.grad_fn], set()
-    while stack:
-        fn = stack.pop()
-        if fn is None or fn in seen:
-            continue
-        seen.add(fn)
-        var = getattr(fn, "variable", None)
-        if var is not None:
-            reached[id(var)] = var
-        stack.extend(nxt for nxt, _ in fn.next_functions)
+    reached = _leaves(loss)
     ours = {id(t): n for n, t in leaves.items()}
     if any(k not in ours for k in reached):
         raise _Unbatchable(
